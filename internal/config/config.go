@@ -1,0 +1,183 @@
+// Package config turns command-line flags and their WSPUBSUB_* environment
+// twins into validated settings for the serve and publish sub-commands. It
+// owns the defaults (the original app's constants) and must not start
+// anything.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// DemoKey is the original app's demo key, known to the embedded key store.
+const DemoKey = "00721b2a-046c-4ecc-a5df-5f808cc6c58f"
+
+// Serve holds the gateway's settings.
+type Serve struct {
+	Listen string
+	Path   string
+	NodeID string
+
+	RedisURL            string
+	Channel             string
+	ConnectedChannel    string
+	DisconnectedChannel string
+	EventFormat         string // "bare" or "json"
+
+	MongoURI        string
+	MongoDB         string
+	MongoCollection string
+	MongoKeyField   string
+	KeysFile        string
+	KeyCheckTimeout time.Duration
+	RecheckInterval time.Duration
+
+	IdleTimeout     time.Duration
+	PingInterval    time.Duration
+	WriteTimeout    time.Duration
+	ShutdownTimeout time.Duration
+
+	QueueBytes      int
+	MaxMessageBytes int
+	MaxClientBytes  int
+	MaxConnections  int
+	AllowedOrigins  []string
+	PublishToken    string
+	PublishAPI      bool
+
+	LogLevel  string
+	LogFormat string
+}
+
+// ParseServe parses the serve sub-command's arguments. getenv is usually
+// os.Getenv; out receives --help.
+func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve, error) {
+	var c Serve
+	f := newFlagSet("wspubsub serve", out)
+	host, _ := os.Hostname()
+	f.str(&c.Listen, "listen", ":8088", "address to listen on")
+	f.str(&c.Path, "path", "/websocket", "URL path clients connect to")
+	f.str(&c.NodeID, "node-id", host, "this gateway's name in JSON events")
+	f.str(&c.RedisURL, "redis-url", "", "Redis to subscribe and publish on, e.g. redis://127.0.0.1:6379 (empty: in-process broker)")
+	f.str(&c.Channel, "channel", "my_channel", "channel backends publish messages on")
+	f.str(&c.ConnectedChannel, "connected-channel", "connected", "channel for connect events")
+	f.str(&c.DisconnectedChannel, "disconnected-channel", "disconnected", "channel for disconnect events")
+	f.str(&c.EventFormat, "event-format", "bare", `connect/disconnect event payload: "bare" (the key, as the original) or "json"`)
+	f.str(&c.MongoURI, "mongo-uri", "", "MongoDB holding client keys, e.g. mongodb://127.0.0.1:27017 (empty: --keys-file or the demo key)")
+	f.str(&c.MongoDB, "mongo-db", "myDB", "MongoDB database")
+	f.str(&c.MongoCollection, "mongo-collection", "myCollection", "MongoDB collection")
+	f.str(&c.MongoKeyField, "mongo-key-field", "_id", "document field holding the key")
+	f.str(&c.KeysFile, "keys-file", "", "file with one key per line, re-read when it changes (used when --mongo-uri is empty)")
+	f.dur(&c.KeyCheckTimeout, "key-check-timeout", 2*time.Second, "timeout of one key lookup")
+	f.dur(&c.RecheckInterval, "recheck-interval", 5*time.Minute, "re-validate connected keys this often; removed keys are closed with 4403 (0 disables)")
+	f.dur(&c.IdleTimeout, "idle-timeout", 60*time.Second, "close a connection silent for this long")
+	f.dur(&c.PingInterval, "ping-interval", 25*time.Second, "send keep-alive pings this often (less than --idle-timeout)")
+	f.dur(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket write blocks this long")
+	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
+	f.size(&c.QueueBytes, "queue-bytes", 1<<20, "per-connection outbound queue; overflow closes with 4008")
+	f.size(&c.MaxMessageBytes, "max-message-bytes", 256<<10, "largest inbound published message")
+	f.size(&c.MaxClientBytes, "max-client-bytes", 4<<10, "largest message a client may send; larger closes with 1009")
+	f.integer(&c.MaxConnections, "max-connections", 0, "connection limit; beyond it HTTP 503 (0: open-file limit minus 256)")
+	f.list(&c.AllowedOrigins, "allowed-origins", "browser origins allowed besides the gateway's own, comma-separated (https://app.example.com, *.example.com, *)")
+	f.str(&c.PublishToken, "publish-token", "", "bearer token that admits non-loopback callers to POST /publish")
+	f.boolean(&c.PublishAPI, "publish-api", true, "serve POST /publish (loopback callers, or --publish-token)")
+	f.str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.str(&c.LogFormat, "log-format", "text", "text or json")
+	if err := f.parse(args, getenv); err != nil {
+		return c, err
+	}
+	if f.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(f.Args(), " "))
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the settings against each other.
+func (c *Serve) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if !strings.HasPrefix(c.Path, "/") {
+		bad("--path must start with /: %q", c.Path)
+	}
+	if c.EventFormat != "bare" && c.EventFormat != "json" {
+		bad(`--event-format must be "bare" or "json": %q`, c.EventFormat)
+	}
+	for name, d := range map[string]time.Duration{"key-check-timeout": c.KeyCheckTimeout,
+		"idle-timeout": c.IdleTimeout, "ping-interval": c.PingInterval, "write-timeout": c.WriteTimeout,
+		"shutdown-timeout": c.ShutdownTimeout} {
+		if d <= 0 {
+			bad("--%s must be positive: %v", name, d)
+		}
+	}
+	if c.RecheckInterval < 0 {
+		bad("--recheck-interval must not be negative: %v", c.RecheckInterval)
+	}
+	if c.PingInterval >= c.IdleTimeout {
+		bad("--ping-interval (%v) must be less than --idle-timeout (%v)", c.PingInterval, c.IdleTimeout)
+	}
+	if c.QueueBytes < c.MaxMessageBytes {
+		bad("--queue-bytes (%d) must hold at least one message of --max-message-bytes (%d)", c.QueueBytes, c.MaxMessageBytes)
+	}
+	if c.MaxMessageBytes <= 0 || c.MaxClientBytes <= 0 {
+		bad("--max-message-bytes and --max-client-bytes must be positive")
+	}
+	if c.MaxConnections < 0 {
+		bad("--max-connections must not be negative")
+	}
+	if c.Channel == "" || c.ConnectedChannel == "" || c.DisconnectedChannel == "" {
+		bad("channel names must not be empty")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("--log-level must be debug, info, warn or error: %q", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("--log-format must be text or json: %q", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+// Publish holds the publish sub-command's settings.
+type Publish struct {
+	RedisURL  string
+	Channel   string
+	Gateway   string
+	Token     string
+	To        []string
+	Broadcast bool
+	Timeout   time.Duration
+	Message   string // the envelope, or with To/Broadcast only the data
+}
+
+// ParsePublish parses the publish sub-command's arguments.
+func ParsePublish(args []string, getenv func(string) string, out io.Writer) (Publish, error) {
+	var c Publish
+	f := newFlagSet("wspubsub publish", out)
+	f.str(&c.RedisURL, "redis-url", "", "publish through this Redis (empty: POST to --gateway)")
+	f.str(&c.Channel, "channel", "my_channel", "Redis channel the gateway subscribes to")
+	f.str(&c.Gateway, "gateway", "http://127.0.0.1:8088", "running gateway to POST /publish to")
+	f.str(&c.Token, "publish-token", "", "bearer token for a non-loopback gateway")
+	f.list(&c.To, "to", "recipient keys, comma-separated; the argument is then just the data")
+	f.boolean(&c.Broadcast, "broadcast", false, "send to every connection; the argument is then just the data")
+	f.dur(&c.Timeout, "timeout", 5*time.Second, "give up after this long")
+	f.Usage = func() {
+		fmt.Fprintf(f.Output(), "Usage: wspubsub publish [flags] '<message JSON>' (or - to read stdin)\n\n")
+		f.PrintDefaults()
+	}
+	if err := f.parse(args, getenv); err != nil {
+		return c, err
+	}
+	if f.NArg() != 1 {
+		return c, errors.New("publish takes exactly one argument: the message JSON (or - for stdin)")
+	}
+	c.Message = f.Arg(0)
+	if len(c.To) > 0 && c.Broadcast {
+		return c, errors.New("--to and --broadcast exclude each other")
+	}
+	return c, nil
+}

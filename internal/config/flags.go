@@ -1,0 +1,126 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// EnvPrefix prefixes every flag's environment twin: --redis-url is
+// WSPUBSUB_REDIS_URL.
+const EnvPrefix = "WSPUBSUB_"
+
+// EnvName returns the environment variable that sets flag name.
+func EnvName(name string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// flagSet is a flag.FlagSet whose every flag has an environment twin; a
+// flag given on the command line wins over its variable.
+type flagSet struct {
+	*flag.FlagSet
+}
+
+func newFlagSet(name string, out io.Writer) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return &flagSet{fs}
+}
+
+func usage(name, text string) string { return text + " [$" + EnvName(name) + "]" }
+
+func (f *flagSet) str(p *string, name, def, text string) { f.StringVar(p, name, def, usage(name, text)) }
+func (f *flagSet) dur(p *time.Duration, name string, def time.Duration, text string) {
+	f.DurationVar(p, name, def, usage(name, text))
+}
+func (f *flagSet) integer(p *int, name string, def int, text string) {
+	f.IntVar(p, name, def, usage(name, text))
+}
+func (f *flagSet) boolean(p *bool, name string, def bool, text string) {
+	f.BoolVar(p, name, def, usage(name, text))
+}
+func (f *flagSet) size(p *int, name string, def int, text string) {
+	*p = def
+	f.Var((*sizeValue)(p), name, usage(name, text))
+}
+func (f *flagSet) list(p *[]string, name, text string) {
+	f.Var((*listValue)(p), name, usage(name, text))
+}
+
+// parse parses args, then fills flags not given from the environment.
+func (f *flagSet) parse(args []string, getenv func(string) string) error {
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	var errs []error
+	f.VisitAll(func(fl *flag.Flag) {
+		if given[fl.Name] {
+			return
+		}
+		if v, ok := lookup(getenv, EnvName(fl.Name)); ok {
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(fl.Name), v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func lookup(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+// sizeValue is a byte count that accepts suffixes: 512, 64KiB, 1MiB, 2MB.
+type sizeValue int
+
+func (s *sizeValue) String() string { return strconv.Itoa(int(*s)) }
+
+func (s *sizeValue) Set(v string) error {
+	n, err := ParseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeValue(n)
+	return nil
+}
+
+// ParseSize parses a byte count with an optional KB/KiB/MB/MiB/GB/GiB suffix.
+func ParseSize(v string) (int, error) {
+	v = strings.TrimSpace(v)
+	mult := 1
+	for _, u := range []struct {
+		suffix string
+		mult   int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"B", 1}} {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("not a byte size: %q", v)
+	}
+	return n * mult, nil
+}
+
+// listValue is a comma-separated list; repeating the flag appends.
+type listValue []string
+
+func (l *listValue) String() string { return strings.Join(*l, ",") }
+
+func (l *listValue) Set(v string) error {
+	for p := range strings.SplitSeq(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+// Package envelope parses the messages that backends publish for wspubsub:
+//
+//	{"recipients":["<key>",...],"data":<any JSON>}
+//	{"broadcast":true,"data":<any JSON>}
+//
+// It owns the wire contract of inbound messages and the exact bytes a client
+// receives: the published object minus its "recipients" (or "broadcast")
+// member, with every other member's bytes passed through unchanged (numbers
+// are not re-encoded, member order is kept). It must not know about
+// connections, brokers or transports.
+//
+// The scanner is hand-written rather than built on encoding/json because the
+// gateway needs byte spans of members (to pass data through untouched) and no
+// allocation per recipient; encoding/json validates first, so the scanner
+// only ever walks well-formed JSON.
+package envelope
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Drop reasons, used as metric labels and in log lines.
+const (
+	ReasonTooLarge      = "too_large"
+	ReasonInvalidJSON   = "invalid_json"
+	ReasonNotObject     = "not_object"
+	ReasonBadRecipients = "bad_recipients"
+	ReasonNoRecipients  = "no_recipients"
+	ReasonNoData        = "no_data"
+	ReasonBadBroadcast  = "bad_broadcast"
+)
+
+// Reasons lists every drop reason, so metrics can be pre-declared.
+var Reasons = []string{ReasonTooLarge, ReasonInvalidJSON, ReasonNotObject,
+	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast}
+
+// Error says why a message was rejected.
+type Error struct {
+	Reason string // one of the Reason constants
+	Detail string
+}
+
+func (e *Error) Error() string { return "envelope " + e.Reason + ": " + e.Detail }
+
+// Envelope is one parsed message. Its slices point into the parsed input (and
+// into the Parser's scratch space): they are valid until the next Parse.
+type Envelope struct {
+	// Recipients are the raw keys the message is for; empty when Broadcast.
+	Recipients [][]byte
+	// Broadcast is true for the {"broadcast":true,...} form: every connection.
+	Broadcast bool
+	// Payload is what a client receives: the object minus routing members.
+	// It is freshly allocated and may be retained.
+	Payload []byte
+}
+
+// Parser parses envelopes, reusing its scratch space between calls. A Parser
+// is not safe for concurrent use.
+type Parser struct {
+	// MaxBytes rejects larger messages; 0 means no limit.
+	MaxBytes int
+	recips   [][]byte
+	spans    []span
+}
+
+type span struct{ start, end int }
+
+// Parse validates msg and extracts its routing and payload.
+func (p *Parser) Parse(msg []byte) (Envelope, error) {
+	if p.MaxBytes > 0 && len(msg) > p.MaxBytes {
+		return Envelope{}, &Error{ReasonTooLarge, fmt.Sprintf("%d bytes, limit %d", len(msg), p.MaxBytes)}
+	}
+	if !json.Valid(msg) {
+		return Envelope{}, &Error{ReasonInvalidJSON, "not valid JSON"}
+	}
+	i := skipSpace(msg, 0)
+	if msg[i] != '{' {
+		return Envelope{}, &Error{ReasonNotObject, "top level is not an object"}
+	}
+	p.spans = p.spans[:0]
+	var recips, broadcast, data = -1, -1, false
+	var recipVal, bcastVal span
+	i = skipSpace(msg, i+1)
+	for msg[i] != '}' {
+		memberStart := i
+		keyEnd := skipString(msg, i)
+		key := msg[i+1 : keyEnd-1]
+		i = skipSpace(msg, keyEnd)
+		i = skipSpace(msg, i+1) // ':'
+		valStart := i
+		i = skipValue(msg, i)
+		val := span{valStart, i}
+		switch string(key) {
+		case "recipients":
+			recips, recipVal = memberStart, val
+		case "broadcast":
+			broadcast, bcastVal = memberStart, val
+		default:
+			if string(key) == "data" {
+				data = true
+			}
+			p.spans = append(p.spans, span{memberStart, i})
+		}
+		i = skipSpace(msg, i)
+		if msg[i] == ',' {
+			i = skipSpace(msg, i+1)
+		}
+	}
+	if !data {
+		return Envelope{}, &Error{ReasonNoData, `no "data" member`}
+	}
+	env := Envelope{}
+	switch {
+	case broadcast >= 0:
+		if recips >= 0 {
+			return Envelope{}, &Error{ReasonBadBroadcast, `both "broadcast" and "recipients"`}
+		}
+		if string(msg[bcastVal.start:bcastVal.end]) != "true" {
+			return Envelope{}, &Error{ReasonBadBroadcast, `"broadcast" must be true`}
+		}
+		env.Broadcast = true
+	case recips < 0:
+		return Envelope{}, &Error{ReasonBadRecipients, `no "recipients" member`}
+	default:
+		r, err := p.parseRecipients(msg[recipVal.start:recipVal.end])
+		if err != nil {
+			return Envelope{}, err
+		}
+		if len(r) == 0 {
+			return Envelope{}, &Error{ReasonNoRecipients, `"recipients" is empty`}
+		}
+		env.Recipients = r
+	}
+	env.Payload = p.payload(msg)
+	return env, nil
+}
+
+// payload joins the kept members into a new object.
+func (p *Parser) payload(msg []byte) []byte {
+	n := 2
+	for _, s := range p.spans {
+		n += s.end - s.start + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '{')
+	for k, s := range p.spans {
+		if k > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, msg[s.start:s.end]...)
+	}
+	return append(out, '}')
+}
+
+// parseRecipients reads a JSON array of strings. Strings without escapes are
+// returned as slices of v; escaped ones are decoded (rare, allocates).
+func (p *Parser) parseRecipients(v []byte) ([][]byte, error) {
+	if v[0] != '[' {
+		return nil, &Error{ReasonBadRecipients, `"recipients" is not a list`}
+	}
+	p.recips = p.recips[:0]
+	i := skipSpace(v, 1)
+	for v[i] != ']' {
+		if v[i] != '"' {
+			return nil, &Error{ReasonBadRecipients, `"recipients" holds a non-string`}
+		}
+		end := skipString(v, i)
+		raw := v[i+1 : end-1]
+		if hasEscape(raw) {
+			var s string
+			if err := json.Unmarshal(v[i:end], &s); err != nil {
+				return nil, &Error{ReasonBadRecipients, "undecodable recipient"}
+			}
+			raw = []byte(s)
+		}
+		p.recips = append(p.recips, raw)
+		i = skipSpace(v, end)
+		if v[i] == ',' {
+			i = skipSpace(v, i+1)
+		}
+	}
+	return p.recips, nil
+}
+
+func hasEscape(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' {
+			return true
+		}
+	}
+	return false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index just past the string starting at b[i] == '"'.
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
+}
+
+// skipValue returns the index just past the (valid) value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return i
+	default: // number, true, false, null
+		for i < len(b) {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return i
+			}
+			i++
+		}
+		return i
+	}
+}

@@ -1,0 +1,204 @@
+// Package gateway is wspubsub's HTTP surface and its assembly: it builds the
+// key store, broker, hub and transports from configuration, serves the
+// client endpoint, /healthz, /readyz, /metrics and /publish, and runs the
+// graceful shutdown. It must not route messages or touch sockets itself:
+// that is the hub's and the transports' work.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/broker"
+	"github.com/wspubsub/wspubsub/internal/config"
+	"github.com/wspubsub/wspubsub/internal/hub"
+	"github.com/wspubsub/wspubsub/internal/keystore"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/websocket"
+)
+
+// Gateway is one running wspubsub node.
+type Gateway struct {
+	cfg      config.Serve
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	store    keystore.KeyStore
+	broker   broker.Broker
+	hub      *hub.Hub
+	ws       *websocket.Server
+	ln       net.Listener
+	srv      *http.Server
+	pub      publishParser
+	maxConns int
+
+	ctx    context.Context // lifetime of connections
+	cancel context.CancelFunc
+}
+
+// Options lets embedders and tests supply their own backends; nil fields
+// are built from the configuration.
+type Options struct {
+	Store  keystore.KeyStore
+	Broker broker.Broker
+	Logger *slog.Logger
+}
+
+// New builds a gateway and binds its listener (so Addr is known before Run).
+func New(cfg config.Serve, opt Options) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	g := &Gateway{cfg: cfg, log: log, metrics: metrics.New()}
+	g.pub.p.MaxBytes = cfg.MaxMessageBytes
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+
+	var err error
+	if g.store = opt.Store; g.store == nil {
+		if g.store, err = newStore(cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	if g.broker = opt.Broker; g.broker == nil {
+		g.broker, err = newBroker(cfg, log, g.metrics)
+		if err != nil {
+			return nil, err
+		}
+	}
+	g.hub = hub.New(hub.Config{
+		Store: g.store, Events: g.broker, Metrics: g.metrics, Logger: log,
+		NodeID: cfg.NodeID, ConnectedChannel: cfg.ConnectedChannel, DisconnectedChannel: cfg.DisconnectedChannel,
+		JSONEvents: cfg.EventFormat == "json", MaxMessageBytes: cfg.MaxMessageBytes,
+		KeyCheckTimeout: cfg.KeyCheckTimeout, RecheckInterval: recheck(cfg.RecheckInterval),
+		KeepAliveInterval: cfg.PingInterval,
+	})
+	g.ws = websocket.NewServer(g.ctx, websocket.Config{
+		Hub: g.hub, Metrics: g.metrics, Logger: log,
+		IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout,
+		QueueBytes: cfg.QueueBytes, MaxFrameBytes: cfg.MaxClientBytes,
+	})
+	g.maxConns = cfg.MaxConnections
+	if g.maxConns == 0 {
+		g.maxConns = fdLimit() - 256
+	}
+	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
+	}
+	g.srv = &http.Server{
+		Handler:           g.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return g, nil
+}
+
+func recheck(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1 // hub: disabled
+	}
+	return d
+}
+
+func fdLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 1 << 20
+	}
+	return int(rl.Cur)
+}
+
+func newStore(cfg config.Serve, log *slog.Logger) (keystore.KeyStore, error) {
+	switch {
+	case cfg.MongoURI != "":
+		log.Info("key store: MongoDB", "db", cfg.MongoDB, "collection", cfg.MongoCollection, "field", cfg.MongoKeyField)
+		return keystore.NewMongo(keystore.MongoConfig{URI: cfg.MongoURI, Database: cfg.MongoDB,
+			Collection: cfg.MongoCollection, Field: cfg.MongoKeyField, Timeout: cfg.KeyCheckTimeout})
+	case cfg.KeysFile != "":
+		f, err := keystore.NewFile(cfg.KeysFile)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("key store: file", "path", cfg.KeysFile, "keys", f.Len())
+		return f, nil
+	default:
+		log.Warn("!!! DEMO MODE: no --mongo-uri or --keys-file; the only valid key is the public demo key — do not expose this gateway",
+			"key", config.DemoKey)
+		return keystore.NewMemory(config.DemoKey), nil
+	}
+}
+
+func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics) (broker.Broker, error) {
+	if cfg.RedisURL == "" {
+		log.Warn("broker: in-process (no --redis-url); publish with POST /publish or `wspubsub publish`")
+		return broker.NewMemory(cfg.Channel), nil
+	}
+	log.Info("broker: Redis", "channel", cfg.Channel)
+	return broker.NewRedis(broker.RedisConfig{
+		URL: cfg.RedisURL, Inbound: cfg.Channel, Logger: log,
+		OnReconnect: m.BrokerReconnects.Inc,
+		OnReady: func(ok bool) {
+			if ok {
+				m.BrokerReady.Set(1)
+			} else {
+				m.BrokerReady.Set(0)
+			}
+		},
+	})
+}
+
+// Addr is the address the gateway listens on.
+func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
+
+// Hub exposes the hub (for tests and embedders).
+func (g *Gateway) Hub() *hub.Hub { return g.hub }
+
+// Metrics exposes the gateway's metrics.
+func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
+
+// Run serves until ctx ends, then shuts down gracefully: stop accepting,
+// close every client with 1001 "going away", publish their disconnected
+// events, all within --shutdown-timeout.
+func (g *Gateway) Run(ctx context.Context) error {
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	brokerDone := make(chan error, 1)
+	go func() { brokerDone <- g.broker.Run(runCtx, g.hub.Dispatch) }()
+	go g.hub.Run(runCtx)
+	if m, ok := g.broker.(*broker.Memory); ok && m != nil {
+		g.metrics.BrokerReady.Set(1)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- g.srv.Serve(g.ln) }()
+	g.log.Info("wspubsub listening", "addr", g.ln.Addr().String(), "path", g.cfg.Path, "max_connections", g.maxConns)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serving HTTP: %w", err)
+	}
+	g.log.Info("shutting down", "connections", g.hub.Live())
+	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
+	defer cancel()
+	_ = g.srv.Shutdown(sctx) // stop accepting; plain HTTP requests finish
+	g.hub.Shutdown(sctx)     // close clients with 1001, flush events
+	g.cancel()               // abandon anything still authenticating
+	stopRun()
+	_ = g.broker.Close()
+	<-brokerDone
+	_ = g.store.Close(sctx)
+	g.log.Info("stopped")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

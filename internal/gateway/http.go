@@ -1,0 +1,207 @@
+package gateway
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wspubsub/wspubsub/internal/envelope"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/websocket"
+)
+
+// routes builds the gateway's HTTP surface.
+func (g *Gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(g.cfg.Path, g.serveClient)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", g.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metrics.Registry, promhttp.HandlerOpts{}))
+	if g.cfg.PublishAPI {
+		mux.HandleFunc("POST /publish", g.servePublish)
+	}
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "wspubsub gateway\n\nclients: ws://HOST%s?<key>\nhealth: /healthz  readiness: /readyz  metrics: /metrics\n", g.cfg.Path)
+	})
+	return mux
+}
+
+// KeyFromQuery extracts a client key from a raw query string: a key=
+// parameter if there is one, else everything before the first '&' (the
+// original used the whole query string; jQuery appends &_=<timestamp>).
+func KeyFromQuery(raw string) string {
+	first := ""
+	for i, part := range strings.Split(raw, "&") {
+		if v, ok := strings.CutPrefix(part, "key="); ok {
+			return unescape(v)
+		}
+		if i == 0 && !isCacheBuster(part) {
+			first = part
+		}
+	}
+	return unescape(first)
+}
+
+func isCacheBuster(p string) bool {
+	v, ok := strings.CutPrefix(p, "_=")
+	if !ok || v == "" {
+		return false
+	}
+	return strings.Trim(v, "0123456789") == ""
+}
+
+func unescape(s string) string {
+	if u, err := url.QueryUnescape(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// serveClient is the client endpoint: checks origin and limits, then hands
+// the request to the transport it asks for.
+func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
+	if !g.originAllowed(r) {
+		g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
+		g.log.Warn("connection refused: origin not allowed", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	if !websocket.IsUpgrade(r) {
+		g.metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
+		http.Error(w, "this endpoint expects a WebSocket upgrade", http.StatusBadRequest)
+		return
+	}
+	if g.ws.Open() >= g.maxConns {
+		g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
+		g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns, "remote", r.RemoteAddr)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "connection limit reached", http.StatusServiceUnavailable)
+		return
+	}
+	g.ws.Serve(w, r, KeyFromQuery(r.URL.RawQuery))
+}
+
+// originAllowed admits requests without an Origin (non-browser clients),
+// same-origin requests, and origins matching --allowed-origins.
+func (g *Gateway) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, a := range g.cfg.AllowedOrigins {
+		switch {
+		case a == "*":
+			return true
+		case strings.HasPrefix(a, "*."):
+			if strings.HasSuffix(strings.ToLower(u.Hostname()), strings.ToLower(a[1:])) {
+				return true
+			}
+		case strings.Contains(a, "://"):
+			if strings.EqualFold(strings.TrimSuffix(a, "/"), u.Scheme+"://"+u.Host) {
+				return true
+			}
+		default:
+			if strings.EqualFold(a, u.Host) || strings.EqualFold(a, u.Hostname()) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (g *Gateway) serveReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	status, code := map[string]string{"broker": "ok", "store": "ok"}, http.StatusOK
+	if !g.broker.Ready() {
+		status["broker"], code = "not subscribed", http.StatusServiceUnavailable
+	}
+	if err := g.store.Ping(ctx); err != nil {
+		status["store"], code = err.Error(), http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, status)
+}
+
+// publishParser validates envelopes posted to /publish before they are
+// handed to the broker, so the caller learns what is wrong.
+type publishParser struct {
+	mu sync.Mutex
+	p  envelope.Parser
+}
+
+func (g *Gateway) servePublish(w http.ResponseWriter, r *http.Request) {
+	if !g.publishAllowed(r) {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": "publish is open to loopback callers or with --publish-token"})
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(g.cfg.MaxMessageBytes)))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": envelope.ReasonTooLarge})
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + err.Error()})
+		return
+	}
+	g.pub.mu.Lock()
+	_, err = g.pub.p.Parse(body)
+	g.pub.mu.Unlock()
+	if err != nil {
+		var e *envelope.Error
+		reason := "invalid"
+		if errors.As(err, &e) {
+			reason = e.Reason
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": reason, "detail": err.Error()})
+		return
+	}
+	if err := g.broker.Publish(r.Context(), g.cfg.Channel, body); err != nil {
+		g.log.Warn("publish API: broker publish failed", "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "broker unavailable"})
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+}
+
+func (g *Gateway) publishAllowed(r *http.Request) bool {
+	if tok := g.cfg.PublishToken; tok != "" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if ok && subtle.ConstantTimeCompare([]byte(got), []byte(tok)) == 1 {
+			return true
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

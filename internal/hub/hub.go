@@ -1,0 +1,151 @@
+// Package hub is the gateway's connection registry and router. It admits
+// sessions (checking their key), keeps every live session of every key,
+// routes each inbound message to the sessions of its recipients, publishes
+// connected/disconnected events, re-validates keys periodically and drives
+// keep-alives.
+//
+// The hub sees sessions only through package session: it must not know which
+// transport carries a connection, and must not block on any one of them —
+// delivery only appends to a session's bounded queue.
+package hub
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/broker"
+	"github.com/wspubsub/wspubsub/internal/envelope"
+	"github.com/wspubsub/wspubsub/internal/keystore"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
+)
+
+// Config configures a Hub. Zero durations take the defaults in brackets.
+type Config struct {
+	Store   keystore.KeyStore
+	Events  broker.Broker // where connected/disconnected events go
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+
+	NodeID              string
+	ConnectedChannel    string
+	DisconnectedChannel string
+	JSONEvents          bool // publish JSON events instead of the bare key
+
+	MaxMessageBytes   int           // inbound envelope limit (0: none)
+	KeyCheckTimeout   time.Duration // per key lookup [2s]
+	RecheckInterval   time.Duration // key re-validation period [5m]; <0 disables
+	KeepAliveInterval time.Duration // transport keep-alive period [25s]
+}
+
+const shardCount = 64
+
+type shard struct {
+	mu   sync.RWMutex
+	keys map[string][]*session.Session
+}
+
+// Hub is safe for concurrent use, except Dispatch, which the broker calls
+// from a single goroutine.
+type Hub struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics.Metrics
+	shards [shardCount]shard
+	parser envelope.Parser
+	events *eventPump
+
+	live    atomic.Int64
+	closing atomic.Bool
+	nextID  atomic.Uint64
+}
+
+// New builds a hub; call Run to start its background work.
+func New(cfg Config) *Hub {
+	if cfg.KeyCheckTimeout <= 0 {
+		cfg.KeyCheckTimeout = 2 * time.Second
+	}
+	if cfg.RecheckInterval == 0 {
+		cfg.RecheckInterval = 5 * time.Minute
+	}
+	if cfg.KeepAliveInterval <= 0 {
+		cfg.KeepAliveInterval = 25 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
+	}
+	h := &Hub{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+	h.parser.MaxBytes = cfg.MaxMessageBytes
+	for i := range h.shards {
+		h.shards[i].keys = make(map[string][]*session.Session)
+	}
+	h.events = newEventPump(cfg, h.log)
+	return h
+}
+
+// NewID returns a connection id unique within this hub.
+func (h *Hub) NewID() uint64 { return h.nextID.Add(1) }
+
+// Live returns the number of registered sessions.
+func (h *Hub) Live() int { return int(h.live.Load()) }
+
+func (h *Hub) shardOf(key []byte) *shard {
+	// FNV-1a, inline so that routing a []byte key allocates nothing.
+	var x uint32 = 2166136261
+	for _, c := range key {
+		x ^= uint32(c)
+		x *= 16777619
+	}
+	return &h.shards[x%shardCount]
+}
+
+// Run drives keep-alives, key re-validation and event publishing until ctx
+// ends.
+func (h *Hub) Run(ctx context.Context) {
+	ka := time.NewTicker(h.cfg.KeepAliveInterval)
+	defer ka.Stop()
+	var recheck <-chan time.Time
+	if h.cfg.RecheckInterval > 0 {
+		t := time.NewTicker(h.cfg.RecheckInterval)
+		defer t.Stop()
+		recheck = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ka.C:
+			h.each(func(s *session.Session) { s.KeepAlive() })
+		case <-recheck:
+			h.recheck(ctx)
+		}
+	}
+}
+
+// each calls f for every registered session, one shard at a time.
+func (h *Hub) each(f func(*session.Session)) {
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.RLock()
+		for _, list := range sh.keys {
+			for _, s := range list {
+				f(s)
+			}
+		}
+		sh.mu.RUnlock()
+	}
+}
+
+// Sessions returns the live sessions of key (a copy).
+func (h *Hub) Sessions(key string) []*session.Session {
+	sh := h.shardOf([]byte(key))
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return append([]*session.Session(nil), sh.keys[key]...)
+}

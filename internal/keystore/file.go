@@ -1,0 +1,101 @@
+package keystore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// File is a key store backed by a text file with one key per line (blank
+// lines and lines starting with # are ignored). The file is re-read when its
+// modification time or size changes, checked at most once per interval.
+type File struct {
+	path     string
+	interval time.Duration
+
+	mu      sync.Mutex
+	keys    map[string]struct{}
+	checked time.Time
+	mod     time.Time
+	size    int64
+	err     error
+}
+
+// NewFile loads path; it fails if the file cannot be read.
+func NewFile(path string) (*File, error) {
+	f := &File{path: path, interval: time.Second}
+	if err := f.reload(true); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *File) reload(force bool) error {
+	st, err := os.Stat(f.path)
+	if err != nil {
+		f.err = fmt.Errorf("%w: reading key file: %v", ErrUnavailable, err)
+		return f.err
+	}
+	if !force && st.ModTime().Equal(f.mod) && st.Size() == f.size {
+		f.err = nil
+		return nil
+	}
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		f.err = fmt.Errorf("%w: reading key file: %v", ErrUnavailable, err)
+		return f.err
+	}
+	keys := make(map[string]struct{})
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		keys[line] = struct{}{}
+	}
+	f.keys, f.mod, f.size, f.err = keys, st.ModTime(), st.Size(), nil
+	return nil
+}
+
+func (f *File) refresh() error {
+	if time.Since(f.checked) < f.interval {
+		return f.err
+	}
+	f.checked = time.Now()
+	return f.reload(false)
+}
+
+// Len returns how many keys are loaded.
+func (f *File) Len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.keys)
+}
+
+// Contains implements KeyStore.
+func (f *File) Contains(_ context.Context, key string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.refresh(); err != nil {
+		return false, err
+	}
+	_, ok := f.keys[key]
+	return ok, nil
+}
+
+// Ping implements KeyStore.
+func (f *File) Ping(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.refresh()
+}
+
+// Close implements KeyStore.
+func (f *File) Close(context.Context) error { return nil }

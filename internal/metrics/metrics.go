@@ -1,0 +1,112 @@
+// Package metrics defines wspubsub's Prometheus metrics on a registry owned
+// by one gateway instance (no global registry, so tests can run several
+// gateways in one process). It must not hold any logic beyond counting.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/wspubsub/wspubsub/internal/envelope"
+)
+
+// Rejection reasons (connections refused before or right after the handshake).
+const (
+	RejectUnauthorized     = "unauthorized"
+	RejectStoreUnavailable = "store_unavailable"
+	RejectOrigin           = "origin"
+	RejectLimit            = "limit"
+	RejectBadRequest       = "bad_request"
+)
+
+// Disconnect reasons (connections that were registered and then ended).
+const (
+	DiscClient     = "client"
+	DiscIdle       = "idle"
+	DiscTooSlow    = "too_slow"
+	DiscRevoked    = "revoked"
+	DiscShutdown   = "shutdown"
+	DiscWriteError = "write_error"
+	DiscProtocol   = "protocol"
+	DiscTooBig     = "too_big"
+)
+
+// Metrics holds every collector; fields are safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Connections      *prometheus.GaugeVec
+	Connects         *prometheus.CounterVec
+	Rejections       *prometheus.CounterVec
+	Disconnects      *prometheus.CounterVec
+	MessagesIn       prometheus.Counter
+	Deliveries       prometheus.Counter
+	Drops            *prometheus.CounterVec
+	BrokerReconnects prometheus.Counter
+	BrokerReady      prometheus.Gauge
+	EventsPublished  prometheus.Counter
+	EventsDropped    prometheus.Counter
+	Revocations      prometheus.Counter
+	ClientMessages   *prometheus.CounterVec
+}
+
+// New creates the collectors and registers them (plus Go and process
+// collectors) on a fresh registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wspubsub_connections", Help: "Live authenticated connections.",
+		}, []string{"transport"}),
+		Connects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspubsub_connects_total", Help: "Connections authenticated and registered.",
+		}, []string{"transport"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspubsub_rejections_total", Help: "Connection attempts refused, by reason.",
+		}, []string{"reason"}),
+		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspubsub_disconnects_total", Help: "Registered connections that ended, by reason.",
+		}, []string{"reason"}),
+		MessagesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_messages_in_total", Help: "Messages received from the broker.",
+		}),
+		Deliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_deliveries_total", Help: "Messages queued to a connection.",
+		}),
+		Drops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspubsub_drops_total", Help: "Inbound messages dropped, by reason.",
+		}, []string{"reason"}),
+		BrokerReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_broker_reconnects_total", Help: "Times the broker subscription was lost and retried.",
+		}),
+		BrokerReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wspubsub_broker_ready", Help: "1 when the broker subscription is live.",
+		}),
+		EventsPublished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_events_published_total", Help: "connected/disconnected events published.",
+		}),
+		EventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_events_dropped_total", Help: "connected/disconnected events dropped (queue full or broker down at shutdown).",
+		}),
+		Revocations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_revocations_total", Help: "Connections closed because their key was removed.",
+		}),
+		ClientMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wspubsub_client_messages_total", Help: "Text messages received from clients, by kind.",
+		}, []string{"kind"}),
+	}
+	m.Registry.MustRegister(m.Connections, m.Connects, m.Rejections, m.Disconnects,
+		m.MessagesIn, m.Deliveries, m.Drops, m.BrokerReconnects, m.BrokerReady,
+		m.EventsPublished, m.EventsDropped, m.Revocations, m.ClientMessages,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Pre-declare label values so dashboards see zeros rather than gaps.
+	for _, r := range envelope.Reasons {
+		m.Drops.WithLabelValues(r)
+	}
+	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest} {
+		m.Rejections.WithLabelValues(r)
+	}
+	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig} {
+		m.Disconnects.WithLabelValues(r)
+	}
+	return m
+}

@@ -1,0 +1,45 @@
+package session
+
+import "sync"
+
+// Encoding slots: each transport caches its wire form of a message in its
+// own slot, so a message is encoded once per transport however many
+// connections receive it.
+const (
+	EncWebSocket = iota
+	EncEventStream
+	encSlots = 4
+)
+
+// Message is one payload on its way to one or more sessions. It is shared by
+// every recipient and must not be modified after it is first delivered.
+type Message struct {
+	Payload []byte
+	control bool // not counted against the queue limit (pings, close frames)
+	enc     [encSlots]struct {
+		once sync.Once
+		b    []byte
+	}
+}
+
+// NewMessage wraps payload (which the caller must no longer modify).
+func NewMessage(payload []byte) *Message { return &Message{Payload: payload} }
+
+// NewControl returns a transport control message whose wire form in slot is
+// already known (a ping or close frame); it bypasses the queue's byte limit.
+func NewControl(slot int, wire []byte) *Message {
+	m := &Message{control: true}
+	m.enc[slot].once.Do(func() { m.enc[slot].b = wire })
+	return m
+}
+
+// Encoded returns the message's wire form for slot, computing it with encode
+// on first use.
+func (m *Message) Encoded(slot int, encode func(payload []byte) []byte) []byte {
+	e := &m.enc[slot]
+	e.once.Do(func() { e.b = encode(m.Payload) })
+	return e.b
+}
+
+// IsControl reports whether m is a transport control message.
+func (m *Message) IsControl() bool { return m.control }

@@ -1,0 +1,80 @@
+package session
+
+import "sync"
+
+type pushResult uint8
+
+const (
+	pushOK pushResult = iota
+	pushWake
+	pushOverflow
+	pushClosed
+)
+
+// Queue is a session's bounded outbound queue, bounded in payload bytes. It
+// also tracks whether a writer is scheduled, so that a burst of deliveries
+// wakes the transport once and the writer sends the whole burst in one go.
+type Queue struct {
+	mu      sync.Mutex
+	items   []*Message
+	bytes   int
+	limit   int
+	armed   bool // a writer has been woken and not yet found the queue empty
+	closed  bool
+	dropped bool
+}
+
+func (q *Queue) push(m *Message) pushResult {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return pushClosed
+	}
+	n := len(m.Payload)
+	if q.limit > 0 && q.bytes+n > q.limit && !m.control {
+		q.mu.Unlock()
+		return pushOverflow
+	}
+	if !m.control {
+		q.bytes += n
+	}
+	q.items = append(q.items, m)
+	wake := !q.armed
+	q.armed = true
+	q.mu.Unlock()
+	if wake {
+		return pushWake
+	}
+	return pushOK
+}
+
+func (q *Queue) drain(dst []*Message) []*Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dst = dst[:0]
+	if len(q.items) == 0 {
+		q.armed = false
+		if cap(q.items) > 64 { // release a burst's backing array
+			q.items = nil
+		}
+		return dst
+	}
+	dst = append(dst, q.items...)
+	clear(q.items)
+	q.items = q.items[:0]
+	q.bytes = 0
+	return dst
+}
+
+// close stops further pushes; with drop, queued messages are discarded.
+func (q *Queue) close(drop bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	if drop {
+		q.dropped = true
+		clear(q.items)
+		q.items = nil
+		q.bytes = 0
+	}
+}

@@ -1,0 +1,195 @@
+// Package testenv starts the real backing services wspubsub's integration
+// tests talk to — redis-server and a MongoDB-wire server (FerretDB, from
+// tools/mongowire) — each on a free loopback port, stopped when the test
+// ends, and restartable on the same port so tests can simulate outages.
+//
+// When a service's program is missing the test is skipped, unless
+// WSPUBSUB_REQUIRE_SERVICES=1 (set by scripts/test.sh), which makes it fail.
+// It is test support only; nothing in the gateway imports it.
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Service is one started server process.
+type Service struct {
+	t    testing.TB
+	name string
+	Port int
+	argv func() []string
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+}
+
+// Addr returns host:port.
+func (s *Service) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.Port) }
+
+// Stop kills the server (SIGKILL: an outage, not a clean shutdown).
+func (s *Service) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Start (re)starts the server on its port and waits until it accepts
+// connections.
+func (s *Service) Start() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return
+	}
+	argv := s.argv()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout = &prefixWriter{t: s.t, prefix: s.name}
+	cmd.Stderr = cmd.Stdout
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("starting %s: %v", s.name, err)
+	}
+	s.cmd = cmd
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s not accepting on %s after 60s: %v", s.name, s.Addr(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// prefixWriter forwards a service's output to the test log (only shown for
+// failing or verbose tests).
+type prefixWriter struct {
+	t      testing.TB
+	prefix string
+	mu     sync.Mutex
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	sc := bufio.NewScanner(strings.NewReader(string(p)))
+	for sc.Scan() {
+		func() {
+			defer func() { _ = recover() }() // the test may have finished
+			w.t.Logf("[%s] %s", w.prefix, sc.Text())
+		}()
+	}
+	return len(p), nil
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func missing(t testing.TB, what string) {
+	t.Helper()
+	if os.Getenv("WSPUBSUB_REQUIRE_SERVICES") == "1" {
+		t.Fatalf("%s is required (WSPUBSUB_REQUIRE_SERVICES=1)", what)
+	}
+	t.Skipf("%s not available; run scripts/test.sh to install and start everything", what)
+}
+
+// Redis starts a fresh redis-server.
+func Redis(t testing.TB) *Service {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		missing(t, "redis-server")
+	}
+	dir := t.TempDir()
+	s := &Service{t: t, name: "redis", Port: FreePort(t)}
+	s.argv = func() []string {
+		return []string{bin, "--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1", "--save", "",
+			"--appendonly", "no", "--dir", dir, "--loglevel", "warning"}
+	}
+	s.Start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// URL returns the redis:// URL of a Redis service.
+func (s *Service) URL() string {
+	if s.name == "redis" {
+		return "redis://" + s.Addr()
+	}
+	return "mongodb://" + s.Addr() + "/"
+}
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// mongowireBinary returns the FerretDB helper: $WSPUBSUB_MONGOWIRE if set,
+// otherwise it is built once per test process from tools/mongowire.
+func mongowireBinary(t testing.TB) string {
+	if p := os.Getenv("WSPUBSUB_MONGOWIRE"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		src := filepath.Join(filepath.Dir(file), "..", "..", "tools", "mongowire")
+		buildPath = filepath.Join(os.TempDir(), "wspubsub-mongowire")
+		cmd := exec.Command("go", "build", "-o", buildPath, ".")
+		cmd.Dir = src
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("building tools/mongowire: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		missing(t, buildErr.Error())
+	}
+	return buildPath
+}
+
+// Mongo starts a fresh MongoDB-wire server (FerretDB on SQLite). Its data
+// survives Stop/Start.
+func Mongo(t testing.TB) *Service {
+	t.Helper()
+	bin := mongowireBinary(t)
+	dir := t.TempDir()
+	s := &Service{t: t, name: "mongowire", Port: FreePort(t)}
+	s.argv = func() []string { return []string{bin, "-listen", s.Addr(), "-dir", dir} }
+	s.Start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Logger returns a debug-level logger writing to the test log.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(&prefixWriter{t: t, prefix: "gw"}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

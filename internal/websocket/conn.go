@@ -1,0 +1,241 @@
+package websocket
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/wspubsub/wspubsub/internal/hub"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
+)
+
+// closeWait bounds how long a server-initiated close waits for the client's
+// close reply before the socket is dropped.
+const closeWait = 2 * time.Second
+
+// conn is one WebSocket connection; it implements session.Transport.
+type conn struct {
+	srv  *Server
+	nc   net.Conn
+	sess *session.Session
+
+	wmu        sync.Mutex // serialises socket writes between pool workers
+	closeFrame atomic.Pointer[[]byte]
+	closeSent  chan struct{}
+	writeErr   atomic.Bool
+	byClient   bool // the client sent the first close frame (reader only)
+}
+
+// Wake implements session.Transport.
+func (c *conn) Wake() { c.srv.pool.submit(c) }
+
+// KeepAlive implements session.Transport: a ping the client must answer
+// within the idle timeout.
+func (c *conn) KeepAlive() { c.sess.Deliver(c.srv.ping) }
+
+// Closed implements session.Transport: the close frame goes out after
+// whatever is still queued.
+func (c *conn) Closed(code int, reason string) {
+	f := ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusCode(code), reason)))
+	c.closeFrame.Store(&f)
+	c.srv.pool.submit(c)
+}
+
+// flush writes everything queued in one writev, repeatedly until the queue
+// is empty, then the close frame if one is pending.
+func (c *conn) flush(w *writer) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for !c.writeErr.Load() {
+		w.msgs = c.sess.Drain(w.msgs)
+		if len(w.msgs) == 0 {
+			break
+		}
+		w.bufs = w.bufs[:0]
+		for _, m := range w.msgs {
+			w.bufs = append(w.bufs, m.Encoded(session.EncWebSocket, textFrame))
+		}
+		clear(w.msgs)
+		if !c.write(w.bufs) {
+			return
+		}
+	}
+	if f := c.closeFrame.Swap(nil); f != nil && !c.writeErr.Load() {
+		w.bufs = append(w.bufs[:0], *f)
+		c.write(w.bufs)
+		// The reader now waits only briefly for the client's close reply.
+		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
+		close(c.closeSent)
+	}
+}
+
+func (c *conn) write(bufs net.Buffers) bool {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	b := bufs // WriteTo consumes its receiver; keep the worker's slice intact
+	if _, err := b.WriteTo(c.nc); err != nil {
+		c.writeErr.Store(true)
+		_ = c.nc.Close() // unblocks the reader, which reports the end
+		return false
+	}
+	clear(bufs)
+	return true
+}
+
+// serve runs on the connection's goroutine: admission, then the read loop,
+// then teardown.
+func (c *conn) serve() {
+	h, s := c.srv.cfg.Hub, c.sess
+	defer c.srv.open.Add(-1)
+	if err := h.Admit(c.srv.ctx, s); err != nil {
+		code, reason := session.CloseTryAgain, "try again later"
+		var rej *hub.ErrRejected
+		if errors.As(err, &rej) {
+			code, reason = rej.Code, rej.Reason
+		}
+		s.Close(code, reason)
+		c.awaitClose()
+		return
+	}
+	reason := c.readLoop()
+	switch {
+	case c.writeErr.Load():
+		reason = metrics.DiscWriteError
+	case s.IsClosed() && !c.byClient:
+		reason = closeReason(s.CloseCode(), reason)
+	}
+	h.Leave(s, reason)
+	if !s.IsClosed() {
+		s.Close(session.CloseNormal, "")
+	}
+	if reason != metrics.DiscIdle && reason != metrics.DiscWriteError {
+		c.awaitClose()
+	}
+	_ = c.nc.Close()
+}
+
+// awaitClose waits until the close frame has been written (bounded), then
+// drains the client's reply so it sees a clean close, and closes the socket.
+func (c *conn) awaitClose() {
+	t := time.NewTimer(c.srv.cfg.WriteTimeout)
+	defer t.Stop()
+	select {
+	case <-c.closeSent:
+		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, 1<<16))
+	case <-t.C:
+	}
+	_ = c.nc.Close()
+}
+
+func closeReason(code int, fallback string) string {
+	switch code {
+	case session.CloseTooSlow:
+		return metrics.DiscTooSlow
+	case session.CloseRevoked:
+		return metrics.DiscRevoked
+	case session.CloseGoingAway:
+		return metrics.DiscShutdown
+	case session.CloseTooBig:
+		return metrics.DiscTooBig
+	case session.CloseProtocol:
+		return metrics.DiscProtocol
+	}
+	return fallback
+}
+
+// readLoop reads client frames until the connection ends and says why.
+func (c *conn) readLoop() string {
+	cfg := &c.srv.cfg
+	var msg []byte // a fragmented message being assembled
+	for {
+		if !c.sess.IsClosed() {
+			_ = c.nc.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+		}
+		hdr, err := ws.ReadHeader(c.nc)
+		if err != nil {
+			return readErrReason(err)
+		}
+		if !hdr.Masked {
+			c.sess.Close(session.CloseProtocol, "unmasked client frame")
+			return metrics.DiscProtocol
+		}
+		if hdr.OpCode.IsControl() && (hdr.Length > 125 || !hdr.Fin) {
+			c.sess.Close(session.CloseProtocol, "bad control frame")
+			return metrics.DiscProtocol
+		}
+		if hdr.Length+int64(len(msg)) > int64(cfg.MaxFrameBytes) {
+			c.sess.Close(session.CloseTooBig, "message too big")
+			return metrics.DiscTooBig
+		}
+		payload := make([]byte, hdr.Length)
+		if _, err := io.ReadFull(c.nc, payload); err != nil {
+			return readErrReason(err)
+		}
+		ws.Cipher(payload, hdr.Mask, 0)
+		switch hdr.OpCode {
+		case ws.OpPing:
+			c.sess.Deliver(session.NewControl(session.EncWebSocket, ws.MustCompileFrame(ws.NewPongFrame(payload))))
+		case ws.OpPong:
+		case ws.OpClose:
+			if !c.sess.IsClosed() {
+				c.byClient = true
+				code, _ := ws.ParseCloseFrameData(payload)
+				if code == 0 || code.IsProtocolReserved() {
+					code = ws.StatusNormalClosure
+				}
+				c.sess.Close(int(code), "")
+			}
+			return metrics.DiscClient
+		case ws.OpText, ws.OpBinary, ws.OpContinuation:
+			if hdr.OpCode != ws.OpContinuation {
+				msg = msg[:0]
+			}
+			msg = append(msg, payload...)
+			if hdr.Fin {
+				c.onMessage(msg)
+				msg = msg[:0]
+			}
+		default:
+			c.sess.Close(session.CloseProtocol, "unknown opcode")
+			return metrics.DiscProtocol
+		}
+	}
+}
+
+// onMessage handles one complete client message: "ping" is answered with
+// the original's "heartbeat message"; anything else is counted and ignored.
+func (c *conn) onMessage(msg []byte) {
+	if string(msg) == "ping" {
+		c.srv.cfg.Metrics.ClientMessages.WithLabelValues("ping").Inc()
+		c.sess.Deliver(c.srv.heartbeat)
+		return
+	}
+	c.srv.cfg.Metrics.ClientMessages.WithLabelValues("ignored").Inc()
+}
+
+func readErrReason(err error) string {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return metrics.DiscIdle
+	}
+	return metrics.DiscClient
+}
+
+// textFrame encodes payload as one unmasked text frame.
+func textFrame(payload []byte) []byte {
+	h := ws.Header{Fin: true, OpCode: ws.OpText, Length: int64(len(payload))}
+	out := make([]byte, 0, ws.HeaderSize(h)+len(payload))
+	w := sliceWriter{&out}
+	_ = ws.WriteHeader(w, h)
+	return append(out, payload...)
+}
+
+type sliceWriter struct{ b *[]byte }
+
+func (w sliceWriter) Write(p []byte) (int, error) { *w.b = append(*w.b, p...); return len(p), nil }
