@@ -204,6 +204,7 @@ func (c *client) next(timeout time.Duration) (string, error) {
 		case ws.OpClose:
 			code, reason := ws.ParseCloseFrameData(f.Payload)
 			_ = wsutil.WriteClientMessage(c.c, ws.OpClose, ws.NewCloseFrameBody(code, ""))
+			_ = c.c.Close()
 			return "", &closeError{int(code), reason}
 		}
 	}

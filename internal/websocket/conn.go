@@ -105,10 +105,10 @@ func (c *conn) serve() {
 	}
 	reason := c.readLoop()
 	switch {
+	case s.IsClosed() && !c.byClient && closeReason(s.CloseCode(), "") != "":
+		reason = closeReason(s.CloseCode(), "")
 	case c.writeErr.Load():
 		reason = metrics.DiscWriteError
-	case s.IsClosed() && !c.byClient:
-		reason = closeReason(s.CloseCode(), reason)
 	}
 	h.Leave(s, reason)
 	if !s.IsClosed() {
