@@ -1,0 +1,126 @@
+package envelope
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name, in   string
+		recipients []string
+		broadcast  bool
+		payload    string
+		reason     string
+	}{
+		{name: "seed form", in: `{"recipients":["k1"],"data":{"entry":{"id":"123","comments":0,"tags":0}}}`,
+			recipients: []string{"k1"}, payload: `{"data":{"entry":{"id":"123","comments":0,"tags":0}}}`},
+		{name: "recipients last", in: `{"data":{"a":1},"recipients":["k1","k2"]}`,
+			recipients: []string{"k1", "k2"}, payload: `{"data":{"a":1}}`},
+		{name: "bytes pass through", in: ` { "recipients" : [ "k" ] , "data" : {"n":1.0e2, "b":[ 1,2 ],"s":"a\"}b"} } `,
+			recipients: []string{"k"}, payload: `{"data" : {"n":1.0e2, "b":[ 1,2 ],"s":"a\"}b"}}`},
+		{name: "other members kept in order", in: `{"z":1,"recipients":["k"],"data":"x","a":[]}`,
+			recipients: []string{"k"}, payload: `{"z":1,"data":"x","a":[]}`},
+		{name: "escaped recipient", in: `{"recipients":["a\u0062c"],"data":1}`, recipients: []string{"abc"}, payload: `{"data":1}`},
+		{name: "data null", in: `{"recipients":["k"],"data":null}`, recipients: []string{"k"}, payload: `{"data":null}`},
+		{name: "broadcast", in: `{"broadcast":true,"data":{"x":1}}`, broadcast: true, payload: `{"data":{"x":1}}`},
+		{name: "invalid json", in: `{"recipients":["k"],"data":{"id”:”123”}}`, reason: ReasonInvalidJSON},
+		{name: "truncated", in: `{"recipients":["k"],"data":`, reason: ReasonInvalidJSON},
+		{name: "empty", in: ``, reason: ReasonInvalidJSON},
+		{name: "array", in: `["k"]`, reason: ReasonNotObject},
+		{name: "string", in: `"k"`, reason: ReasonNotObject},
+		{name: "recipients string", in: `{"recipients":"k","data":1}`, reason: ReasonBadRecipients},
+		{name: "recipients numbers", in: `{"recipients":[1],"data":1}`, reason: ReasonBadRecipients},
+		{name: "recipients mixed", in: `{"recipients":["k",null],"data":1}`, reason: ReasonBadRecipients},
+		{name: "no recipients", in: `{"data":1}`, reason: ReasonBadRecipients},
+		{name: "empty recipients", in: `{"recipients":[],"data":1}`, reason: ReasonNoRecipients},
+		{name: "no data", in: `{"recipients":["k"]}`, reason: ReasonNoData},
+		{name: "broadcast false", in: `{"broadcast":false,"data":1}`, reason: ReasonBadBroadcast},
+		{name: "broadcast and recipients", in: `{"broadcast":true,"recipients":["k"],"data":1}`, reason: ReasonBadBroadcast},
+	}
+	var p Parser
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env, err := p.Parse([]byte(tt.in))
+			if tt.reason != "" {
+				var e *Error
+				if !errors.As(err, &e) || e.Reason != tt.reason {
+					t.Fatalf("err = %v, want reason %s", err, tt.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if env.Broadcast != tt.broadcast || string(env.Payload) != tt.payload {
+				t.Fatalf("got broadcast=%v payload=%s, want %v %s", env.Broadcast, env.Payload, tt.broadcast, tt.payload)
+			}
+			var got []string
+			for _, r := range env.Recipients {
+				got = append(got, string(r))
+			}
+			if strings.Join(got, ",") != strings.Join(tt.recipients, ",") {
+				t.Fatalf("recipients %q, want %q", got, tt.recipients)
+			}
+		})
+	}
+}
+
+func TestParseTooLarge(t *testing.T) {
+	p := Parser{MaxBytes: 10}
+	_, err := p.Parse([]byte(`{"recipients":["k"],"data":1}`))
+	var e *Error
+	if !errors.As(err, &e) || e.Reason != ReasonTooLarge {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// FuzzParse checks the parser never panics, and that what it accepts is
+// consistent: the payload is valid JSON carrying the same data member.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		`{"recipients":["k1"],"data":{"entry":{"id":"123"}}}`,
+		`{"data":[1,{"a":"}"}],"recipients":["a","b\"c"]}`,
+		`{"broadcast":true,"data":null}`,
+		`{"recipients":[],"data":1}`, `[]`, `{}`, `"x"`, `{"recipients":"x","data":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var p Parser
+		env, err := p.Parse(in)
+		if err != nil {
+			return
+		}
+		if !json.Valid(env.Payload) {
+			t.Fatalf("payload not valid JSON: %s (from %s)", env.Payload, in)
+		}
+		var orig, out map[string]json.RawMessage
+		if json.Unmarshal(in, &orig) != nil || json.Unmarshal(env.Payload, &out) != nil {
+			t.Fatalf("unmarshal failed for accepted input %s", in)
+		}
+		if _, ok := out["recipients"]; ok {
+			t.Fatalf("recipients leaked into payload: %s", env.Payload)
+		}
+		if string(out["data"]) != string(orig["data"]) {
+			t.Fatalf("data changed: %s -> %s", orig["data"], out["data"])
+		}
+		if !env.Broadcast && len(env.Recipients) == 0 {
+			t.Fatalf("accepted with no recipients: %s", in)
+		}
+	})
+}
+
+func BenchmarkParse(b *testing.B) {
+	msg := []byte(`{"recipients":["00721b2a-046c-4ecc-a5df-5f808cc6c58f","11721b2a-046c-4ecc-a5df-5f808cc6c58f"],"data":{"entry":{"id":"123","comments":0,"tags":0}}}`)
+	var p Parser
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := p.Parse(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
