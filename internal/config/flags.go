@@ -33,7 +33,9 @@ func newFlagSet(name string, out io.Writer) *flagSet {
 
 func usage(name, text string) string { return text + " [$" + EnvName(name) + "]" }
 
-func (f *flagSet) str(p *string, name, def, text string) { f.StringVar(p, name, def, usage(name, text)) }
+func (f *flagSet) str(p *string, name, def, text string) {
+	f.StringVar(p, name, def, usage(name, text))
+}
 func (f *flagSet) dur(p *time.Duration, name string, def time.Duration, text string) {
 	f.DurationVar(p, name, def, usage(name, text))
 }

@@ -28,10 +28,10 @@ type event struct {
 // goroutine, batching them into pipelines when the broker supports it and
 // retrying while the broker is down, so connects never wait on Redis.
 type eventPump struct {
-	cfg  Config
-	log  *slog.Logger
-	m    *metrics.Metrics
-	ch   chan event
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+	ch  chan event
 
 	ctx      context.Context // publishing; cancelled by abort
 	abort    context.CancelFunc

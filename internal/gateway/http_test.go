@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"net/http/httptest"
+	"testing"
+
+	"github.com/wspubsub/wspubsub/internal/config"
+)
+
+func TestKeyFromQuery(t *testing.T) {
+	for raw, want := range map[string]string{
+		"00721b2a-046c-4ecc-a5df-5f808cc6c58f": "00721b2a-046c-4ecc-a5df-5f808cc6c58f",
+		"abc&_=1416911718123":                  "abc",
+		"key=abc&_=1":                          "abc",
+		"_=1416911718123&key=abc":              "abc",
+		"_=1416911718123":                      "",
+		"abc&foo=bar":                          "abc",
+		"key=a%2Fb":                            "a/b",
+		"":                                     "",
+		"x&key=real":                           "real",
+	} {
+		if got := KeyFromQuery(raw); got != want {
+			t.Errorf("KeyFromQuery(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
+func TestOriginAndPublishChecks(t *testing.T) {
+	g := &Gateway{cfg: config.Serve{AllowedOrigins: []string{"https://app.example.com", "*.corp.example", "localhost:3000"}, PublishToken: "s3cret"}}
+	for origin, want := range map[string]bool{
+		"":                        true,
+		"http://gw.example:8088":  true, // same origin
+		"https://app.example.com": true,
+		"http://app.example.com":  false,
+		"https://x.corp.example":  true,
+		"http://localhost:3000":   true,
+		"https://evil.example":    false,
+		"null":                    false,
+	} {
+		r := httptest.NewRequest("GET", "http://gw.example:8088/websocket", nil)
+		if origin != "" {
+			r.Header.Set("Origin", origin)
+		}
+		if got := g.originAllowed(r); got != want {
+			t.Errorf("origin %q: %v, want %v", origin, got, want)
+		}
+	}
+	for _, c := range []struct {
+		remote, auth string
+		want         bool
+	}{
+		{"127.0.0.1:5000", "", true}, {"[::1]:5000", "", true},
+		{"10.0.0.5:5000", "", false}, {"10.0.0.5:5000", "Bearer wrong", false}, {"10.0.0.5:5000", "Bearer s3cret", true},
+	} {
+		r := httptest.NewRequest("POST", "/publish", nil)
+		r.RemoteAddr = c.remote
+		if c.auth != "" {
+			r.Header.Set("Authorization", c.auth)
+		}
+		if got := g.publishAllowed(r); got != c.want {
+			t.Errorf("%s %q: %v", c.remote, c.auth, got)
+		}
+	}
+}
