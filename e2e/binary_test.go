@@ -25,7 +25,9 @@ var (
 )
 
 // binary builds cmd/wspubsub once per test run.
-func binary(t *testing.T) string {
+func binary(t *testing.T) string { return binaryB(t) }
+
+func binaryB(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "wspubsub-bin")

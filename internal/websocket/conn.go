@@ -88,21 +88,28 @@ func (c *conn) write(bufs net.Buffers) bool {
 	return true
 }
 
-// serve runs on the connection's goroutine: admission, then the read loop,
-// then teardown.
+// admit checks the key through the hub; a rejected connection is closed
+// with the hub's code and admit returns false.
+func (c *conn) admit() bool {
+	err := c.srv.cfg.Hub.Admit(c.srv.ctx, c.sess)
+	if err == nil {
+		return true
+	}
+	code, reason := session.CloseTryAgain, "try again later"
+	var rej *hub.ErrRejected
+	if errors.As(err, &rej) {
+		code, reason = rej.Code, rej.Reason
+	}
+	c.sess.Close(code, reason)
+	c.awaitClose()
+	c.srv.open.Add(-1)
+	return false
+}
+
+// serve runs on the connection's goroutine: the read loop, then teardown.
 func (c *conn) serve() {
 	h, s := c.srv.cfg.Hub, c.sess
 	defer c.srv.open.Add(-1)
-	if err := h.Admit(c.srv.ctx, s); err != nil {
-		code, reason := session.CloseTryAgain, "try again later"
-		var rej *hub.ErrRejected
-		if errors.As(err, &rej) {
-			code, reason = rej.Code, rej.Reason
-		}
-		s.Close(code, reason)
-		c.awaitClose()
-		return
-	}
 	reason := c.readLoop()
 	switch {
 	case s.IsClosed() && !c.byClient && closeReason(s.CloseCode(), "") != "":

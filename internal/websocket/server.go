@@ -90,8 +90,9 @@ func IsUpgrade(r *http.Request) bool {
 		headerHasToken(r.Header.Get("Upgrade"), "websocket")
 }
 
-// Serve upgrades the request and serves the connection for key on its
-// own goroutine; the HTTP handler returns at once so its buffers are freed.
+// Serve upgrades the request, admits the session through the hub and
+// serves the connection on its own goroutine; the HTTP handler then returns
+// so its buffers are freed.
 func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	nc, rw, _, err := s.upgrader.Upgrade(r, w)
 	if err != nil {
@@ -105,6 +106,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	s.open.Add(1)
 	c := &conn{srv: s, nc: nc, closeSent: make(chan struct{})}
 	c.sess = session.New(s.cfg.Hub.NewID(), key, Name, c, s.cfg.QueueBytes)
+	// Admission runs here, on the HTTP handler's goroutine, so the
+	// connection's long-lived reader starts with a small, fresh stack.
+	if !c.admit() {
+		return
+	}
 	go c.serve()
 }
 
