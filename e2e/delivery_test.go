@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -130,4 +131,38 @@ func TestBroadcast(t *testing.T) {
 	s.publish(`{"broadcast":true,"data":{"all":1}}`)
 	a.expect(`{"data":{"all":1}}`)
 	b.expect(`{"data":{"all":1}}`)
+}
+
+func TestWebSocketProtocolEdges(t *testing.T) {
+	s := newStack(t, nil, demoKey)
+	c := mustDial(t, s.url(demoKey))
+	// A fragmented "ping" is still the heartbeat.
+	frames := []ws.Frame{
+		ws.MaskFrame(ws.NewFrame(ws.OpText, false, []byte("pi"))),
+		ws.MaskFrame(ws.NewFrame(ws.OpContinuation, true, []byte("ng"))),
+	}
+	for _, f := range frames {
+		if err := ws.WriteFrame(c.c, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.expect("heartbeat message")
+	// A client ping is answered with a pong carrying its payload.
+	if err := ws.WriteFrame(c.c, ws.MaskFrame(ws.NewPingFrame([]byte("hi")))); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := ws.ReadFrame(c.r)
+	if err != nil || f.Header.OpCode != ws.OpPong || string(f.Payload) != "hi" {
+		t.Fatalf("pong: %+v %v", f.Header, err)
+	}
+	// An unmasked client frame is a protocol error: 1002.
+	if err := ws.WriteFrame(c.c, ws.NewTextFrame([]byte("ping"))); err != nil {
+		t.Fatal(err)
+	}
+	c.expectClose(1002)
+	waitLive(t, s, 0)
+	if got := testutil.ToFloat64(s.gw.Metrics().Disconnects.WithLabelValues("protocol")); got != 1 {
+		t.Fatalf("disconnects{protocol} = %v", got)
+	}
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 )
@@ -41,7 +42,10 @@ func (m *Memory) Run(ctx context.Context, h Handler) error {
 // Run's backlog is full, rather than dropping.
 func (m *Memory) Publish(ctx context.Context, channel string, payload []byte) error {
 	p := append([]byte(nil), payload...)
-	if channel == m.inbound && m.run.Load() {
+	if channel == m.inbound {
+		if !m.run.Load() {
+			return errors.New("in-process broker is not running")
+		}
 		select {
 		case m.in <- p:
 		case <-ctx.Done():

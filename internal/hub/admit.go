@@ -33,6 +33,8 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	ok, err := h.cfg.Store.Contains(cctx, s.Key)
 	cancel()
 	switch {
+	case err != nil && h.closing.Load():
+		return &ErrRejected{session.CloseGoingAway, "going away"}
 	case err != nil:
 		h.reject(metrics.RejectStoreUnavailable)
 		h.log.Warn("connection rejected: key store unavailable", "key", key, "conn", s.ID, "err", err)
