@@ -37,6 +37,7 @@ type Serve struct {
 	RecheckInterval time.Duration
 
 	IdleTimeout     time.Duration
+	PollTimeout     time.Duration
 	PingInterval    time.Duration
 	WriteTimeout    time.Duration
 	ShutdownTimeout time.Duration
@@ -48,6 +49,9 @@ type Serve struct {
 	AllowedOrigins  []string
 	PublishToken    string
 	PublishAPI      bool
+	UpstreamChannel string
+	ClientRate      float64
+	ClientBurst     int
 
 	LogLevel  string
 	LogFormat string
@@ -75,6 +79,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.dur(&c.KeyCheckTimeout, "key-check-timeout", 2*time.Second, "timeout of one key lookup")
 	f.dur(&c.RecheckInterval, "recheck-interval", 5*time.Minute, "re-validate connected keys this often; removed keys are closed with 4403 (0 disables)")
 	f.dur(&c.IdleTimeout, "idle-timeout", 60*time.Second, "close a connection silent for this long")
+	f.dur(&c.PollTimeout, "poll-timeout", 30*time.Second, "hold an empty long-poll this long before answering 200 with no body")
 	f.dur(&c.PingInterval, "ping-interval", 25*time.Second, "send keep-alive pings this often (less than --idle-timeout)")
 	f.dur(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket write blocks this long")
 	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
@@ -85,6 +90,9 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.list(&c.AllowedOrigins, "allowed-origins", "browser origins allowed besides the gateway's own, comma-separated (https://app.example.com, *.example.com, *)")
 	f.str(&c.PublishToken, "publish-token", "", "bearer token that admits non-loopback callers to POST /publish")
 	f.boolean(&c.PublishAPI, "publish-api", true, "serve POST /publish (loopback callers, or --publish-token)")
+	f.str(&c.UpstreamChannel, "upstream-channel", "", `publish client text other than "ping" here as {"key","data","conn","at"} (empty: ignore it)`)
+	f.float(&c.ClientRate, "client-rate", 10, "client messages per second allowed per connection; faster closes with 4029 (WebSocket) or answers 429 (POST)")
+	f.integer(&c.ClientBurst, "client-burst", 20, "client messages allowed in a burst above --client-rate")
 	f.str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.str(&c.LogFormat, "log-format", "text", "text or json")
 	if err := f.parse(args, getenv); err != nil {
@@ -108,7 +116,7 @@ func (c *Serve) Validate() error {
 	}
 	for name, d := range map[string]time.Duration{"key-check-timeout": c.KeyCheckTimeout,
 		"idle-timeout": c.IdleTimeout, "ping-interval": c.PingInterval, "write-timeout": c.WriteTimeout,
-		"shutdown-timeout": c.ShutdownTimeout} {
+		"shutdown-timeout": c.ShutdownTimeout, "poll-timeout": c.PollTimeout} {
 		if d <= 0 {
 			bad("--%s must be positive: %v", name, d)
 		}
@@ -124,6 +132,9 @@ func (c *Serve) Validate() error {
 	}
 	if c.MaxMessageBytes <= 0 || c.MaxClientBytes <= 0 {
 		bad("--max-message-bytes and --max-client-bytes must be positive")
+	}
+	if c.ClientRate <= 0 || c.ClientBurst <= 0 {
+		bad("--client-rate and --client-burst must be positive")
 	}
 	if c.MaxConnections < 0 {
 		bad("--max-connections must not be negative")

@@ -42,6 +42,9 @@ func (f *flagSet) dur(p *time.Duration, name string, def time.Duration, text str
 func (f *flagSet) integer(p *int, name string, def int, text string) {
 	f.IntVar(p, name, def, usage(name, text))
 }
+func (f *flagSet) float(p *float64, name string, def float64, text string) {
+	f.Float64Var(p, name, def, usage(name, text))
+}
 func (f *flagSet) boolean(p *bool, name string, def bool, text string) {
 	f.BoolVar(p, name, def, usage(name, text))
 }

@@ -17,8 +17,10 @@ import (
 
 	"github.com/wspubsub/wspubsub/internal/broker"
 	"github.com/wspubsub/wspubsub/internal/config"
+	"github.com/wspubsub/wspubsub/internal/eventsource"
 	"github.com/wspubsub/wspubsub/internal/hub"
 	"github.com/wspubsub/wspubsub/internal/keystore"
+	"github.com/wspubsub/wspubsub/internal/longpoll"
 	"github.com/wspubsub/wspubsub/internal/metrics"
 	"github.com/wspubsub/wspubsub/internal/websocket"
 )
@@ -32,6 +34,8 @@ type Gateway struct {
 	broker   broker.Broker
 	hub      *hub.Hub
 	ws       *websocket.Server
+	es       *eventsource.Server
+	lp       *longpoll.Server
 	ln       net.Listener
 	srv      *http.Server
 	pub      publishParser
@@ -79,12 +83,21 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		NodeID: cfg.NodeID, ConnectedChannel: cfg.ConnectedChannel, DisconnectedChannel: cfg.DisconnectedChannel,
 		JSONEvents: cfg.EventFormat == "json", MaxMessageBytes: cfg.MaxMessageBytes,
 		KeyCheckTimeout: cfg.KeyCheckTimeout, RecheckInterval: recheck(cfg.RecheckInterval),
-		KeepAliveInterval: cfg.PingInterval,
+		KeepAliveInterval: cfg.PingInterval, UpstreamChannel: cfg.UpstreamChannel,
+		ClientRate: cfg.ClientRate, ClientBurst: cfg.ClientBurst,
 	})
 	g.ws = websocket.NewServer(g.ctx, websocket.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,
 		IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout,
 		QueueBytes: cfg.QueueBytes, MaxFrameBytes: cfg.MaxClientBytes,
+	})
+	g.es = eventsource.NewServer(eventsource.Config{
+		Hub: g.hub, Metrics: g.metrics, Logger: log,
+		WriteTimeout: cfg.WriteTimeout, QueueBytes: cfg.QueueBytes,
+	})
+	g.lp = longpoll.NewServer(g.ctx, longpoll.Config{
+		Hub: g.hub, Metrics: g.metrics, Logger: log,
+		PollTimeout: cfg.PollTimeout, IdleTimeout: cfg.IdleTimeout, QueueBytes: cfg.QueueBytes,
 	})
 	g.maxConns = cfg.MaxConnections
 	if g.maxConns == 0 {

@@ -17,7 +17,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wspubsub/wspubsub/internal/envelope"
+	"github.com/wspubsub/wspubsub/internal/eventsource"
+	"github.com/wspubsub/wspubsub/internal/hub"
+	"github.com/wspubsub/wspubsub/internal/longpoll"
 	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
 	"github.com/wspubsub/wspubsub/internal/websocket"
 )
 
@@ -71,8 +75,11 @@ func unescape(s string) string {
 	return s
 }
 
-// serveClient is the client endpoint: checks origin and limits, then hands
-// the request to the transport it asks for.
+// serveClient is the client endpoint, one URL for every transport: it
+// checks origin and limits, answers CORS, then hands the request to the
+// transport it asks for — WebSocket upgrade, EventSource (Accept:
+// text/event-stream), bullet long-polling (X-Socket-Transport: xhrPolling)
+// — or, for POST, takes client text.
 func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 	if !g.originAllowed(r) {
 		g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
@@ -80,19 +87,86 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
-	if !websocket.IsUpgrade(r) {
+	g.cors(w, r)
+	key := KeyFromQuery(r.URL.RawQuery)
+	switch {
+	case r.Method == http.MethodOptions:
+		w.WriteHeader(http.StatusNoContent)
+		return
+	case r.Method == http.MethodPost:
+		g.serveClientText(w, r, key)
+		return
+	case websocket.IsUpgrade(r), eventsource.Wants(r), longpoll.Wants(r):
+	default:
 		g.metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
-		http.Error(w, "this endpoint expects a WebSocket upgrade", http.StatusBadRequest)
+		http.Error(w, "expected a WebSocket upgrade, an EventSource (Accept: text/event-stream) or a poll (X-Socket-Transport: xhrPolling)", http.StatusBadRequest)
 		return
 	}
-	if g.ws.Open() >= g.maxConns {
+	open := g.ws.Open() + g.es.Open() + g.lp.Open()
+	if open >= g.maxConns && !(longpoll.Wants(r) && g.lp.Lookup(r, key) != nil) {
 		g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
 		g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns, "remote", r.RemoteAddr)
 		w.Header().Set("Retry-After", "5")
 		http.Error(w, "connection limit reached", http.StatusServiceUnavailable)
 		return
 	}
-	g.ws.Serve(w, r, KeyFromQuery(r.URL.RawQuery))
+	switch {
+	case websocket.IsUpgrade(r):
+		g.ws.Serve(w, r, key)
+	case eventsource.Wants(r):
+		g.es.Serve(w, r, key)
+	default:
+		g.lp.Serve(w, r, key)
+	}
+}
+
+// cors answers cross-origin requests that originAllowed admitted: bullet
+// pages are usually served from another origin than the gateway.
+func (g *Gateway) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Expose-Headers", "X-Wspubsub-Close-Code, X-Wspubsub-Close-Reason")
+	if r.Method == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Socket-Transport, Content-Type, Last-Event-ID, Cache-Control, X-Requested-With")
+		h.Set("Access-Control-Max-Age", "600")
+	}
+}
+
+// serveClientText takes text a client POSTs (bullet's send() for
+// EventSource and polling). It needs a live connection of the key on this
+// gateway — the connection was authenticated once, so the POST is neither
+// re-authenticated nor re-announced. The reply body ("heartbeat message"
+// for "ping") is delivered to the page by bullet.
+func (g *Gateway) serveClientText(w http.ResponseWriter, r *http.Request, key string) {
+	sess := g.lp.Lookup(r, key)
+	if sess == nil {
+		if live := g.hub.Sessions(key); len(live) > 0 {
+			sess = live[0]
+		}
+	}
+	if sess == nil {
+		longpoll.WriteClose(w, session.CloseUnauthorized, "no open connection for this key")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(g.cfg.MaxClientBytes)))
+	if err != nil {
+		longpoll.WriteClose(w, session.CloseTooBig, "message too big")
+		return
+	}
+	reply, err := g.hub.ClientText(sess, body)
+	if errors.Is(err, hub.ErrRateLimited) {
+		longpoll.WriteClose(w, session.CloseRateLimited, "rate limited")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(reply)
 }
 
 // originAllowed admits requests without an Origin (non-browser clients),

@@ -17,6 +17,7 @@ import (
 const eventQueue = 1 << 16
 
 type event struct {
+	upstream  []byte // client text for the upstream channel, when non-nil
 	connected bool
 	key       string
 	conn      uint64
@@ -65,6 +66,15 @@ func (p *eventPump) emit(e event) {
 }
 
 func (p *eventPump) encode(e event) broker.Outgoing {
+	if e.upstream != nil {
+		b, _ := json.Marshal(struct {
+			Key  string `json:"key"`
+			Data string `json:"data"`
+			Conn string `json:"conn"`
+			At   string `json:"at"`
+		}{e.key, string(e.upstream), strconv.FormatUint(e.conn, 10), e.at.UTC().Format(time.RFC3339Nano)})
+		return broker.Outgoing{Channel: p.cfg.UpstreamChannel, Payload: b}
+	}
 	ch, name := p.cfg.DisconnectedChannel, "disconnected"
 	if e.connected {
 		ch, name = p.cfg.ConnectedChannel, "connected"

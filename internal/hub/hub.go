@@ -33,7 +33,10 @@ type Config struct {
 	NodeID              string
 	ConnectedChannel    string
 	DisconnectedChannel string
-	JSONEvents          bool // publish JSON events instead of the bare key
+	JSONEvents          bool    // publish JSON events instead of the bare key
+	UpstreamChannel     string  // where client text goes ("" drops it, counted)
+	ClientRate          float64 // client messages per second per connection [10]
+	ClientBurst         int     // client message burst [20]
 
 	MaxMessageBytes   int           // inbound envelope limit (0: none)
 	KeyCheckTimeout   time.Duration // per key lookup [2s]
@@ -73,6 +76,12 @@ func New(cfg Config) *Hub {
 	}
 	if cfg.KeepAliveInterval <= 0 {
 		cfg.KeepAliveInterval = 25 * time.Second
+	}
+	if cfg.ClientRate <= 0 {
+		cfg.ClientRate = 10
+	}
+	if cfg.ClientBurst <= 0 {
+		cfg.ClientBurst = 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -20,14 +20,15 @@ const (
 
 // Disconnect reasons (connections that were registered and then ended).
 const (
-	DiscClient     = "client"
-	DiscIdle       = "idle"
-	DiscTooSlow    = "too_slow"
-	DiscRevoked    = "revoked"
-	DiscShutdown   = "shutdown"
-	DiscWriteError = "write_error"
-	DiscProtocol   = "protocol"
-	DiscTooBig     = "too_big"
+	DiscClient      = "client"
+	DiscIdle        = "idle"
+	DiscTooSlow     = "too_slow"
+	DiscRevoked     = "revoked"
+	DiscShutdown    = "shutdown"
+	DiscWriteError  = "write_error"
+	DiscProtocol    = "protocol"
+	DiscTooBig      = "too_big"
+	DiscRateLimited = "rate_limited"
 )
 
 // Metrics holds every collector; fields are safe for concurrent use.
@@ -105,7 +106,7 @@ func New() *Metrics {
 	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest} {
 		m.Rejections.WithLabelValues(r)
 	}
-	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig} {
+	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig, DiscRateLimited} {
 		m.Disconnects.WithLabelValues(r)
 	}
 	return m

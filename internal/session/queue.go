@@ -66,6 +66,27 @@ func (q *Queue) drain(dst []*Message) []*Message {
 	return dst
 }
 
+// pop removes and returns the oldest message, or nil; an empty queue is
+// re-armed so the next push wakes the transport.
+func (q *Queue) pop() *Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.items) == 0 {
+		q.armed = false
+		return nil
+	}
+	m := q.items[0]
+	q.items[0] = nil
+	q.items = q.items[1:]
+	if !m.control {
+		q.bytes -= len(m.Payload)
+	}
+	if len(q.items) == 0 {
+		q.items = nil
+	}
+	return m
+}
+
 // close stops further pushes; with drop, queued messages are discarded.
 func (q *Queue) close(drop bool) {
 	q.mu.Lock()

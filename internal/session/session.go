@@ -10,6 +10,7 @@ package session
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Close codes sent to clients (WebSocket close codes; other transports map
@@ -21,6 +22,7 @@ const (
 	CloseTooBig       = 1009 // client frame over the limit
 	CloseTryAgain     = 1013 // key store unavailable
 	CloseTooSlow      = 4008 // outbound queue overflowed
+	CloseRateLimited  = 4029 // client sent messages too fast
 	CloseUnauthorized = 4401 // unknown key: do not retry
 	CloseRevoked      = 4403 // key removed from the store: do not retry
 )
@@ -47,6 +49,8 @@ type Session struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	code      atomic.Int32
+	tokens    float64   // client message rate limit, guarded by q.mu
+	lastTake  time.Time // guarded by q.mu
 }
 
 // New returns a session whose queue holds at most limit bytes of payload.
@@ -100,6 +104,28 @@ func (s *Session) KeepAlive() {
 // returns it. When the queue is empty it returns dst empty and arms the next
 // Deliver to call Wake again.
 func (s *Session) Drain(dst []*Message) []*Message { return s.q.drain(dst) }
+
+// Pop removes and returns the oldest queued message, or nil (for
+// transports that deliver one message per response, like long-polling).
+func (s *Session) Pop() *Message { return s.q.pop() }
+
+// Allow reports whether the client may send one more message now, under a
+// token bucket of rate messages per second and the given burst.
+func (s *Session) Allow(now time.Time, rate float64, burst int) bool {
+	s.q.mu.Lock()
+	defer s.q.mu.Unlock()
+	if s.lastTake.IsZero() {
+		s.tokens = float64(burst)
+	} else {
+		s.tokens = min(float64(burst), s.tokens+now.Sub(s.lastTake).Seconds()*rate)
+	}
+	s.lastTake = now
+	if s.tokens < 1 {
+		return false
+	}
+	s.tokens--
+	return true
+}
 
 // Queued returns the bytes currently queued.
 func (s *Session) Queued() int {

@@ -112,8 +112,8 @@ func (c *conn) serve() {
 	defer c.srv.open.Add(-1)
 	reason := c.readLoop()
 	switch {
-	case s.IsClosed() && !c.byClient && closeReason(s.CloseCode(), "") != "":
-		reason = closeReason(s.CloseCode(), "")
+	case s.IsClosed() && !c.byClient && hub.CloseReason(s.CloseCode(), "") != "":
+		reason = hub.CloseReason(s.CloseCode(), "")
 	case c.writeErr.Load():
 		reason = metrics.DiscWriteError
 	}
@@ -139,22 +139,6 @@ func (c *conn) awaitClose() {
 	case <-t.C:
 	}
 	_ = c.nc.Close()
-}
-
-func closeReason(code int, fallback string) string {
-	switch code {
-	case session.CloseTooSlow:
-		return metrics.DiscTooSlow
-	case session.CloseRevoked:
-		return metrics.DiscRevoked
-	case session.CloseGoingAway:
-		return metrics.DiscShutdown
-	case session.CloseTooBig:
-		return metrics.DiscTooBig
-	case session.CloseProtocol:
-		return metrics.DiscProtocol
-	}
-	return fallback
 }
 
 // readLoop reads client frames until the connection ends and says why.
@@ -206,7 +190,9 @@ func (c *conn) readLoop() string {
 			}
 			msg = append(msg, payload...)
 			if hdr.Fin {
-				c.onMessage(msg)
+				if !c.onMessage(msg) {
+					return metrics.DiscRateLimited
+				}
 				msg = msg[:0]
 			}
 		default:
@@ -216,15 +202,19 @@ func (c *conn) readLoop() string {
 	}
 }
 
-// onMessage handles one complete client message: "ping" is answered with
-// the original's "heartbeat message"; anything else is counted and ignored.
-func (c *conn) onMessage(msg []byte) {
-	if string(msg) == "ping" {
-		c.srv.cfg.Metrics.ClientMessages.WithLabelValues("ping").Inc()
-		c.sess.Deliver(c.srv.heartbeat)
-		return
+// onMessage hands one complete client message to the hub and sends its
+// reply ("heartbeat message" for "ping"); it reports false when the client
+// must be closed for exceeding the message rate.
+func (c *conn) onMessage(msg []byte) bool {
+	reply, err := c.srv.cfg.Hub.ClientText(c.sess, msg)
+	if errors.Is(err, hub.ErrRateLimited) {
+		c.sess.Close(session.CloseRateLimited, "rate limited")
+		return false
 	}
-	c.srv.cfg.Metrics.ClientMessages.WithLabelValues("ignored").Inc()
+	if reply != nil {
+		c.sess.Deliver(c.srv.heartbeat)
+	}
+	return true
 }
 
 func readErrReason(err error) string {

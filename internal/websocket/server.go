@@ -74,7 +74,7 @@ func NewServer(ctx context.Context, cfg Config) *Server {
 		cfg:       cfg,
 		ctx:       ctx,
 		pool:      writerPool{work: make(chan *conn), idle: 30 * time.Second},
-		heartbeat: session.NewControl(session.EncWebSocket, textFrame([]byte("heartbeat message"))),
+		heartbeat: session.NewControl(session.EncWebSocket, textFrame([]byte(hub.Heartbeat))),
 		ping:      session.NewControl(session.EncWebSocket, ws.MustCompileFrame(ws.NewPingFrame(nil))),
 		upgrader:  ws.HTTPUpgrader{Timeout: 5 * time.Second},
 	}

@@ -1,0 +1,196 @@
+// Package eventsource is the EventSource (Server-Sent Events) transport: a
+// GET with Accept: text/event-stream becomes one long response in which each
+// message is a block of "data:" lines. Clients send text by POST to the same
+// URL (handled by the gateway, not here).
+//
+// It owns the stream and nothing else: admission and routing belong to the
+// hub. A server-side close (unauthorized, revoked, too slow, going away) is
+// sent in-stream as `event: close` with {"code":…,"reason":…} — the same
+// codes as WebSocket closes — since a page cannot read an EventSource's
+// HTTP status.
+package eventsource
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/hub"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
+)
+
+// Name is the transport's label in metrics, logs and events.
+const Name = "eventsource"
+
+// Config configures the transport; zero values take the defaults in brackets.
+type Config struct {
+	Hub          *hub.Hub
+	Metrics      *metrics.Metrics
+	Logger       *slog.Logger
+	WriteTimeout time.Duration // a write blocked this long: dead [10s]
+	QueueBytes   int           // per-connection outbound queue [1 MiB]
+	// RetryAfterClose is the reconnect delay suggested to browsers when the
+	// server ends a stream, so a page that ignores close events (an old
+	// bullet page) does not hammer the gateway [10s].
+	RetryAfterClose time.Duration
+}
+
+// Server serves EventSource streams.
+type Server struct {
+	cfg  Config
+	open atomic.Int64
+}
+
+// NewServer returns the transport.
+func NewServer(cfg Config) *Server {
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = 1 << 20
+	}
+	if cfg.RetryAfterClose <= 0 {
+		cfg.RetryAfterClose = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Server{cfg: cfg}
+}
+
+// Open returns the number of streams being served.
+func (s *Server) Open() int { return int(s.open.Load()) }
+
+// Wants reports whether r asks for an event stream.
+func Wants(r *http.Request) bool {
+	return r.Method == http.MethodGet && bytes.Contains([]byte(r.Header.Get("Accept")), []byte("text/event-stream"))
+}
+
+// stream is one EventSource connection; it implements session.Transport.
+type stream struct {
+	wake      chan struct{}
+	keepalive atomic.Bool
+	closeMsg  atomic.Pointer[[]byte]
+}
+
+func (t *stream) signal() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Wake implements session.Transport.
+func (t *stream) Wake() { t.signal() }
+
+// KeepAlive implements session.Transport: a comment line keeps proxies from
+// cutting an idle stream and detects dead peers by the write failing.
+func (t *stream) KeepAlive() { t.keepalive.Store(true); t.signal() }
+
+// Closed implements session.Transport.
+func (t *stream) Closed(code int, reason string) {
+	b := closeEvent(code, reason)
+	t.closeMsg.Store(&b)
+	t.signal()
+}
+
+func closeEvent(code int, reason string) []byte {
+	return fmt.Appendf(nil, "event: close\ndata: {\"code\":%d,\"reason\":%q}\n\n", code, reason)
+}
+
+// Encode renders payload as one event: a "data:" line per line of payload.
+func Encode(payload []byte) []byte {
+	out := make([]byte, 0, len(payload)+16)
+	for {
+		line, rest, more := bytes.Cut(payload, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		out = append(out, "data: "...)
+		out = append(out, line...)
+		out = append(out, '\n')
+		if !more {
+			break
+		}
+		payload = rest
+	}
+	return append(out, '\n')
+}
+
+// Serve admits the session for key and streams its messages until the
+// client goes away or the session is closed.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
+	s.open.Add(1)
+	defer s.open.Add(-1)
+	h := s.cfg.Hub
+	t := &stream{wake: make(chan struct{}, 1)}
+	sess := session.New(h.NewID(), key, Name, t, s.cfg.QueueBytes)
+	rc := http.NewResponseController(w)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+
+	if err := h.Admit(r.Context(), sess); err != nil {
+		code, reason := session.CloseTryAgain, "try again later"
+		var rej *hub.ErrRejected
+		if errors.As(err, &rej) {
+			code, reason = rej.Code, rej.Reason
+		}
+		fmt.Fprintf(w, "retry: %d\n", s.cfg.RetryAfterClose.Milliseconds())
+		_, _ = w.Write(closeEvent(code, reason))
+		_ = rc.Flush()
+		return
+	}
+	// Headers and a first comment go out at once: browsers fire onopen only
+	// when the response starts.
+	_, _ = w.Write([]byte(": connected\n\n"))
+	reason := metrics.DiscClient
+	if err := rc.Flush(); err != nil {
+		reason = metrics.DiscWriteError
+	} else {
+		reason = s.pump(w, rc, r, sess, t)
+	}
+	h.Leave(sess, reason)
+	if !sess.IsClosed() {
+		sess.Close(session.CloseNormal, "")
+	}
+}
+
+// pump writes queued messages, keep-alives and the final close event.
+func (s *Server) pump(w http.ResponseWriter, rc *http.ResponseController, r *http.Request, sess *session.Session, t *stream) string {
+	var msgs []*session.Message
+	for {
+		select {
+		case <-r.Context().Done():
+			return metrics.DiscClient
+		case <-t.wake:
+		}
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		msgs = sess.Drain(msgs)
+		for i, m := range msgs {
+			if _, err := w.Write(m.Encoded(session.EncEventStream, Encode)); err != nil {
+				return metrics.DiscWriteError
+			}
+			msgs[i] = nil
+		}
+		if t.keepalive.Swap(false) {
+			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {
+				return metrics.DiscWriteError
+			}
+		}
+		if cm := t.closeMsg.Load(); cm != nil {
+			fmt.Fprintf(w, "retry: %d\n", s.cfg.RetryAfterClose.Milliseconds())
+			_, _ = w.Write(*cm)
+			_ = rc.Flush()
+			return hub.CloseReason(sess.CloseCode(), metrics.DiscClient)
+		}
+		if err := rc.Flush(); err != nil {
+			return metrics.DiscWriteError
+		}
+	}
+}

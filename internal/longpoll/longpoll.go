@@ -1,0 +1,310 @@
+// Package longpoll is the XHR long-polling transport, as bullet.js speaks
+// it: a GET with header X-Socket-Transport: xhrPolling is held until a
+// message is ready (the body is that one message) or the poll timeout
+// passes (200 with an empty body). Clients send text by POST to the same URL
+// (handled by the gateway).
+//
+// A polling client is one logical connection across its requests: it is
+// admitted once (one connected event), its messages wait in its bounded
+// queue between polls, and it ends (one disconnected event) when it has not
+// polled for the idle timeout. Polls are matched to their connection by a
+// "sid" query parameter when the client sends one (wspubsub.js does), else
+// by key, client address and User-Agent — so two tabs of one old bullet page
+// in one browser share a connection. The package owns that matching and the
+// HTTP answers, nothing else.
+package longpoll
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/hub"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
+)
+
+// Name is the transport's label in metrics, logs and events.
+const Name = "polling"
+
+// Header is the request header bullet.js sets on polls.
+const Header = "X-Socket-Transport"
+
+// Config configures the transport; zero values take the defaults in brackets.
+type Config struct {
+	Hub         *hub.Hub
+	Metrics     *metrics.Metrics
+	Logger      *slog.Logger
+	PollTimeout time.Duration // hold an empty poll this long [30s]
+	IdleTimeout time.Duration // no poll for this long: gone [60s]
+	QueueBytes  int           // per-connection outbound queue [1 MiB]
+}
+
+// Server tracks polling connections.
+type Server struct {
+	cfg Config
+	mu  sync.Mutex
+	by  map[string]*poller
+}
+
+// Wants reports whether r is a bullet-style poll.
+func Wants(r *http.Request) bool {
+	return r.Method == http.MethodGet && r.Header.Get(Header) == "xhrPolling"
+}
+
+// NewServer returns the transport; its sweeper (idle expiry) runs until ctx
+// ends.
+func NewServer(ctx context.Context, cfg Config) *Server {
+	if cfg.PollTimeout <= 0 {
+		cfg.PollTimeout = 30 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = 1 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, by: map[string]*poller{}}
+	go s.sweep(ctx)
+	return s
+}
+
+// Open returns the number of polling connections.
+func (s *Server) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.by)
+}
+
+// poller is one logical polling connection; it implements session.Transport.
+type poller struct {
+	srv      *Server
+	id       string
+	sess     *session.Session
+	ready    chan struct{} // closed once admission is decided
+	admitErr error
+	wake     chan struct{}
+	active   atomic.Int32
+	lastSeen atomic.Int64
+	closed   atomic.Pointer[closeInfo]
+	idle     atomic.Bool
+}
+
+type closeInfo struct {
+	code   int
+	reason string
+	at     time.Time
+}
+
+func (p *poller) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Wake implements session.Transport.
+func (p *poller) Wake() { p.signal() }
+
+// KeepAlive implements session.Transport; idle expiry is the sweeper's.
+func (p *poller) KeepAlive() {}
+
+// Closed implements session.Transport: a waiting poll answers with the
+// close; otherwise the next poll does (the entry stays as a tombstone).
+func (p *poller) Closed(code int, reason string) {
+	p.closed.Store(&closeInfo{code, reason, time.Now()})
+	p.signal()
+	why := hub.CloseReason(code, metrics.DiscClient)
+	if p.idle.Load() {
+		why = metrics.DiscIdle
+	}
+	go p.srv.cfg.Hub.Leave(p.sess, why) // Closed may run under hub locks
+}
+
+func identity(r *http.Request, key string) string {
+	if sid := r.URL.Query().Get("sid"); sid != "" {
+		return key + "\x00sid\x00" + sid
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return key + "\x00" + host + "\x00" + r.UserAgent()
+}
+
+// Lookup returns the live session a request belongs to, or nil.
+func (s *Server) Lookup(r *http.Request, key string) *session.Session {
+	s.mu.Lock()
+	p := s.by[identity(r, key)]
+	s.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	select {
+	case <-p.ready:
+	default:
+		return nil
+	}
+	if p.admitErr != nil || p.sess.IsClosed() {
+		return nil
+	}
+	return p.sess
+}
+
+// attach finds the request's connection, admitting a new one if needed.
+func (s *Server) attach(r *http.Request, key string) (*poller, error) {
+	id := identity(r, key)
+	s.mu.Lock()
+	p := s.by[id]
+	if p == nil {
+		t := &poller{srv: s, id: id, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
+		t.lastSeen.Store(time.Now().UnixNano())
+		t.sess = session.New(s.cfg.Hub.NewID(), key, Name, t, s.cfg.QueueBytes)
+		s.by[id] = t
+		s.mu.Unlock()
+		t.admitErr = s.cfg.Hub.Admit(r.Context(), t.sess)
+		if t.admitErr != nil {
+			s.forget(t)
+		}
+		close(t.ready)
+		return t, t.admitErr
+	}
+	s.mu.Unlock()
+	<-p.ready
+	return p, p.admitErr
+}
+
+func (s *Server) forget(p *poller) {
+	s.mu.Lock()
+	if s.by[p.id] == p {
+		delete(s.by, p.id)
+	}
+	s.mu.Unlock()
+}
+
+// Serve answers one poll for key.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
+	p, err := s.attach(r, key)
+	if err != nil {
+		code, reason := session.CloseTryAgain, "try again later"
+		var rej *hub.ErrRejected
+		if errors.As(err, &rej) {
+			code, reason = rej.Code, rej.Reason
+		}
+		WriteClose(w, code, reason)
+		return
+	}
+	p.active.Add(1)
+	defer func() {
+		p.lastSeen.Store(time.Now().UnixNano())
+		p.active.Add(-1)
+	}()
+	w.Header().Set("Cache-Control", "no-store")
+	timer := time.NewTimer(s.cfg.PollTimeout)
+	defer timer.Stop()
+	for {
+		if m := p.sess.Pop(); m != nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Content-Length", strconv.Itoa(len(m.Payload)))
+			_, _ = w.Write(m.Payload)
+			return
+		}
+		if c := p.closed.Load(); c != nil {
+			s.forget(p)
+			WriteClose(w, c.code, c.reason)
+			return
+		}
+		select {
+		case <-p.wake:
+		case <-timer.C:
+			// An empty answer is 200 with no body, never 204: jQuery 1.9
+			// hands bullet `undefined` for a 204 and bullet throws.
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusOK)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// Status is the HTTP status a poll answers a close code with.
+func Status(code int) int {
+	switch code {
+	case session.CloseUnauthorized:
+		return http.StatusUnauthorized
+	case session.CloseRevoked:
+		return http.StatusForbidden
+	case session.CloseTryAgain, session.CloseGoingAway:
+		return http.StatusServiceUnavailable
+	case session.CloseTooBig:
+		return http.StatusRequestEntityTooLarge
+	case session.CloseRateLimited:
+		return http.StatusTooManyRequests
+	default: // too slow, idle, normal: the connection is gone, start anew
+		return http.StatusGone
+	}
+}
+
+// WriteClose answers with the HTTP form of a close: Status(code) and the
+// code and reason in X-Wspubsub-Close-Code / -Reason headers.
+func WriteClose(w http.ResponseWriter, code int, reason string) {
+	h := w.Header()
+	h.Set("X-Wspubsub-Close-Code", strconv.Itoa(code))
+	h.Set("X-Wspubsub-Close-Reason", reason)
+	if code == session.CloseTryAgain || code == session.CloseGoingAway {
+		h.Set("Retry-After", "5")
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(Status(code))
+	_, _ = w.Write([]byte(reason))
+}
+
+// sweep ends connections that stopped polling and drops old tombstones.
+func (s *Server) sweep(ctx context.Context) {
+	period := min(s.cfg.IdleTimeout/4, 5*time.Second)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		var expired []*poller
+		s.mu.Lock()
+		for id, p := range s.by {
+			select {
+			case <-p.ready:
+			default:
+				continue
+			}
+			if c := p.closed.Load(); c != nil {
+				if now.Sub(c.at) > 2*s.cfg.PollTimeout {
+					delete(s.by, id)
+				}
+				continue
+			}
+			if p.active.Load() == 0 && now.Sub(time.Unix(0, p.lastSeen.Load())) > s.cfg.IdleTimeout {
+				delete(s.by, id)
+				expired = append(expired, p)
+			}
+		}
+		s.mu.Unlock()
+		for _, p := range expired {
+			p.idle.Store(true)
+			p.sess.Close(session.CloseNormal, "idle")
+		}
+	}
+}
