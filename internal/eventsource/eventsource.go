@@ -171,12 +171,14 @@ func (s *Server) pump(w http.ResponseWriter, rc *http.ResponseController, r *htt
 		case <-t.wake:
 		}
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		msgs = sess.Drain(msgs)
-		for i, m := range msgs {
-			if _, err := w.Write(m.Encoded(session.EncEventStream, Encode)); err != nil {
-				return metrics.DiscWriteError
+		// Drain until empty: only an empty Drain re-arms the next Wake.
+		for msgs = sess.Drain(msgs); len(msgs) > 0; msgs = sess.Drain(msgs) {
+			for i, m := range msgs {
+				if _, err := w.Write(m.Encoded(session.EncEventStream, Encode)); err != nil {
+					return metrics.DiscWriteError
+				}
+				msgs[i] = nil
 			}
-			msgs[i] = nil
 		}
 		if t.keepalive.Swap(false) {
 			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {
