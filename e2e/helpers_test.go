@@ -37,6 +37,7 @@ type stack struct {
 	keys   *mongo.Collection
 	gw     *gateway.Gateway
 	cfg    config.Serve
+	args   []string
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -66,6 +67,7 @@ func newStack(t *testing.T, args []string, keys ...string) *stack {
 func (s *stack) startGateway(args []string) {
 	t := s.t
 	t.Helper()
+	s.args = args
 	cfg, err := config.ParseServe(args, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -97,6 +99,15 @@ func (s *stack) stop() {
 		s.t.Errorf("gateway did not stop within 15s")
 	}
 	s.cancel = nil
+}
+
+// restartGateway stops the gateway gracefully and starts a new one on the
+// same address, as a deploy would.
+func (s *stack) restartGateway() {
+	s.t.Helper()
+	addr := s.gw.Addr().String()
+	s.stop()
+	s.startGateway(append(append([]string(nil), s.args...), "--listen", addr))
 }
 
 func (s *stack) addKey(k string) {

@@ -40,6 +40,7 @@ type Gateway struct {
 	srv      *http.Server
 	pub      publishParser
 	maxConns int
+	demo     bool // running on the embedded demo key store
 
 	ctx    context.Context // lifetime of connections
 	cancel context.CancelFunc
@@ -67,6 +68,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 
 	var err error
+	g.demo = opt.Store == nil && cfg.MongoURI == "" && cfg.KeysFile == ""
 	if g.store = opt.Store; g.store == nil {
 		if g.store, err = newStore(cfg, log); err != nil {
 			return nil, err

@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,12 +15,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/eventsource"
 	"github.com/wspubsub/wspubsub/internal/hub"
 	"github.com/wspubsub/wspubsub/internal/longpoll"
 	"github.com/wspubsub/wspubsub/internal/metrics"
 	"github.com/wspubsub/wspubsub/internal/session"
+	"github.com/wspubsub/wspubsub/internal/web"
 	"github.com/wspubsub/wspubsub/internal/websocket"
 )
 
@@ -37,11 +38,15 @@ func (g *Gateway) routes() http.Handler {
 	if g.cfg.PublishAPI {
 		mux.HandleFunc("POST /publish", g.servePublish)
 	}
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "wspubsub gateway\n\nclients: ws://HOST%s?<key>\nhealth: /healthz  readiness: /readyz  metrics: /metrics\n", g.cfg.Path)
-	})
+	web.Register(mux, web.DemoConfig{Path: g.cfg.Path, DemoKey: g.demoKey(), Publish: g.demo && g.cfg.PublishAPI})
 	return mux
+}
+
+func (g *Gateway) demoKey() string {
+	if g.demo {
+		return config.DemoKey
+	}
+	return ""
 }
 
 // KeyFromQuery extracts a client key from a raw query string: a key=

@@ -1,0 +1,327 @@
+// wspubsub.js — the browser client for the wspubsub push gateway.
+//
+// No dependencies. An ES module (import { WsPubSub } from "/wspubsub.js");
+// the gateway also serves it as a classic script at /wspubsub.script.js,
+// which defines window.WsPubSub and, when jQuery is present, $.bullet — so a
+// page written for bullet.js switches by changing its <script> line.
+//
+// It speaks bullet's API (onopen, onmessage(e) with e.data, ondisconnect,
+// onclose, onheartbeat, send, close, setURL) over three transports on the
+// same URL — WebSocket, then EventSource, then long-polling — falling back
+// to the next when one cannot connect, and reconnecting with exponential
+// backoff and full jitter. Close codes 4401 (unauthorized) and 4403
+// (revoked) are final: no retry; onerror and onclose say why.
+
+const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
+const TRANSPORTS = ["websocket", "eventsource", "polling"];
+const FINAL_CODES = new Set([4401, 4403]);
+const HEARTBEAT = "heartbeat message";
+
+/**
+ * backoffDelay returns the wait before reconnect attempt n (0-based): a
+ * uniformly random delay in [0, min(cap, base·2^n)] ("full jitter"), so
+ * thousands of clients dropped together do not return together.
+ */
+export function backoffDelay(n, base = 100, cap = 10000, random = Math.random) {
+  return Math.floor(random() * Math.min(cap, base * Math.pow(2, n)));
+}
+
+/** toHTTP turns a ws:// or wss:// URL into its http:// or https:// twin. */
+export function toHTTP(url) {
+  return url.replace(/^ws(s?):/i, "http$1:");
+}
+
+function withParam(url, name, value) {
+  return url + (url.indexOf("?") < 0 ? "?" : "&") + name + "=" + encodeURIComponent(value);
+}
+
+function defaultEnv() {
+  const g = globalThis;
+  return {
+    WebSocket: g.WebSocket, EventSource: g.EventSource,
+    fetch: g.fetch ? g.fetch.bind(g) : undefined,
+    setTimeout: g.setTimeout.bind(g), clearTimeout: g.clearTimeout.bind(g),
+    setInterval: g.setInterval.bind(g), clearInterval: g.clearInterval.bind(g),
+    random: Math.random, now: () => Date.now(),
+    AbortController: g.AbortController,
+  };
+}
+
+// closeFromResponse reads the close code a gateway put on an HTTP answer.
+function closeFromResponse(res) {
+  const code = parseInt(res.headers.get("X-Wspubsub-Close-Code") || "", 10);
+  return { code: code || 1006, reason: res.headers.get("X-Wspubsub-Close-Reason") || ("HTTP " + res.status) };
+}
+
+// postText sends client text the way bullet does for HTTP transports; a
+// non-empty reply body (the heartbeat) is delivered as a message.
+function postText(env, url, data, cb) {
+  env.fetch(url, { method: "POST", body: String(data), headers: { "Content-Type": "text/plain;charset=UTF-8" }, cache: "no-store" })
+    .then((res) => res.text().then((body) => {
+      if (res.ok && body.length > 0) cb.onmessage(body);
+    }))
+    .catch(() => {});
+}
+
+// Each transport factory returns {send, close} and reports through cb:
+// onopen(), onmessage(text), onclose(code, reason, wasOpen).
+const factories = {
+  websocket(url, env, cb) {
+    let opened = false;
+    const ws = new env.WebSocket(url);
+    ws.onopen = () => { opened = true; cb.onopen(); };
+    ws.onmessage = (e) => cb.onmessage(e.data);
+    ws.onclose = (e) => cb.onclose(e.code || 1006, e.reason || "", opened);
+    return {
+      send: (d) => { ws.send(d); return true; },
+      close: () => { ws.onclose = null; try { ws.close(1000); } catch (_) { /* already closed */ } },
+    };
+  },
+
+  eventsource(url, env, cb) {
+    const httpURL = toHTTP(url);
+    let opened = false, done = false;
+    const es = new env.EventSource(httpURL);
+    const finish = (code, reason) => {
+      if (done) return;
+      done = true;
+      es.close();
+      cb.onclose(code, reason, opened);
+    };
+    es.onopen = () => { if (!opened) { opened = true; cb.onopen(); } };
+    es.onmessage = (e) => cb.onmessage(e.data);
+    es.addEventListener("close", (e) => {
+      let c = { code: 1006, reason: "" };
+      try { c = JSON.parse(e.data); } catch (_) { /* keep 1006 */ }
+      finish(c.code, c.reason);
+    });
+    // The browser would retry on its own; we close and let our backoff decide.
+    es.onerror = () => finish(1006, "eventsource error");
+    return {
+      send: (d) => { postText(env, httpURL, d, cb); return true; },
+      close: () => { done = true; es.close(); },
+    };
+  },
+
+  polling(url, env, cb, sid) {
+    const httpURL = withParam(toHTTP(url), "sid", sid);
+    let opened = false, done = false, ctrl = null;
+    const finish = (code, reason) => {
+      if (done) return;
+      done = true;
+      cb.onclose(code, reason, opened);
+    };
+    const poll = () => {
+      if (done) return;
+      ctrl = env.AbortController ? new env.AbortController() : null;
+      env.fetch(httpURL, { headers: { "X-Socket-Transport": "xhrPolling" }, cache: "no-store", signal: ctrl && ctrl.signal })
+        .then((res) => {
+          if (!res.ok) return finish(closeFromResponse(res).code, closeFromResponse(res).reason);
+          return res.text().then((body) => {
+            if (done) return;
+            if (!opened) { opened = true; cb.onopen(); }
+            if (body.length > 0) cb.onmessage(body);
+            poll();
+          });
+        })
+        .catch(() => finish(1006, "poll failed"));
+    };
+    poll();
+    return {
+      send: (d) => { postText(env, httpURL, d, cb); return true; },
+      close: () => { done = true; if (ctrl) ctrl.abort(); },
+    };
+  },
+};
+
+/**
+ * WsPubSub is one logical connection to a wspubsub gateway.
+ *
+ * options: websocket, eventsource, polling (booleans, default true; bullet's
+ * disableWebSocket / disableEventSource / disableXHRPolling work too),
+ * baseDelay (100 ms), maxDelay (10 s), heartbeatInterval (20 s; onheartbeat
+ * fires and, with autoPing, "ping" is sent), heartbeatTimeout (10 s without
+ * any answer after a ping: the connection is dead and is replaced).
+ */
+export class WsPubSub {
+  constructor(url, options = {}) {
+    const o = Object.assign({
+      websocket: !options.disableWebSocket, eventsource: !options.disableEventSource,
+      polling: !options.disableXHRPolling, baseDelay: 100, maxDelay: 10000,
+      heartbeatInterval: 20000, heartbeatTimeout: 10000, autoPing: true,
+    }, options);
+    this.url = url;
+    this.options = o;
+    this.readyState = CLOSED;
+    this.transport = null;     // "websocket", "eventsource" or "polling" while connected
+    this.connectedSince = null; // Date of the current connection
+    this.lastHeartbeat = null;  // Date of the last heartbeat reply
+    this.closeCode = null;      // set when the connection ended for good
+    this.closeReason = null;
+    this.onopen = this.onmessage = this.ondisconnect = this.onclose = this.onheartbeat = this.onerror = () => {};
+    this._env = Object.assign(defaultEnv(), o.env || {});
+    this._sid = Math.floor(this._env.random() * 1e16).toString(36);
+    this._factories = Object.assign({}, factories, o.factories || {});
+    this._tn = 0;
+    this._attempt = 0;
+    this._t = null;
+    this._timer = null;
+    this._beat = null;
+    this._pingTimer = null;
+    this._pendingPings = 0;
+    this._stopped = false;
+    this._connect();
+  }
+
+  /** transports lists the transports this client may use, in order. */
+  transports() {
+    const env = this._env;
+    const available = { websocket: !!env.WebSocket, eventsource: !!env.EventSource && !!env.fetch, polling: !!env.fetch };
+    return TRANSPORTS.filter((t) => this.options[t] && available[t]);
+  }
+
+  _connect() {
+    if (this._stopped) return;
+    const order = this.transports();
+    if (this._tn >= order.length) {
+      // Every transport failed to connect: start over after the longest wait.
+      this._tn = 0;
+      this.ondisconnect();
+      if (order.length === 0) return this._final(1006, "no transport available");
+      this._timer = this._env.setTimeout(() => this._connect(), this.options.maxDelay);
+      return;
+    }
+    const name = order[this._tn];
+    this.readyState = this.readyState === OPEN ? OPEN : CONNECTING;
+    let current = null;
+    const cb = {
+      onopen: () => { if (this._t === current) this._opened(name); },
+      onmessage: (text) => { if (this._t === current) this._message(text); },
+      onclose: (code, reason, wasOpen) => { if (this._t === current) this._closed(code, reason, wasOpen); },
+    };
+    try {
+      current = { name, impl: null };
+      this._t = current;
+      current.impl = this._factories[name](this.url, this._env, cb, this._sid);
+    } catch (e) {
+      this._closed(1006, String(e), false);
+    }
+  }
+
+  _opened(name) {
+    this._attempt = 0;
+    this.transport = name;
+    this.connectedSince = new Date(this._env.now());
+    const first = this.readyState !== OPEN;
+    this.readyState = OPEN;
+    this._startHeartbeat();
+    if (first) this.onopen();
+  }
+
+  _message(text) {
+    this._alive();
+    if (text === HEARTBEAT) {
+      this.lastHeartbeat = new Date(this._env.now());
+      if (this._pendingPings > 0) { this._pendingPings--; return; } // our own ping's answer
+    }
+    this.onmessage({ data: text });
+  }
+
+  _closed(code, reason, wasOpen) {
+    this._stopHeartbeat();
+    this._t = null;
+    this.transport = null;
+    if (this._stopped) return;
+    if (FINAL_CODES.has(code)) return this._final(code, reason || (code === 4401 ? "unauthorized" : "revoked"));
+    if (wasOpen) {
+      this.readyState = CONNECTING;
+      this.ondisconnect({ code, reason });
+    } else {
+      this._tn++; // could not connect with this transport: try the next one
+    }
+    const delay = backoffDelay(this._attempt++, this.options.baseDelay, this.options.maxDelay, this._env.random);
+    this._timer = this._env.setTimeout(() => this._connect(), delay);
+  }
+
+  _final(code, reason) {
+    this._stopped = true;
+    this.readyState = CLOSED;
+    this.closeCode = code;
+    this.closeReason = reason;
+    this.onerror({ code, reason });
+    this.onclose({ code, reason, wasClean: false });
+  }
+
+  _startHeartbeat() {
+    this._stopHeartbeat();
+    this._beat = this._env.setInterval(() => {
+      this.onheartbeat();
+      if (!this.options.autoPing || !this._t) return;
+      this._pendingPings++;
+      this.send("ping");
+      if (this._pingTimer === null) {
+        this._pingTimer = this._env.setTimeout(() => {
+          // No answer at all since the ping: the connection is dead.
+          this._pingTimer = null;
+          const t = this._t;
+          if (t && t.impl) t.impl.close();
+          if (this._t === t) this._closed(4000, "heartbeat timeout", true);
+        }, this.options.heartbeatTimeout);
+      }
+    }, this.options.heartbeatInterval);
+  }
+
+  _alive() {
+    if (this._pingTimer !== null) {
+      this._env.clearTimeout(this._pingTimer);
+      this._pingTimer = null;
+    }
+  }
+
+  _stopHeartbeat() {
+    if (this._beat !== null) this._env.clearInterval(this._beat);
+    this._beat = null;
+    this._alive();
+    this._pendingPings = 0;
+  }
+
+  /** send sends text to the gateway ("ping" is answered with "heartbeat message"). */
+  send(data) {
+    if (!this._t || !this._t.impl || this.readyState !== OPEN) return false;
+    return this._t.impl.send(data);
+  }
+
+  /** close ends the connection for good. */
+  close() {
+    if (this._stopped) return;
+    this._stopped = true;
+    this.readyState = CLOSING;
+    this._stopHeartbeat();
+    if (this._timer !== null) this._env.clearTimeout(this._timer);
+    const t = this._t;
+    this._t = null;
+    this.transport = null;
+    if (t && t.impl) t.impl.close();
+    this.readyState = CLOSED;
+    this.closeCode = 1000;
+    this.onclose({ code: 1000, reason: "closed by the page", wasClean: true });
+  }
+
+  /** setURL changes the URL used by the next (re)connection. */
+  setURL(url) { this.url = url; }
+
+  /** getURL returns the URL in use. */
+  getURL() { return this.url; }
+}
+
+WsPubSub.CONNECTING = CONNECTING;
+WsPubSub.OPEN = OPEN;
+WsPubSub.CLOSING = CLOSING;
+WsPubSub.CLOSED = CLOSED;
+
+/** bullet mirrors $.bullet(url, options) of bullet.js. */
+export function bullet(url, options) { return new WsPubSub(url, options); }
+
+globalThis.WsPubSub = WsPubSub;
+if (globalThis.jQuery) globalThis.jQuery.bullet = bullet;
+export default WsPubSub; // @module-export (removed for /wspubsub.script.js)

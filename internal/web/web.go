@@ -1,0 +1,60 @@
+// Package web serves wspubsub's browser side from the binary: the JS client
+// (/wspubsub.js as an ES module, /wspubsub.script.js as a classic script)
+// and the demo page at /. It must not know about the hub or transports: the
+// page talks to the gateway like any other page.
+package web
+
+import (
+	"embed"
+	"encoding/json"
+	"net/http"
+	"regexp"
+)
+
+//go:embed static/index.html static/demo.js static/demo.css static/wspubsub.js
+var static embed.FS
+
+// DemoConfig is what the demo page learns from /demo/config.json.
+type DemoConfig struct {
+	Path    string `json:"path"`    // the client endpoint
+	DemoKey string `json:"demoKey"` // prefilled key ("" when not in demo mode)
+	Publish bool   `json:"publish"` // show the publish box
+}
+
+var exportRE = regexp.MustCompile(`(?m)^export (default .*$)?`)
+
+// ClassicScript turns the ES module into a classic script: the export
+// keywords and the default-export line are dropped and the body is wrapped so
+// its names stay private (it publishes window.WsPubSub itself).
+func ClassicScript(module []byte) []byte {
+	body := exportRE.ReplaceAll(module, nil)
+	return append(append([]byte("(function () {\n"), body...), []byte("})();\n")...)
+}
+
+// Register serves the page, the client and the page's configuration on mux.
+func Register(mux *http.ServeMux, cfg DemoConfig) {
+	module, _ := static.ReadFile("static/wspubsub.js")
+	classic := ClassicScript(module)
+	serve := func(path, file, ctype string) {
+		data, _ := static.ReadFile("static/" + file)
+		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", ctype)
+			w.Header().Set("Cache-Control", "no-cache")
+			_, _ = w.Write(data)
+		})
+	}
+	serve("/{$}", "index.html", "text/html; charset=utf-8")
+	serve("/demo.js", "demo.js", "text/javascript; charset=utf-8")
+	serve("/demo.css", "demo.css", "text/css; charset=utf-8")
+	serve("/wspubsub.js", "wspubsub.js", "text/javascript; charset=utf-8")
+	mux.HandleFunc("GET /wspubsub.script.js", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-cache")
+		_, _ = w.Write(classic)
+	})
+	cfgJSON, _ := json.Marshal(cfg)
+	mux.HandleFunc("GET /demo/config.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(cfgJSON)
+	})
+}
