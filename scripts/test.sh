@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every wspubsub test on this machine, installing and building what the
-# tests need: redis-server (Debian package) and the FerretDB-based
-# MongoDB-wire helper (tools/mongowire, from the Go module proxy). The tests
-# start their own servers on free loopback ports and stop them afterwards.
+# tests need: redis-server and chromium (Debian packages), the FerretDB-based
+# MongoDB-wire helper (tools/mongowire, from the Go module proxy) and
+# jQuery 1.9.1 for the 2014-page test (npm registry). The tests start their
+# own servers on free loopback ports and stop them afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,19 +14,34 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
-if ! command -v redis-server >/dev/null; then
-  step "installing redis-server"
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 redis-server --version
+chromium --version 2>/dev/null || true
+node --version
 
 BIN="${WSPUBSUB_BIN_DIR:-$PWD/bin}"
 mkdir -p "$BIN"
 step "building the MongoDB-wire test server (FerretDB, tools/mongowire)"
 (cd tools/mongowire && go build -o "$BIN/mongowire" .)
 export WSPUBSUB_MONGOWIRE="$BIN/mongowire"
+
+if [ ! -f "$BIN/jquery-1.9.1/package/jquery.js" ]; then
+  step "fetching jQuery 1.9.1 (npm) for the 2014 bullet page test"
+  mkdir -p "$BIN/jquery-1.9.1"
+  (cd "$BIN/jquery-1.9.1" && npm pack --silent jquery@1.9.1 >/dev/null && tar xzf jquery-1.9.1.tgz)
+fi
+export WSPUBSUB_JQUERY="$BIN/jquery-1.9.1/package/jquery.js"
+export WSPUBSUB_ARTIFACTS="${WSPUBSUB_ARTIFACTS:-$PWD/artifacts}"
 export WSPUBSUB_REQUIRE_SERVICES=1
 
 step "gofmt and go vet"
@@ -33,7 +49,10 @@ unformatted=$(gofmt -l cmd internal e2e tools)
 if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 go vet ./...
 
-step "unit, integration and end-to-end tests (race detector on)"
+step "JS client tests (node --test)"
+node --test internal/web/static/
+
+step "unit, integration, end-to-end and browser tests (race detector on; screenshots in $WSPUBSUB_ARTIFACTS)"
 go test -race -count=1 -timeout 20m ./...
 
 step "fuzzing the envelope parser briefly"
