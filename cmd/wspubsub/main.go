@@ -4,6 +4,7 @@
 //
 //	wspubsub [serve] [flags]      run the gateway (the default)
 //	wspubsub publish [flags] MSG  publish a message
+//	wspubsub bench [flags]        load-test a gateway
 //
 // Run a sub-command with --help for its flags; every flag has a WSPUBSUB_*
 // environment twin.
@@ -39,11 +40,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = serve(args, stderr)
 	case "publish":
 		err = publish(args, stdin, stdout, stderr)
+	case "bench":
+		err = benchCmd(args, stdout, stderr)
 	case "help":
-		fmt.Fprint(stdout, "usage: wspubsub [serve|publish] [flags]\n\n  serve    run the gateway (default)\n  publish  publish a message\n\nRun 'wspubsub <command> --help' for flags.\n")
+		fmt.Fprint(stdout, "usage: wspubsub [serve|publish] [flags]\n\n  serve    run the gateway (default)\n  publish  publish a message\n  bench    load-test a gateway (connections, delivery rate, latency, memory)\n\nRun 'wspubsub <command> --help' for flags.\n")
 		return 0
 	default:
-		fmt.Fprintf(stderr, "wspubsub: unknown command %q (want serve or publish)\n", cmd)
+		fmt.Fprintf(stderr, "wspubsub: unknown command %q (want serve, publish or bench)\n", cmd)
 		return 2
 	}
 	switch {

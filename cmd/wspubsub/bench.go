@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/bench"
+)
+
+// benchCmd runs the load tool: `wspubsub bench --scenario personal …`.
+func benchCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("wspubsub bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c bench.Config
+	var sources, worker string
+	fs.StringVar(&c.Target, "target", "http://127.0.0.1:8088", "gateway base URL (the only host contacted besides Redis and MongoDB)")
+	fs.StringVar(&c.Path, "path", "/websocket", "client path")
+	fs.StringVar(&c.Scenario, "scenario", "idle", "idle, personal, broadcast, rate or churn")
+	fs.IntVar(&c.Conns, "conns", 1000, "client connections")
+	fs.IntVar(&c.Messages, "messages", 10000, "messages to publish (personal, broadcast; rate and churn: rate × duration)")
+	fs.IntVar(&c.Rate, "rate", 0, "messages per second (rate, churn)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "length of rate and churn runs")
+	fs.StringVar(&c.Transport, "transport", "websocket", "websocket, eventsource or polling")
+	fs.IntVar(&c.Batch, "batch", 200, "connections opened concurrently per client process")
+	fs.IntVar(&c.PerProc, "per-proc", 15000, "connections per client process; more spread over processes (open-file limit)")
+	fs.StringVar(&sources, "sources", "", "local addresses for the client processes, comma-separated (default 127.0.0.1, 127.0.0.2, … for a loopback target)")
+	fs.StringVar(&c.KeyPrefix, "key-prefix", "bench-", "keys are <prefix>0 … <prefix>N-1")
+	fs.StringVar(&c.Keys, "keys", "none", "provision keys first: mongo, file or none")
+	fs.StringVar(&c.MongoURI, "mongo-uri", "mongodb://127.0.0.1:27017", "MongoDB for --keys mongo")
+	fs.StringVar(&c.MongoDB, "mongo-db", "myDB", "database for --keys mongo")
+	fs.StringVar(&c.MongoCollection, "mongo-collection", "myCollection", "collection for --keys mongo")
+	fs.StringVar(&c.KeysFile, "keys-file", "", "file for --keys file (the gateway's --keys-file)")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "publish through this Redis (empty: POST /publish)")
+	fs.StringVar(&c.Channel, "channel", "my_channel", "the gateway's inbound channel")
+	fs.StringVar(&c.Token, "publish-token", "", "bearer token for POST /publish")
+	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "stop waiting for deliveries after this long without progress")
+	fs.IntVar(&c.GatewayPID, "gateway-pid", 0, "read the gateway's RSS and CPU from /proc (default: its /metrics)")
+	fs.StringVar(&worker, "worker", "", "internal: run as a client process with this JSON configuration")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if worker != "" {
+		return bench.RunWorker(worker, os.Stdin, os.Stdout)
+	}
+	if sources != "" {
+		c.Sources = strings.Split(sources, ",")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := bench.Run(ctx, c, stdout); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,382 @@
+// Package bench is wspubsub's load tool (`wspubsub bench`): it opens many
+// client connections to a gateway, publishes numbered, time-stamped
+// messages, and reports what arrived — delivered, lost, duplicated, out of
+// order, publish→receive latency — next to the gateway's memory and CPU and
+// its own CPU, so a reader can tell who was the bottleneck.
+//
+// It only ever contacts the given target, Redis and MongoDB; every loop is
+// bounded in count and time. It must not import the gateway's packages: it
+// measures the gateway from outside, as a user's deployment would be.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/url"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config describes one run.
+type Config struct {
+	Target                             string        // gateway base URL, http://127.0.0.1:8088
+	Path                               string        // client path, /websocket
+	Scenario                           string        // idle, personal, broadcast, rate, churn
+	Conns                              int           // connections
+	Messages                           int           // messages to publish (personal, broadcast)
+	Rate                               int           // messages per second (rate, churn)
+	Duration                           time.Duration // run length (rate, churn, idle hold)
+	Transport                          string        // websocket, eventsource, polling
+	Batch                              int           // connections opened concurrently per process
+	PerProc                            int           // connections per client process before spreading
+	Sources                            []string      // local addresses, one per client process
+	KeyPrefix                          string
+	Keys                               string // provisioning: mongo, file, none
+	MongoURI, MongoDB, MongoCollection string
+	KeysFile                           string
+	RedisURL                           string // publish through Redis; empty: POST /publish
+	Channel                            string
+	Token                              string        // bearer token for POST /publish
+	Drain                              time.Duration // wait for stragglers after the last publish
+	GatewayPID                         int           // read RSS/CPU from /proc (else from /metrics)
+	Fault                              Fault         // for the tool's own tests
+	// WorkerCommand builds a client process's command (default: this
+	// executable with `bench --worker <json>`); tests substitute their own.
+	WorkerCommand func(workerJSON string) *exec.Cmd
+}
+
+// Fault injects publishing errors so tests can check the counting.
+type Fault struct {
+	Skip      []int64 // sequence numbers never published (lost)
+	Duplicate []int64 // published twice
+	Swap      []int64 // seq and seq+1 published in reverse order
+}
+
+// Result is one run's outcome; it is printed as one JSON line.
+type Result struct {
+	Scenario         string  `json:"scenario"`
+	Transport        string  `json:"transport"`
+	Conns            int     `json:"conns"`
+	Connected        int     `json:"connected"`
+	ConnectFailures  int     `json:"connect_failures"`
+	ConnectRate      float64 `json:"connects_per_s"`
+	Procs            int     `json:"client_procs"`
+	Published        int64   `json:"published"`
+	PublishSeconds   float64 `json:"publish_s"`
+	Expected         int64   `json:"expected"`
+	Delivered        int64   `json:"delivered"`
+	Lost             int64   `json:"lost"`
+	Duplicates       int64   `json:"duplicated"`
+	OutOfOrder       int64   `json:"out_of_order"`
+	ServerClosed     int64   `json:"server_closed"`
+	DeliveredPerSec  float64 `json:"delivered_per_s"`
+	Latency          Latency `json:"latency"`
+	ChurnConnects    int64   `json:"churn_connects,omitempty"`
+	ChurnFailures    int64   `json:"churn_failures,omitempty"`
+	GatewayRSSBefore int64   `json:"gateway_rss_before"`
+	GatewayRSSAfter  int64   `json:"gateway_rss_after"`
+	BytesPerConn     float64 `json:"gateway_bytes_per_conn,omitempty"`
+	GatewayCPU       float64 `json:"gateway_cpu_s"`
+	ClientCPU        float64 `json:"client_cpu_s"`
+	WallSeconds      float64 `json:"wall_s"`
+}
+
+func (c *Config) defaults() error {
+	if c.Path == "" {
+		c.Path = "/websocket"
+	}
+	if c.Transport == "" {
+		c.Transport = "websocket"
+	}
+	if c.PerProc <= 0 {
+		c.PerProc = 15000
+	}
+	if c.KeyPrefix == "" {
+		c.KeyPrefix = "bench-"
+	}
+	if c.Channel == "" {
+		c.Channel = "my_channel"
+	}
+	if c.Drain <= 0 {
+		c.Drain = 5 * time.Second
+	}
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Conns <= 0 {
+		return errors.New("--conns must be positive")
+	}
+	switch c.Scenario {
+	case "idle", "personal", "broadcast", "rate", "churn":
+	default:
+		return fmt.Errorf("unknown scenario %q (idle, personal, broadcast, rate, churn)", c.Scenario)
+	}
+	if (c.Scenario == "rate" || c.Scenario == "churn") && c.Rate <= 0 {
+		return errors.New("--rate must be positive for rate and churn")
+	}
+	if (c.Scenario == "rate" || c.Scenario == "churn") && c.Messages == 0 {
+		c.Messages = int(float64(c.Rate) * c.Duration.Seconds())
+	}
+	if c.Messages > 50_000_000 {
+		return errors.New("--messages is capped at 50,000,000")
+	}
+	u, err := url.Parse(c.Target)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("bad --target %q", c.Target)
+	}
+	return nil
+}
+
+// wsURL is the client URL without the query.
+func (c *Config) wsURL() string {
+	u, _ := url.Parse(c.Target)
+	scheme := "ws"
+	if u.Scheme == "https" {
+		scheme = "wss"
+	}
+	return scheme + "://" + u.Host + c.Path
+}
+
+// Run performs one run and writes the human summary and the JSON line.
+func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
+	if err := cfg.defaults(); err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	res := Result{Scenario: cfg.Scenario, Transport: cfg.Transport, Conns: cfg.Conns}
+	g := newGatewayProbe(cfg)
+	rss0, cpu0 := g.read()
+	res.GatewayRSSBefore = rss0
+
+	if err := provision(ctx, cfg); err != nil {
+		return res, err
+	}
+	workers, err := startWorkers(cfg)
+	if err != nil {
+		return res, err
+	}
+	res.Procs = len(workers)
+	connectStart := time.Now()
+	var failures int
+	for _, w := range workers {
+		f, err := w.ready()
+		if err != nil {
+			stopAll(workers)
+			return res, err
+		}
+		failures += f
+	}
+	res.ConnectFailures = failures
+	res.Connected = cfg.Conns - failures
+	res.ConnectRate = float64(res.Connected) / time.Since(connectStart).Seconds()
+
+	stable := cfg.Conns
+	if cfg.Scenario == "churn" {
+		stable = cfg.Conns - int(float64(cfg.Conns)*churnShare)
+	}
+	pub, err := newPublisher(ctx, cfg)
+	if err != nil {
+		stopAll(workers)
+		return res, err
+	}
+	defer pub.close()
+	received := func() int64 {
+		var n int64
+		for _, w := range workers {
+			n += w.received()
+		}
+		return n
+	}
+
+	pubStart := time.Now()
+	switch cfg.Scenario {
+	case "idle":
+		time.Sleep(min(cfg.Duration, 3*time.Second)) // let the gateway settle
+	case "personal":
+		res.Published, err = publishAll(ctx, pub, cfg, stable, 0)
+		res.Expected = res.Published
+	case "broadcast":
+		res.Published, err = publishAll(ctx, pub, cfg, stable, 0)
+		res.Expected = res.Published * int64(res.Connected)
+	case "rate", "churn":
+		res.Published, err = publishAll(ctx, pub, cfg, stable, cfg.Rate)
+		res.Expected = res.Published
+	}
+	res.PublishSeconds = time.Since(pubStart).Seconds()
+	if err != nil {
+		stopAll(workers)
+		return res, err
+	}
+	// Wait until everything arrived, or nothing has for a while.
+	last, lastChange := received(), time.Now()
+	for res.Expected > 0 && last < res.Expected+int64(len(cfg.Fault.Duplicate)) && time.Since(lastChange) < cfg.Drain {
+		time.Sleep(20 * time.Millisecond)
+		if n := received(); n != last {
+			last, lastChange = n, time.Now()
+		}
+	}
+	deliverEnd := time.Now()
+	rss1, cpu1 := g.read()
+	res.GatewayRSSAfter = rss1
+	res.GatewayCPU = cpu1 - cpu0
+
+	buckets := map[int]int64{}
+	for _, w := range workers {
+		st := w.stop()
+		res.Delivered += st.Received
+		res.Duplicates += st.Duplicates
+		res.OutOfOrder += st.OutOfOrder
+		res.ServerClosed += st.ServerClosed
+		res.ChurnConnects += st.ChurnConnects
+		res.ChurnFailures += st.ChurnFailures
+		for k, v := range st.Latency {
+			buckets[k] += v
+		}
+	}
+	res.Latency = summarize(buckets)
+	res.Lost = max(0, res.Expected-(res.Delivered-res.Duplicates))
+	if d := deliverEnd.Sub(pubStart).Seconds(); d > 0 && res.Delivered > 0 {
+		res.DeliveredPerSec = float64(res.Delivered) / d
+	}
+	if cfg.Scenario == "idle" && res.Connected > 0 && rss0 > 0 {
+		res.BytesPerConn = float64(rss1-rss0) / float64(res.Connected)
+	}
+	res.ClientCPU = ownCPU()
+	res.WallSeconds = time.Since(start).Seconds()
+	report(out, res)
+	return res, nil
+}
+
+// churnShare is the share of connections that reconnect in a loop in the
+// churn scenario; messages go to the others.
+const churnShare = 0.2
+
+func report(out io.Writer, r Result) {
+	fmt.Fprintf(out, "scenario %s over %s: %d/%d connected (%d failed) at %.0f/s from %d process(es)\n",
+		r.Scenario, r.Transport, r.Connected, r.Conns, r.ConnectFailures, r.ConnectRate, r.Procs)
+	if r.Published > 0 {
+		fmt.Fprintf(out, "published %d in %.2fs; delivered %d of %d expected (%.0f/s): lost %d, duplicated %d, out of order %d, closed by server %d\n",
+			r.Published, r.PublishSeconds, r.Delivered, r.Expected, r.DeliveredPerSec, r.Lost, r.Duplicates, r.OutOfOrder, r.ServerClosed)
+		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
+			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
+	}
+	if r.ChurnConnects > 0 {
+		fmt.Fprintf(out, "churn: %d reconnects, %d failed\n", r.ChurnConnects, r.ChurnFailures)
+	}
+	fmt.Fprintf(out, "gateway RSS %.1f MB → %.1f MB", float64(r.GatewayRSSBefore)/1e6, float64(r.GatewayRSSAfter)/1e6)
+	if r.BytesPerConn > 0 {
+		fmt.Fprintf(out, " (%.0f bytes per connection)", r.BytesPerConn)
+	}
+	fmt.Fprintf(out, "; CPU gateway %.2fs, load tool %.2fs, wall %.1fs\n", r.GatewayCPU, r.ClientCPU, r.WallSeconds)
+	b, _ := json.Marshal(r)
+	fmt.Fprintf(out, "%s\n", b)
+}
+
+// publishAll publishes cfg.Messages messages (it returns how many distinct
+// sequence numbers it meant to publish, faults included) to random stable keys (or as
+// broadcasts), at rate per second when rate > 0, in pipelined batches.
+func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int) (int64, error) {
+	skip := map[int64]bool{}
+	for _, s := range cfg.Fault.Skip {
+		skip[s] = true
+	}
+	dup := map[int64]bool{}
+	for _, s := range cfg.Fault.Duplicate {
+		dup[s] = true
+	}
+	swap := map[int64]bool{}
+	for _, s := range cfg.Fault.Swap {
+		swap[s] = true
+	}
+	batchSize := 256
+	var tick time.Duration
+	if rate > 0 {
+		// Publish every millisecond (or less often at low rates).
+		tick = time.Millisecond
+		batchSize = max(1, rate/1000)
+		if rate < 1000 {
+			tick = time.Second / time.Duration(rate)
+			batchSize = 1
+		}
+	}
+	broadcast := cfg.Scenario == "broadcast"
+	var intended int64
+	batch := make([][]byte, 0, batchSize+4)
+	next := time.Now()
+	msg := func(seq int64) []byte {
+		now := time.Now().UnixNano()
+		if broadcast {
+			return fmt.Appendf(nil, `{"broadcast":true,"data":{"s":%d,"t":%d}}`, seq, now)
+		}
+		return fmt.Appendf(nil, `{"recipients":["%s%d"],"data":{"s":%d,"t":%d}}`, cfg.KeyPrefix, rand.IntN(stable), seq, now)
+	}
+	deadline := time.Now().Add(cfg.Duration + time.Minute)
+	for seq := int64(0); seq < int64(cfg.Messages); {
+		batch = batch[:0]
+		for len(batch) < batchSize && seq < int64(cfg.Messages) {
+			intended++
+			switch {
+			case skip[seq]:
+			case swap[seq] && seq+1 < int64(cfg.Messages):
+				batch = append(batch, msg(seq+1), msg(seq))
+				seq++
+				intended++
+			case dup[seq]:
+				m := msg(seq)
+				batch = append(batch, m, m)
+			default:
+				batch = append(batch, msg(seq))
+			}
+			seq++
+		}
+		if err := pub.publish(ctx, batch); err != nil {
+			return intended, err
+		}
+		if tick > 0 {
+			next = next.Add(tick)
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	return intended, nil
+}
+
+func ownCPU() float64 {
+	var self, children syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(self.Utime) + tv(self.Stime) + tv(children.Utime) + tv(children.Stime)
+}
+
+// sourcesFor returns n local addresses: the given ones, else 127.0.0.1,
+// 127.0.0.2, … (each gives one client process its own ephemeral ports).
+func sourcesFor(cfg Config, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		if i < len(cfg.Sources) {
+			out[i] = cfg.Sources[i]
+		} else if strings.HasPrefix(hostOf(cfg.Target), "127.") || hostOf(cfg.Target) == "localhost" {
+			out[i] = fmt.Sprintf("127.0.0.%d", i+1)
+		}
+	}
+	return out
+}
+
+func hostOf(target string) string {
+	u, err := url.Parse(target)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
+}

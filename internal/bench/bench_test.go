@@ -1,0 +1,192 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/config"
+	"github.com/wspubsub/wspubsub/internal/gateway"
+	"github.com/wspubsub/wspubsub/internal/keystore"
+	"github.com/wspubsub/wspubsub/internal/testenv"
+)
+
+// TestMain lets the test binary act as a client process for the
+// multi-process test.
+func TestMain(m *testing.M) {
+	if js := os.Getenv("WSPUBSUB_BENCH_WORKER"); js != "" {
+		if err := RunWorker(js, os.Stdin, os.Stdout); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// gatewayFor starts an in-process gateway on Redis that knows keys
+// bench-0 … bench-(n-1).
+func gatewayFor(t *testing.T, n int) (target, redisURL string) {
+	t.Helper()
+	r := testenv.Redis(t)
+	keys := keystore.NewMemory()
+	for i := range n {
+		keys.Add("bench-" + itoa(i))
+	}
+	cfg, err := config.ParseServe([]string{"--listen", "127.0.0.1:0", "--redis-url", r.URL()}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(cfg, gateway.Options{Store: keys, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = gw.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	target = "http://" + gw.Addr().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for !gwReady(target) {
+		if time.Now().After(deadline) {
+			t.Fatal("gateway not ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return target, r.URL()
+}
+
+func gwReady(target string) bool {
+	rss, _ := (&gatewayProbe{metrics: target + "/metrics"}).read()
+	return rss > 0
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestCountsLostDuplicatedAndOutOfOrder(t *testing.T) {
+	target, redisURL := gatewayFor(t, 1)
+	res, err := Run(context.Background(), Config{
+		Target: target, Scenario: "personal", Conns: 1, Messages: 100, RedisURL: redisURL,
+		Drain: 500 * time.Millisecond,
+		Fault: Fault{Skip: []int64{5, 6}, Duplicate: []int64{10}, Swap: []int64{20}},
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Expected != 100 || res.Lost != 2 || res.Duplicates != 1 || res.OutOfOrder != 1 || res.Delivered != 99 {
+		t.Fatalf("got %+v", res)
+	}
+	if res.Latency.Samples != 99 || res.Latency.P50 <= 0 {
+		t.Fatalf("latency %+v", res.Latency)
+	}
+}
+
+func TestBroadcastCountsPerConnection(t *testing.T) {
+	target, redisURL := gatewayFor(t, 3)
+	res, err := Run(context.Background(), Config{
+		Target: target, Scenario: "broadcast", Conns: 3, Messages: 20, RedisURL: redisURL,
+		Drain: 500 * time.Millisecond, Fault: Fault{Skip: []int64{7}, Duplicate: []int64{3}},
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Expected != 60 || res.Lost != 3 || res.Duplicates != 3 || res.OutOfOrder != 0 {
+		t.Fatalf("got %+v", res)
+	}
+}
+
+func TestCleanRunsLoseNothing(t *testing.T) {
+	target, redisURL := gatewayFor(t, 50)
+	for _, sc := range []Config{
+		{Scenario: "personal", Messages: 2000},
+		{Scenario: "broadcast", Messages: 50},
+		{Scenario: "rate", Rate: 500, Duration: time.Second},
+		{Scenario: "personal", Messages: 200, Transport: "eventsource"},
+		{Scenario: "personal", Messages: 100, Transport: "polling"},
+	} {
+		sc.Target, sc.Conns, sc.RedisURL, sc.Drain = target, 50, redisURL, 2*time.Second
+		res, err := Run(context.Background(), sc, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Connected != 50 || res.Lost != 0 || res.Duplicates != 0 || res.OutOfOrder != 0 || res.Delivered != res.Expected {
+			t.Fatalf("%s/%s: %+v", sc.Scenario, sc.Transport, res)
+		}
+	}
+}
+
+func TestChurnAndIdle(t *testing.T) {
+	target, redisURL := gatewayFor(t, 40)
+	res, err := Run(context.Background(), Config{Target: target, Scenario: "churn", Conns: 40, Rate: 200,
+		Duration: 1500 * time.Millisecond, RedisURL: redisURL}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ChurnConnects == 0 || res.ChurnFailures != 0 || res.Lost != 0 {
+		t.Fatalf("churn: %+v", res)
+	}
+	res, err = Run(context.Background(), Config{Target: target, Scenario: "idle", Conns: 40, Duration: time.Second,
+		GatewayPID: os.Getpid()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Connected != 40 || res.ConnectRate <= 0 || res.GatewayRSSAfter <= 0 {
+		t.Fatalf("idle: %+v", res)
+	}
+}
+
+func TestSeveralClientProcesses(t *testing.T) {
+	target, redisURL := gatewayFor(t, 30)
+	res, err := Run(context.Background(), Config{
+		Target: target, Scenario: "personal", Conns: 30, PerProc: 10, Messages: 500, RedisURL: redisURL,
+		WorkerCommand: func(js string) *exec.Cmd {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "WSPUBSUB_BENCH_WORKER="+js)
+			return cmd
+		},
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Procs != 3 || res.Connected != 30 || res.Lost != 0 || res.Delivered != 500 {
+		t.Fatalf("got %+v", res)
+	}
+}
+
+func TestHistogramPercentiles(t *testing.T) {
+	var h histogram
+	for i := 1; i <= 1000; i++ {
+		h.record(time.Duration(i) * time.Microsecond)
+	}
+	l := summarize(h.snapshot())
+	if l.Samples != 1000 || l.P50 < 0.48 || l.P50 > 0.54 || l.P99 < 0.96 || l.P99 > 1.06 {
+		t.Fatalf("%+v", l)
+	}
+}
+
+func TestParseSeq(t *testing.T) {
+	seq, sent, ok := parseSeq([]byte(`{"data":{"s":42,"t":1700000000000000000}}`))
+	if !ok || seq != 42 || sent != 1700000000000000000 {
+		t.Fatal(seq, sent, ok)
+	}
+	if _, _, ok := parseSeq([]byte("heartbeat message")); ok {
+		t.Fatal("heartbeat parsed")
+	}
+}
+
+func BenchmarkReaderPerFrame(b *testing.B) {
+	w := NewWorker(WorkerConfig{Messages: 1 << 20})
+	c := &wconn{}
+	p := []byte(`{"data":{"s":42,"t":1700000000000000000}}`)
+	now := time.Now()
+	b.ReportAllocs()
+	i := int64(0)
+	for b.Loop() {
+		w.onMessage(c, p, now)
+		i++
+	}
+}

@@ -1,0 +1,420 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// WorkerConfig is one client process's share of the connections.
+type WorkerConfig struct {
+	URL        string        `json:"url"`       // ws://host:port/path
+	KeyPrefix  string        `json:"keyPrefix"` // key i is KeyPrefix + i
+	First      int           `json:"first"`     // index of the first key
+	Count      int           `json:"count"`     // connections to open
+	Source     string        `json:"source"`    // local IP to connect from ("" = any)
+	Transport  string        `json:"transport"` // websocket, eventsource, polling
+	Batch      int           `json:"batch"`     // connections opened concurrently
+	Messages   int           `json:"messages"`  // sequence space, for duplicate detection
+	Broadcast  bool          `json:"broadcast"` // every connection receives every message
+	ChurnShare float64       `json:"churn"`     // share of connections that reconnect in a loop
+	ChurnFor   time.Duration `json:"churnFor"`
+}
+
+// WorkerStats is what a worker reports at the end.
+type WorkerStats struct {
+	Connected       int           `json:"connected"`
+	ConnectFailures int           `json:"connectFailures"`
+	ConnectSeconds  float64       `json:"connectSeconds"`
+	Received        int64         `json:"received"`
+	Duplicates      int64         `json:"duplicates"`
+	OutOfOrder      int64         `json:"outOfOrder"`
+	Unexpected      int64         `json:"unexpected"`
+	ServerClosed    int64         `json:"serverClosed"`
+	ChurnConnects   int64         `json:"churnConnects"`
+	ChurnFailures   int64         `json:"churnFailures"`
+	Latency         map[int]int64 `json:"latency"`
+}
+
+// Worker holds connections and counts what they receive. Its reader does
+// as little as possible per frame — large reads, the frame header, the
+// sequence number and the send time — so it can measure a gateway that
+// delivers a million frames a second.
+type Worker struct {
+	cfg   WorkerConfig
+	hist  histogram
+	seen  *seen
+	conns []*wconn
+
+	received, dups, ooo, unexpected, serverClosed atomic.Int64
+	churnConnects, churnFailures                  atomic.Int64
+	connectFailures                               int
+	connectTime                                   time.Duration
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	http   *http.Client
+}
+
+type wconn struct {
+	idx  int
+	mu   sync.Mutex
+	nc   net.Conn
+	body io.Closer
+	last atomic.Int64 // highest sequence number seen
+}
+
+// NewWorker prepares a worker; Connect opens its connections.
+func NewWorker(cfg WorkerConfig) *Worker {
+	if cfg.Batch <= 0 {
+		cfg.Batch = 200
+	}
+	if cfg.Transport == "" {
+		cfg.Transport = "websocket"
+	}
+	w := &Worker{cfg: cfg, seen: newSeen(cfg.Messages)}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.http = &http.Client{Transport: &http.Transport{
+		DialContext: w.dialer().DialContext, MaxIdleConnsPerHost: cfg.Count + 16, MaxConnsPerHost: 0,
+		DisableCompression: true,
+	}}
+	return w
+}
+
+func (w *Worker) dialer() *net.Dialer {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if w.cfg.Source != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(w.cfg.Source)}
+	}
+	return d
+}
+
+func (w *Worker) key(i int) string { return fmt.Sprintf("%s%d", w.cfg.KeyPrefix, i) }
+
+// Connect opens every connection, cfg.Batch at a time, and returns how many
+// failed.
+func (w *Worker) Connect() int {
+	start := time.Now()
+	w.conns = make([]*wconn, w.cfg.Count)
+	sem := make(chan struct{}, w.cfg.Batch)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range w.conns {
+		c := &wconn{idx: w.cfg.First + i}
+		c.last.Store(-1)
+		w.conns[i] = c
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := w.open(c); err != nil {
+				mu.Lock()
+				w.connectFailures++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	w.connectTime = time.Since(start)
+	if w.cfg.ChurnShare > 0 {
+		w.startChurn()
+	}
+	return w.connectFailures
+}
+
+func (w *Worker) open(c *wconn) error {
+	url := w.cfg.URL + "?" + w.key(c.idx)
+	switch w.cfg.Transport {
+	case "websocket":
+		d := ws.Dialer{Timeout: 10 * time.Second, NetDial: w.dialer().DialContext}
+		nc, br, _, err := d.Dial(w.ctx, url)
+		if err != nil {
+			return err
+		}
+		var r io.Reader = nc
+		if br != nil {
+			r = io.MultiReader(br, nc)
+		}
+		c.mu.Lock()
+		c.nc = nc
+		c.mu.Unlock()
+		w.wg.Add(1)
+		go w.readWS(c, nc, r)
+		return nil
+	case "eventsource":
+		req, _ := http.NewRequestWithContext(w.ctx, "GET", toHTTP(url), nil)
+		req.Header.Set("Accept", "text/event-stream")
+		resp, err := w.http.Do(req)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != 200 {
+			resp.Body.Close()
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		c.mu.Lock()
+		c.body = resp.Body
+		c.mu.Unlock()
+		w.wg.Add(1)
+		go w.readSSE(c, resp.Body)
+		return nil
+	case "polling":
+		purl := toHTTP(url) + "&sid=b" + fmt.Sprint(c.idx)
+		w.wg.Add(1)
+		go w.poll(c, purl)
+		// The first poll is held by the gateway; the connection is open
+		// once a POSTed ping on it is answered.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			resp, err := w.http.Post(purl, "text/plain", strings.NewReader("ping"))
+			if err != nil {
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		return fmt.Errorf("polling connection not admitted within 10s")
+	}
+	return fmt.Errorf("unknown transport %q", w.cfg.Transport)
+}
+
+func toHTTP(u string) string {
+	return strings.Replace(strings.Replace(u, "wss://", "https://", 1), "ws://", "http://", 1)
+}
+
+// readWS parses server frames straight out of large reads.
+func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader) {
+	defer w.wg.Done()
+	buf := make([]byte, 16<<10)
+	n := 0
+	for {
+		m, err := r.Read(buf[n:])
+		if err != nil {
+			if w.ctx.Err() == nil {
+				w.serverClosed.Add(1)
+			}
+			return
+		}
+		n += m
+		now := time.Now()
+		off := 0
+		for n-off >= 2 {
+			op := buf[off] & 0x0f
+			plen := int(buf[off+1] & 0x7f)
+			hdr := 2
+			switch plen {
+			case 126:
+				if n-off < 4 {
+					goto more
+				}
+				plen, hdr = int(binary.BigEndian.Uint16(buf[off+2:])), 4
+			case 127:
+				if n-off < 10 {
+					goto more
+				}
+				plen, hdr = int(binary.BigEndian.Uint64(buf[off+2:])), 10
+			}
+			if hdr+plen > len(buf) {
+				nb := make([]byte, hdr+plen+len(buf))
+				copy(nb, buf[off:n])
+				buf, n, off = nb, n-off, 0
+				goto more
+			}
+			if n-off < hdr+plen {
+				goto more
+			}
+			payload := buf[off+hdr : off+hdr+plen]
+			switch op {
+			case 1, 2:
+				w.onMessage(c, payload, now)
+			case 8:
+				if w.ctx.Err() == nil {
+					w.serverClosed.Add(1)
+				}
+				return
+			case 9:
+				_ = ws.WriteFrame(nc, ws.MaskFrame(ws.NewPongFrame(append([]byte(nil), payload...))))
+			}
+			off += hdr + plen
+		}
+	more:
+		n = copy(buf, buf[off:n])
+	}
+}
+
+func (w *Worker) readSSE(c *wconn, body io.ReadCloser) {
+	defer w.wg.Done()
+	br := bufio.NewReaderSize(body, 16<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			if w.ctx.Err() == nil {
+				w.serverClosed.Add(1)
+			}
+			return
+		}
+		if p, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
+			w.onMessage(c, p, time.Now())
+		} else if bytes.HasPrefix(line, []byte("event: close")) {
+			if w.ctx.Err() == nil {
+				w.serverClosed.Add(1)
+			}
+			return
+		}
+	}
+}
+
+func (w *Worker) poll(c *wconn, url string) {
+	defer w.wg.Done()
+	for w.ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(w.ctx, "GET", url, nil)
+		req.Header.Set("X-Socket-Transport", "xhrPolling")
+		resp, err := w.http.Do(req)
+		if err != nil {
+			if w.ctx.Err() == nil {
+				w.serverClosed.Add(1)
+			}
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			w.serverClosed.Add(1)
+			return
+		}
+		if len(body) > 0 {
+			w.onMessage(c, body, time.Now())
+		}
+	}
+}
+
+// onMessage records one delivery: {"data":{"s":<seq>,"t":<unix ns>}}.
+func (w *Worker) onMessage(c *wconn, p []byte, now time.Time) {
+	seq, sent, ok := parseSeq(p)
+	if !ok {
+		w.unexpected.Add(1) // e.g. a heartbeat
+		return
+	}
+	w.received.Add(1)
+	w.hist.record(now.Sub(time.Unix(0, sent)))
+	last := c.last.Load()
+	var dup bool
+	if w.cfg.Broadcast {
+		dup = seq == last // every connection gets every number, in order
+	} else {
+		dup, _ = w.seen.mark(seq) // each number goes to one connection, once
+	}
+	switch {
+	case dup:
+		w.dups.Add(1)
+	case seq < last:
+		w.ooo.Add(1)
+	default:
+		c.last.Store(seq)
+	}
+}
+
+var prefix = []byte(`{"data":{"s":`)
+
+// parseSeq reads the sequence number and send time without a JSON decoder.
+func parseSeq(p []byte) (seq, sent int64, ok bool) {
+	i := len(prefix)
+	if !bytes.HasPrefix(p, prefix) {
+		j := bytes.Index(p, []byte(`"s":`))
+		if j < 0 {
+			return 0, 0, false
+		}
+		i = j + 4
+	}
+	seq, i, ok = digits(p, i)
+	if !ok {
+		return 0, 0, false
+	}
+	j := bytes.Index(p[i:], []byte(`"t":`))
+	if j < 0 {
+		return 0, 0, false
+	}
+	sent, _, ok = digits(p, i+j+4)
+	return seq, sent, ok
+}
+
+func digits(p []byte, i int) (int64, int, bool) {
+	var v int64
+	start := i
+	for i < len(p) && p[i] >= '0' && p[i] <= '9' {
+		v = v*10 + int64(p[i]-'0')
+		i++
+	}
+	return v, i, i > start
+}
+
+// startChurn makes the last ChurnShare of the connections close and
+// reconnect in a loop for ChurnFor.
+func (w *Worker) startChurn() {
+	n := int(float64(len(w.conns)) * w.cfg.ChurnShare)
+	deadline := time.Now().Add(w.cfg.ChurnFor)
+	for _, c := range w.conns[len(w.conns)-n:] {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for time.Now().Before(deadline) && w.ctx.Err() == nil {
+				w.closeConn(c)
+				time.Sleep(50 * time.Millisecond)
+				w.churnConnects.Add(1)
+				if err := w.open(c); err != nil {
+					w.churnFailures.Add(1)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+	}
+}
+
+func (w *Worker) closeConn(c *wconn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nc != nil {
+		_ = ws.WriteFrame(c.nc, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))))
+		_ = c.nc.Close()
+		c.nc = nil
+	}
+	if c.body != nil {
+		_ = c.body.Close()
+		c.body = nil
+	}
+}
+
+// Received returns deliveries so far.
+func (w *Worker) Received() int64 { return w.received.Load() }
+
+// Stop closes every connection and returns the counts.
+func (w *Worker) Stop() WorkerStats {
+	w.cancel()
+	for _, c := range w.conns {
+		w.closeConn(c)
+	}
+	w.wg.Wait()
+	return WorkerStats{
+		Connected: w.cfg.Count - w.connectFailures, ConnectFailures: w.connectFailures,
+		ConnectSeconds: w.connectTime.Seconds(),
+		Received:       w.received.Load(), Duplicates: w.dups.Load(), OutOfOrder: w.ooo.Load(),
+		Unexpected: w.unexpected.Load(), ServerClosed: w.serverClosed.Load(),
+		ChurnConnects: w.churnConnects.Load(), ChurnFailures: w.churnFailures.Load(),
+		Latency: w.hist.snapshot(),
+	}
+}

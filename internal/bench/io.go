@@ -1,0 +1,347 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// publisher sends batches of messages to the gateway's inbound channel.
+type publisher interface {
+	publish(ctx context.Context, msgs [][]byte) error
+	close()
+}
+
+func newPublisher(ctx context.Context, cfg Config) (publisher, error) {
+	if cfg.RedisURL == "" {
+		return &httpPublisher{url: strings.TrimSuffix(cfg.Target, "/") + "/publish", token: cfg.Token}, nil
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("parsing --redis-url: %w", err)
+	}
+	c := redis.NewClient(opt)
+	if err := c.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("connecting to Redis: %w", err)
+	}
+	return &redisPublisher{c: c, channel: cfg.Channel}, nil
+}
+
+type redisPublisher struct {
+	c       *redis.Client
+	channel string
+}
+
+// publish sends the batch as one pipeline: one round trip.
+func (p *redisPublisher) publish(ctx context.Context, msgs [][]byte) error {
+	pipe := p.c.Pipeline()
+	for _, m := range msgs {
+		pipe.Publish(ctx, p.channel, m)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+func (p *redisPublisher) close() { p.c.Close() }
+
+type httpPublisher struct{ url, token string }
+
+func (p *httpPublisher) publish(ctx context.Context, msgs [][]byte) error {
+	for _, m := range msgs {
+		req, _ := http.NewRequestWithContext(ctx, "POST", p.url, bytes.NewReader(m))
+		if p.token != "" {
+			req.Header.Set("Authorization", "Bearer "+p.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("POST /publish: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("POST /publish: %s", resp.Status)
+		}
+	}
+	return nil
+}
+
+func (p *httpPublisher) close() {}
+
+// provision makes the keys bench-0 … bench-(N-1) known to the gateway.
+func provision(ctx context.Context, cfg Config) error {
+	switch cfg.Keys {
+	case "", "none":
+		return nil
+	case "file":
+		if cfg.KeysFile == "" {
+			return fmt.Errorf("--keys file needs --keys-file (the gateway's --keys-file)")
+		}
+		var b strings.Builder
+		for i := range cfg.Conns {
+			fmt.Fprintf(&b, "%s%d\n", cfg.KeyPrefix, i)
+		}
+		if err := os.WriteFile(cfg.KeysFile, []byte(b.String()), 0o600); err != nil {
+			return fmt.Errorf("writing keys file: %w", err)
+		}
+		time.Sleep(1100 * time.Millisecond) // the gateway re-reads it at most once a second
+		return nil
+	case "mongo":
+		mc, err := mongo.Connect(options.Client().ApplyURI(cfg.MongoURI))
+		if err != nil {
+			return fmt.Errorf("connecting to MongoDB: %w", err)
+		}
+		defer mc.Disconnect(ctx)
+		coll := mc.Database(cfg.MongoDB).Collection(cfg.MongoCollection)
+		docs := make([]any, 0, 1000)
+		flush := func() error {
+			if len(docs) == 0 {
+				return nil
+			}
+			_, err := coll.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+			docs = docs[:0]
+			if err != nil && !mongo.IsDuplicateKeyError(err) {
+				return fmt.Errorf("inserting keys: %w", err)
+			}
+			return nil
+		}
+		for i := range cfg.Conns {
+			docs = append(docs, bson.D{{Key: "_id", Value: fmt.Sprintf("%s%d", cfg.KeyPrefix, i)}})
+			if len(docs) == cap(docs) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		return flush()
+	}
+	return fmt.Errorf("unknown --keys %q (mongo, file, none)", cfg.Keys)
+}
+
+// gatewayProbe reads the gateway's RSS and CPU time: from /proc when its
+// pid is known (same machine), else from its /metrics.
+type gatewayProbe struct {
+	pid     int
+	metrics string
+}
+
+func newGatewayProbe(cfg Config) *gatewayProbe {
+	return &gatewayProbe{pid: cfg.GatewayPID, metrics: strings.TrimSuffix(cfg.Target, "/") + "/metrics"}
+}
+
+func (g *gatewayProbe) read() (rss int64, cpu float64) {
+	if g.pid > 0 {
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.pid)); err == nil {
+			for line := range strings.SplitSeq(string(st), "\n") {
+				if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+					kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+					rss = kb * 1024
+				}
+			}
+			if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.pid)); err == nil {
+				f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+				ut, _ := strconv.ParseFloat(f[11], 64)
+				stt, _ := strconv.ParseFloat(f[12], 64)
+				cpu = (ut + stt) / 100 // USER_HZ
+			}
+			return rss, cpu
+		}
+	}
+	resp, err := http.Get(g.metrics)
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			rss = int64(f)
+		}
+		if v, ok := strings.CutPrefix(line, "process_cpu_seconds_total "); ok {
+			cpu, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return rss, cpu
+}
+
+// worker is one client process's handle: in this process, or a child
+// `wspubsub bench --worker` speaking line-delimited JSON on stdio.
+type worker interface {
+	ready() (failures int, err error)
+	received() int64
+	stop() WorkerStats
+}
+
+type localWorker struct {
+	w    *Worker
+	done chan int
+}
+
+func (l *localWorker) ready() (int, error) { return <-l.done, nil }
+func (l *localWorker) received() int64     { return l.w.Received() }
+func (l *localWorker) stop() WorkerStats   { return l.w.Stop() }
+
+type childWorker struct {
+	cmd   *exec.Cmd
+	in    *bufio.Writer
+	stdin interface{ Close() error }
+	lines chan string
+	recv  atomic.Int64
+	final chan WorkerStats
+	fail  chan int
+}
+
+func (c *childWorker) ready() (int, error) {
+	select {
+	case f, ok := <-c.fail:
+		if !ok {
+			return 0, fmt.Errorf("bench worker exited before connecting")
+		}
+		return f, nil
+	case <-time.After(10 * time.Minute):
+		return 0, fmt.Errorf("bench worker not ready after 10 minutes")
+	}
+}
+
+func (c *childWorker) received() int64 { return c.recv.Load() }
+
+func (c *childWorker) stop() WorkerStats {
+	_ = c.stdin.Close() // EOF on stdin: stop and report
+	select {
+	case st := <-c.final:
+		_ = c.cmd.Wait()
+		return st
+	case <-time.After(time.Minute):
+		_ = c.cmd.Process.Kill()
+		_ = c.cmd.Wait()
+		return WorkerStats{}
+	}
+}
+
+// startWorkers splits the connections over client processes.
+func startWorkers(cfg Config) ([]worker, error) {
+	procs := (cfg.Conns + cfg.PerProc - 1) / cfg.PerProc
+	sources := sourcesFor(cfg, procs)
+	var out []worker
+	for i := range procs {
+		first := i * cfg.PerProc
+		wc := WorkerConfig{URL: cfg.wsURL(), KeyPrefix: cfg.KeyPrefix, First: first, Count: min(cfg.PerProc, cfg.Conns-first),
+			Source: sources[i], Transport: cfg.Transport, Batch: cfg.Batch, Messages: cfg.Messages,
+			Broadcast: cfg.Scenario == "broadcast"}
+		if cfg.Scenario == "churn" {
+			wc.ChurnShare, wc.ChurnFor = churnShare, cfg.Duration
+		}
+		if procs == 1 {
+			w := NewWorker(wc)
+			l := &localWorker{w: w, done: make(chan int, 1)}
+			go func() { l.done <- w.Connect() }()
+			out = append(out, l)
+			continue
+		}
+		c, err := startChild(cfg, wc)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func startChild(cfg Config, wc WorkerConfig) (*childWorker, error) {
+	js, _ := json.Marshal(wc)
+	var cmd *exec.Cmd
+	if cfg.WorkerCommand != nil {
+		cmd = cfg.WorkerCommand(string(js))
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(exe, "bench", "--worker", string(js))
+	}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting bench worker: %w", err)
+	}
+	c := &childWorker{cmd: cmd, stdin: stdin, final: make(chan WorkerStats, 1), fail: make(chan int, 1)}
+	go func() {
+		defer close(c.fail)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			kind, body, _ := strings.Cut(sc.Text(), " ")
+			switch kind {
+			case "READY":
+				n, _ := strconv.Atoi(body)
+				c.fail <- n
+			case "PROGRESS":
+				n, _ := strconv.ParseInt(body, 10, 64)
+				c.recv.Store(n)
+			case "STATS":
+				var st WorkerStats
+				_ = json.Unmarshal([]byte(body), &st)
+				c.final <- st
+			}
+		}
+	}()
+	return c, nil
+}
+
+// RunWorker is the child side: connect, report progress until stdin
+// closes, then report the counts.
+func RunWorker(cfgJSON string, stdin *os.File, stdout *os.File) error {
+	var wc WorkerConfig
+	if err := json.Unmarshal([]byte(cfgJSON), &wc); err != nil {
+		return fmt.Errorf("bad worker config: %w", err)
+	}
+	w := NewWorker(wc)
+	failures := w.Connect()
+	fmt.Fprintf(stdout, "READY %d\n", failures)
+	done := make(chan struct{})
+	go func() {
+		_, _ = bufio.NewReader(stdin).ReadString('\n') // EOF when the parent closes it
+		close(done)
+	}()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			fmt.Fprintf(stdout, "PROGRESS %d\n", w.Received())
+		case <-done:
+			st := w.Stop()
+			b, _ := json.Marshal(st)
+			fmt.Fprintf(stdout, "STATS %s\n", b)
+			return nil
+		}
+	}
+}
+
+func stopAll(ws []worker) {
+	for _, w := range ws {
+		w.stop()
+	}
+}
