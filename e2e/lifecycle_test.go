@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -190,5 +192,46 @@ func TestClientLimits(t *testing.T) {
 		if got := testutil.ToFloat64(s.gw.Metrics().Rejections.WithLabelValues(r)); got != 1 {
 			t.Errorf("rejections{%s} = %v", r, got)
 		}
+	}
+}
+
+// A client that stops reading for a while (socket buffers full, writes
+// stall) and then resumes gets everything, in order.
+func TestStalledClientResumesWithoutLoss(t *testing.T) {
+	s := newStack(t, []string{"--queue-bytes", "16MiB", "--write-timeout", "5s"}, demoKey)
+	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			_ = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+		}
+		return c, err
+	}}
+	nc, br, _, err := d.Dial(context.Background(), s.url(demoKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := &client{t: t, c: nc, r: nc, pong: true}
+	if br != nil {
+		c.r = io.MultiReader(br, nc)
+	}
+	waitLive(t, s, 1)
+	pad := strings.Repeat("p", 1000)
+	const n = 8000 // ≈ 8 MB: more than the socket buffers hold
+	pipe := s.rdb.Pipeline()
+	for i := range n {
+		pipe.Publish(context.Background(), "my_channel", envelope(fmt.Sprintf(`{"seq":%d,"pad":"%s"}`, i, pad), demoKey))
+	}
+	if _, err := pipe.Exec(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // writes stall meanwhile
+	start := time.Now()
+	defer func() { t.Logf("read %d messages in %v", n, time.Since(start)) }()
+	for i := range n {
+		c.expect(fmt.Sprintf(`{"data":{"seq":%d,"pad":"%s"}}`, i, pad))
+	}
+	if got := testutil.ToFloat64(s.gw.Metrics().WriteStalls); got < 1 {
+		t.Fatalf("write stalls = %v: the slow lane was not exercised", got)
 	}
 }

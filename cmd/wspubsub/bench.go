@@ -40,6 +40,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.RedisURL, "redis-url", "", "publish through this Redis (empty: POST /publish)")
 	fs.StringVar(&c.Channel, "channel", "my_channel", "the gateway's inbound channel")
 	fs.StringVar(&c.Token, "publish-token", "", "bearer token for POST /publish")
+	fs.IntVar(&c.Window, "window", 50000, "personal and broadcast: most deliveries in flight (0: publish open-loop, as fast as Redis takes them)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "stop waiting for deliveries after this long without progress")
 	fs.IntVar(&c.GatewayPID, "gateway-pid", 0, "read the gateway's RSS and CPU from /proc (default: its /metrics)")
 	fs.StringVar(&worker, "worker", "", "internal: run as a client process with this JSON configuration")

@@ -44,6 +44,7 @@ type Config struct {
 	Channel                            string
 	Token                              string        // bearer token for POST /publish
 	Drain                              time.Duration // wait for stragglers after the last publish
+	Window                             int           // closed-loop publishing: most deliveries in flight (0: open loop)
 	GatewayPID                         int           // read RSS/CPU from /proc (else from /metrics)
 	Fault                              Fault         // for the tool's own tests
 	// WorkerCommand builds a client process's command (default: this
@@ -199,13 +200,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	case "idle":
 		time.Sleep(min(cfg.Duration, 3*time.Second)) // let the gateway settle
 	case "personal":
-		res.Published, err = publishAll(ctx, pub, cfg, stable, 0)
+		res.Published, err = publishAll(ctx, pub, cfg, stable, 0, received, 1)
 		res.Expected = res.Published
 	case "broadcast":
-		res.Published, err = publishAll(ctx, pub, cfg, stable, 0)
+		res.Published, err = publishAll(ctx, pub, cfg, stable, 0, received, int64(res.Connected))
 		res.Expected = res.Published * int64(res.Connected)
 	case "rate", "churn":
-		res.Published, err = publishAll(ctx, pub, cfg, stable, cfg.Rate)
+		res.Published, err = publishAll(ctx, pub, cfg, stable, cfg.Rate, received, 1)
 		res.Expected = res.Published
 	}
 	res.PublishSeconds = time.Since(pubStart).Seconds()
@@ -281,7 +282,12 @@ func report(out io.Writer, r Result) {
 // publishAll publishes cfg.Messages messages (it returns how many distinct
 // sequence numbers it meant to publish, faults included) to random stable keys (or as
 // broadcasts), at rate per second when rate > 0, in pipelined batches.
-func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int) (int64, error) {
+//
+// Without a rate it is closed-loop: it keeps at most cfg.Window messages
+// (deliveries, for broadcasts) in flight, so it measures what the gateway
+// sustains instead of overflowing Redis's buffer for a slow subscriber
+// (Redis then drops the subscriber and the messages).
+func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int, received func() int64, perMsg int64) (int64, error) {
 	skip := map[int64]bool{}
 	for _, s := range cfg.Fault.Skip {
 		skip[s] = true
@@ -334,6 +340,11 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 				batch = append(batch, msg(seq))
 			}
 			seq++
+		}
+		if rate == 0 && cfg.Window > 0 {
+			for (intended-int64(len(cfg.Fault.Skip)))*perMsg-received() > int64(cfg.Window) && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Microsecond)
+			}
 		}
 		if err := pub.publish(ctx, batch); err != nil {
 			return intended, err

@@ -55,6 +55,7 @@ type Serve struct {
 
 	LogLevel  string
 	LogFormat string
+	DebugAddr string
 }
 
 // ParseServe parses the serve sub-command's arguments. getenv is usually
@@ -95,6 +96,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.integer(&c.ClientBurst, "client-burst", 20, "client messages allowed in a burst above --client-rate")
 	f.str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.str(&c.LogFormat, "log-format", "text", "text or json")
+	f.str(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
 	if err := f.parse(args, getenv); err != nil {
 		return c, err
 	}

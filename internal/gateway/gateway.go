@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"syscall"
 	"time"
 
@@ -191,6 +192,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if m, ok := g.broker.(*broker.Memory); ok && m != nil {
 		g.metrics.BrokerReady.Set(1)
 	}
+	if g.cfg.DebugAddr != "" {
+		go g.serveDebug()
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.srv.Serve(g.ln) }()
 	g.log.Info("wspubsub listening", "addr", g.ln.Addr().String(), "path", g.cfg.Path, "max_connections", g.maxConns)
@@ -216,4 +220,17 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// serveDebug serves pprof on its own listener, never on the public one.
+func (g *Gateway) serveDebug() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	g.log.Info("pprof listening", "addr", g.cfg.DebugAddr)
+	if err := http.ListenAndServe(g.cfg.DebugAddr, mux); err != nil {
+		g.log.Warn("pprof listener failed", "err", err)
+	}
 }

@@ -48,6 +48,7 @@ type Metrics struct {
 	EventsDropped    prometheus.Counter
 	Revocations      prometheus.Counter
 	ClientMessages   *prometheus.CounterVec
+	WriteStalls      prometheus.Counter
 }
 
 // New creates the collectors and registers them (plus Go and process
@@ -91,13 +92,16 @@ func New() *Metrics {
 		Revocations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wspubsub_revocations_total", Help: "Connections closed because their key was removed.",
 		}),
+		WriteStalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wspubsub_write_stalls_total", Help: "Socket writes that could not finish at once and moved to a connection's slow lane.",
+		}),
 		ClientMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wspubsub_client_messages_total", Help: "Text messages received from clients, by kind.",
 		}, []string{"kind"}),
 	}
 	m.Registry.MustRegister(m.Connections, m.Connects, m.Rejections, m.Disconnects,
 		m.MessagesIn, m.Deliveries, m.Drops, m.BrokerReconnects, m.BrokerReady,
-		m.EventsPublished, m.EventsDropped, m.Revocations, m.ClientMessages,
+		m.EventsPublished, m.EventsDropped, m.Revocations, m.ClientMessages, m.WriteStalls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-declare label values so dashboards see zeros rather than gaps.
 	for _, r := range envelope.Reasons {

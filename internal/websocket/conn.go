@@ -30,7 +30,9 @@ type conn struct {
 	closeFrame atomic.Pointer[[]byte]
 	closeSent  chan struct{}
 	writeErr   atomic.Bool
-	byClient   bool // the client sent the first close frame (reader only)
+	pending    []byte // bytes of a stalled write still to send (under wmu)
+	slow       bool   // the slow lane owns the socket (under wmu)
+	byClient   bool   // the client sent the first close frame (reader only)
 }
 
 // Wake implements session.Transport.
@@ -49,11 +51,15 @@ func (c *conn) Closed(code int, reason string) {
 }
 
 // flush writes everything queued in one writev, repeatedly until the queue
-// is empty, then the close frame if one is pending.
+// is empty, then the close frame if one is pending. A write that stalls
+// hands the connection to its slow lane.
 func (c *conn) flush(w *writer) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	for !c.writeErr.Load() {
+	if c.writeErr.Load() || c.slow {
+		return // the slow lane owns the socket until it catches up
+	}
+	for {
 		w.msgs = c.sess.Drain(w.msgs)
 		if len(w.msgs) == 0 {
 			break
@@ -67,7 +73,7 @@ func (c *conn) flush(w *writer) {
 			return
 		}
 	}
-	if f := c.closeFrame.Swap(nil); f != nil && !c.writeErr.Load() {
+	if f := c.closeFrame.Swap(nil); f != nil {
 		w.bufs = append(w.bufs[:0], *f)
 		c.write(w.bufs)
 		// The reader now waits only briefly for the client's close reply.
@@ -76,16 +82,71 @@ func (c *conn) flush(w *writer) {
 	}
 }
 
+// write sends bufs, blocking at most stallSlice, so a writer is never held
+// by one slow socket. On a stall the remainder moves to the connection's
+// slow lane and write reports false; on an error the connection is dropped.
 func (c *conn) write(bufs net.Buffers) bool {
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	_ = c.nc.SetWriteDeadline(time.Now().Add(stallSlice))
 	b := bufs // WriteTo consumes its receiver; keep the worker's slice intact
-	if _, err := b.WriteTo(c.nc); err != nil {
-		c.writeErr.Store(true)
-		_ = c.nc.Close() // unblocks the reader, which reports the end
+	_, err := b.WriteTo(c.nc)
+	// b shares bufs' backing array: take the remainder before clearing it.
+	defer clear(bufs)
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		for _, part := range b {
+			c.pending = append(c.pending, part...)
+		}
+		c.slow = true
+		c.srv.cfg.Metrics.WriteStalls.Inc()
+		go c.slowLane()
 		return false
 	}
-	clear(bufs)
-	return true
+	c.fail()
+	return false
+}
+
+func (c *conn) fail() {
+	c.writeErr.Store(true)
+	_ = c.nc.Close() // unblocks the reader, which reports the end
+}
+
+// slowLane serves a connection whose socket stopped taking data: on its own
+// goroutine it writes the remainder and whatever queues up meanwhile, each
+// write allowed the full write timeout, until the queue is empty; then the
+// writer pool takes over again. The netpoller wakes it the moment the
+// client reads, so a slow client that keeps reading loses nothing; one that
+// stops is dropped at the write timeout or closed with 4008 when its queue
+// overflows.
+func (c *conn) slowLane() {
+	var msgs []*session.Message
+	for {
+		c.wmu.Lock()
+		data := c.pending
+		c.pending = nil
+		if len(data) == 0 {
+			msgs = c.sess.Drain(msgs)
+			for i, m := range msgs {
+				data = append(data, m.Encoded(session.EncWebSocket, textFrame)...)
+				msgs[i] = nil
+			}
+		}
+		if len(data) == 0 {
+			c.slow = false
+			c.wmu.Unlock()
+			c.srv.pool.submit(c) // a close frame may be waiting
+			return
+		}
+		c.wmu.Unlock()
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		if _, err := c.nc.Write(data); err != nil {
+			c.wmu.Lock()
+			c.fail()
+			c.wmu.Unlock()
+			return
+		}
+	}
 }
 
 // admit checks the key through the hub; a rejected connection is closed

@@ -2,17 +2,31 @@ package websocket
 
 import (
 	"net"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/wspubsub/wspubsub/internal/session"
 )
 
-// writerPool runs connection flushes on a set of goroutines that grows when
-// every worker is busy (a slow socket never delays another) and shrinks when
-// workers sit idle, so idle connections hold no writer goroutine.
+// stallSlice bounds how long one socket write may block a writer. A write
+// that cannot finish in it keeps its remainder on the connection and is
+// retried later, so a slow client never holds a writer for long; one that
+// stays stuck past the write timeout is dropped.
+const stallSlice = 20 * time.Millisecond
+
+// writerPool flushes connections with a few writer goroutines fed by a
+// queue of connections that have something to send. Under load a
+// connection waits in the queue while more messages reach it, so each write
+// carries more frames: the number of socket writes, not bytes, is what
+// costs. Idle connections hold no writer goroutine and no buffer.
 type writerPool struct {
-	work chan *conn // unbuffered: a send succeeds only if a worker is idle
-	idle time.Duration
+	mu      sync.Mutex
+	dirty   []*conn
+	spare   []*conn
+	wake    chan struct{}
+	workers int
+	once    sync.Once
 }
 
 // writer is a worker's reusable scratch space.
@@ -21,25 +35,56 @@ type writer struct {
 	bufs net.Buffers
 }
 
+func newWriterPool() *writerPool {
+	return &writerPool{wake: make(chan struct{}, 1), workers: max(4, 2*runtime.GOMAXPROCS(0))}
+}
+
 func (p *writerPool) submit(c *conn) {
+	p.once.Do(func() {
+		for range p.workers {
+			go p.worker()
+		}
+	})
+	p.mu.Lock()
+	p.dirty = append(p.dirty, c)
+	p.mu.Unlock()
 	select {
-	case p.work <- c:
+	case p.wake <- struct{}{}:
 	default:
-		go p.worker(c)
 	}
 }
 
-func (p *writerPool) worker(c *conn) {
+// take removes up to n connections from the queue.
+func (p *writerPool) take(dst []*conn, n int) []*conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := min(n, len(p.dirty))
+	dst = append(dst[:0], p.dirty[:k]...)
+	rest := copy(p.dirty, p.dirty[k:])
+	clear(p.dirty[rest:])
+	p.dirty = p.dirty[:rest]
+	if rest > 0 {
+		select { // more left: let another worker in
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+	return dst
+}
+
+func (p *writerPool) worker() {
 	w := &writer{}
-	t := time.NewTimer(p.idle)
-	defer t.Stop()
-	for {
-		c.flush(w)
-		t.Reset(p.idle)
-		select {
-		case c = <-p.work:
-		case <-t.C:
-			return
+	var batch []*conn
+	for range p.wake {
+		for {
+			batch = p.take(batch, 32)
+			if len(batch) == 0 {
+				break
+			}
+			for i, c := range batch {
+				c.flush(w)
+				batch[i] = nil
+			}
 		}
 	}
 }

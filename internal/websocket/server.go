@@ -45,7 +45,7 @@ type Config struct {
 type Server struct {
 	cfg       Config
 	ctx       context.Context
-	pool      writerPool
+	pool      *writerPool
 	open      atomic.Int64
 	heartbeat *session.Message
 	ping      *session.Message
@@ -73,7 +73,7 @@ func NewServer(ctx context.Context, cfg Config) *Server {
 	return &Server{
 		cfg:       cfg,
 		ctx:       ctx,
-		pool:      writerPool{work: make(chan *conn), idle: 30 * time.Second},
+		pool:      newWriterPool(),
 		heartbeat: session.NewControl(session.EncWebSocket, textFrame([]byte(hub.Heartbeat))),
 		ping:      session.NewControl(session.EncWebSocket, ws.MustCompileFrame(ws.NewPingFrame(nil))),
 		upgrader:  ws.HTTPUpgrader{Timeout: 5 * time.Second},
