@@ -121,7 +121,7 @@ func (c *Config) defaults() error {
 	if (c.Scenario == "rate" || c.Scenario == "churn") && c.Rate <= 0 {
 		return errors.New("--rate must be positive for rate and churn")
 	}
-	if (c.Scenario == "rate" || c.Scenario == "churn") && c.Messages == 0 {
+	if c.Scenario == "rate" || c.Scenario == "churn" {
 		c.Messages = int(float64(c.Rate) * c.Duration.Seconds())
 	}
 	if c.Messages > 50_000_000 {
@@ -301,6 +301,9 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 		swap[s] = true
 	}
 	batchSize := 256
+	if rate == 0 && cfg.Window > 0 {
+		batchSize = int(max(1, min(256, int64(cfg.Window)/(2*perMsg))))
+	}
 	var tick time.Duration
 	if rate > 0 {
 		// Publish every millisecond (or less often at low rates).
@@ -342,7 +345,13 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 			seq++
 		}
 		if rate == 0 && cfg.Window > 0 {
-			for (intended-int64(len(cfg.Fault.Skip)))*perMsg-received() > int64(cfg.Window) && time.Now().Before(deadline) {
+			// Wait until this batch fits in the window (always let one through).
+			room := int64(cfg.Window) - int64(len(batch))*perMsg
+			for {
+				inflight := (intended-int64(len(batch))-int64(len(cfg.Fault.Skip)))*perMsg - received()
+				if inflight <= 0 || inflight <= room || time.Now().After(deadline) {
+					break
+				}
 				time.Sleep(100 * time.Microsecond)
 			}
 		}

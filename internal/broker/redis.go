@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -111,7 +112,9 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 				r.setReady(true)
 			}
 		case *redis.Message:
-			h([]byte(m.Payload))
+			// Zero-copy view: Handler must not keep or modify payload
+			// (the Handler contract), and the string is never mutated.
+			h(unsafe.Slice(unsafe.StringData(m.Payload), len(m.Payload)))
 		case *redis.Pong:
 		}
 	}

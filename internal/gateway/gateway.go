@@ -208,9 +208,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.log.Info("shutting down", "connections", g.hub.Live())
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
-	_ = g.srv.Shutdown(sctx) // stop accepting; plain HTTP requests finish
-	g.hub.Shutdown(sctx)     // close clients with 1001, flush events
-	g.cancel()               // abandon anything still authenticating
+	// Stop accepting, and meanwhile close every client with 1001 (which also
+	// ends held polls and event streams, so the HTTP shutdown can finish).
+	httpDone := make(chan struct{})
+	go func() { _ = g.srv.Shutdown(sctx); close(httpDone) }()
+	g.hub.Shutdown(sctx) // close clients with 1001, flush events
+	<-httpDone
+	g.cancel() // abandon anything still authenticating
 	stopRun()
 	_ = g.broker.Close()
 	<-brokerDone

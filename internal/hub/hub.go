@@ -117,8 +117,12 @@ func (h *Hub) shardOf(key []byte) *shard {
 // Run drives keep-alives, key re-validation and event publishing until ctx
 // ends.
 func (h *Hub) Run(ctx context.Context) {
-	ka := time.NewTicker(h.cfg.KeepAliveInterval)
+	// Keep-alives go out one shard per tick, spread over the interval: a
+	// ping to every connection at once would be a burst of writes that
+	// delays messages queued behind it.
+	ka := time.NewTicker(h.cfg.KeepAliveInterval / shardCount)
 	defer ka.Stop()
+	next := 0
 	var recheck <-chan time.Time
 	if h.cfg.RecheckInterval > 0 {
 		t := time.NewTicker(h.cfg.RecheckInterval)
@@ -130,7 +134,8 @@ func (h *Hub) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ka.C:
-			h.each(func(s *session.Session) { s.KeepAlive() })
+			h.eachIn(&h.shards[next], func(s *session.Session) { s.KeepAlive() })
+			next = (next + 1) % shardCount
 		case <-recheck:
 			h.recheck(ctx)
 		}
@@ -140,14 +145,17 @@ func (h *Hub) Run(ctx context.Context) {
 // each calls f for every registered session, one shard at a time.
 func (h *Hub) each(f func(*session.Session)) {
 	for i := range h.shards {
-		sh := &h.shards[i]
-		sh.mu.RLock()
-		for _, list := range sh.keys {
-			for _, s := range list {
-				f(s)
-			}
+		h.eachIn(&h.shards[i], f)
+	}
+}
+
+func (h *Hub) eachIn(sh *shard, f func(*session.Session)) {
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	for _, list := range sh.keys {
+		for _, s := range list {
+			f(s)
 		}
-		sh.mu.RUnlock()
 	}
 }
 

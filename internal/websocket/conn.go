@@ -1,7 +1,10 @@
 package websocket
 
 import (
+	"syscall"
+
 	"errors"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"os"
@@ -30,9 +33,10 @@ type conn struct {
 	closeFrame atomic.Pointer[[]byte]
 	closeSent  chan struct{}
 	writeErr   atomic.Bool
-	pending    []byte // bytes of a stalled write still to send (under wmu)
-	slow       bool   // the slow lane owns the socket (under wmu)
-	byClient   bool   // the client sent the first close frame (reader only)
+	pending    []byte          // bytes of a stalled write still to send (under wmu)
+	slow       bool            // the slow lane owns the socket (under wmu)
+	raw        syscall.RawConn // the descriptor, for non-blocking writes (nil if wrapped)
+	byClient   bool            // the client sent the first close frame (reader only)
 }
 
 // Wake implements session.Transport.
@@ -82,20 +86,19 @@ func (c *conn) flush(w *writer) {
 	}
 }
 
-// write sends bufs, blocking at most stallSlice, so a writer is never held
-// by one slow socket. On a stall the remainder moves to the connection's
-// slow lane and write reports false; on an error the connection is dropped.
+// write sends bufs without blocking a writer on one slow socket: a
+// non-blocking writev straight on the descriptor (no deadline, no poller
+// round trip), or, for wrapped connections, a write bounded by stallSlice.
+// What the socket cannot take now moves to the connection's slow lane and
+// write reports false; on an error the connection is dropped.
 func (c *conn) write(bufs net.Buffers) bool {
-	_ = c.nc.SetWriteDeadline(time.Now().Add(stallSlice))
-	b := bufs // WriteTo consumes its receiver; keep the worker's slice intact
-	_, err := b.WriteTo(c.nc)
-	// b shares bufs' backing array: take the remainder before clearing it.
 	defer clear(bufs)
+	rest, err := c.writeNow(bufs)
 	if err == nil {
 		return true
 	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		for _, part := range b {
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, os.ErrDeadlineExceeded) {
+		for _, part := range rest {
 			c.pending = append(c.pending, part...)
 		}
 		c.slow = true
@@ -105,6 +108,36 @@ func (c *conn) write(bufs net.Buffers) bool {
 	}
 	c.fail()
 	return false
+}
+
+// writeNow writes what the socket takes at once and returns the rest.
+func (c *conn) writeNow(bufs net.Buffers) (net.Buffers, error) {
+	if c.raw == nil {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(stallSlice))
+		b := bufs
+		_, err := b.WriteTo(c.nc)
+		return b, err
+	}
+	b := bufs
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		for len(b) > 0 {
+			n, e := unix.Writev(int(fd), b)
+			if e == syscall.EINTR {
+				continue
+			}
+			if e != nil {
+				werr = e
+				return true
+			}
+			b = consume(b, n)
+		}
+		return true
+	})
+	if err != nil {
+		return b, err
+	}
+	return b, werr
 }
 
 func (c *conn) fail() {
@@ -297,3 +330,15 @@ func textFrame(payload []byte) []byte {
 type sliceWriter struct{ b *[]byte }
 
 func (w sliceWriter) Write(p []byte) (int, error) { *w.b = append(*w.b, p...); return len(p), nil }
+
+// consume drops the first n bytes of b (without touching the shared frames).
+func consume(b net.Buffers, n int) net.Buffers {
+	for len(b) > 0 && n >= len(b[0]) {
+		n -= len(b[0])
+		b = b[1:]
+	}
+	if len(b) > 0 && n > 0 {
+		b[0] = b[0][n:]
+	}
+	return b
+}

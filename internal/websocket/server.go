@@ -105,6 +105,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	}
 	s.open.Add(1)
 	c := &conn{srv: s, nc: nc, closeSent: make(chan struct{})}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		c.raw, _ = tc.SyscallConn()
+	}
 	c.sess = session.New(s.cfg.Hub.NewID(), key, Name, c, s.cfg.QueueBytes)
 	// Admission runs here, on the HTTP handler's goroutine, so the
 	// connection's long-lived reader starts with a small, fresh stack.
