@@ -45,6 +45,8 @@ type Config struct {
 	Token                              string        // bearer token for POST /publish
 	Drain                              time.Duration // wait for stragglers after the last publish
 	Window                             int           // closed-loop publishing: most deliveries in flight (0: open loop)
+	SlowShare                          float64       // share of connections that never read (the last ones)
+	PayloadBytes                       int           // pad each message's data to about this size
 	GatewayPID                         int           // read RSS/CPU from /proc (else from /metrics)
 	Fault                              Fault         // for the tool's own tests
 	// WorkerCommand builds a client process's command (default: this
@@ -80,6 +82,8 @@ type Result struct {
 	Latency          Latency `json:"latency"`
 	ChurnConnects    int64   `json:"churn_connects,omitempty"`
 	ChurnFailures    int64   `json:"churn_failures,omitempty"`
+	SlowConns        int     `json:"slow_conns,omitempty"`
+	SlowClosed       int64   `json:"slow_closed_4008,omitempty"`
 	GatewayRSSBefore int64   `json:"gateway_rss_before"`
 	GatewayRSSAfter  int64   `json:"gateway_rss_after"`
 	BytesPerConn     float64 `json:"gateway_bytes_per_conn,omitempty"`
@@ -112,6 +116,15 @@ func (c *Config) defaults() error {
 	}
 	if c.Conns <= 0 {
 		return errors.New("--conns must be positive")
+	}
+	if c.Window < 0 {
+		c.Window = 50000
+		if c.Scenario == "broadcast" {
+			c.Window = 50 * c.Conns // ~50 messages in flight per connection
+		}
+	}
+	if c.SlowShare < 0 || c.SlowShare >= 1 {
+		return errors.New("--slow-share must be in [0, 1)")
 	}
 	switch c.Scenario {
 	case "idle", "personal", "broadcast", "rate", "churn":
@@ -181,6 +194,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if cfg.Scenario == "churn" {
 		stable = cfg.Conns - int(float64(cfg.Conns)*churnShare)
 	}
+	res.SlowConns = int(float64(cfg.Conns) * cfg.SlowShare)
+	readers := stable - res.SlowConns // messages to these are expected
+	slow0 := g.metric("wspubsub_disconnects_total{reason=\"too_slow\"}")
 	pub, err := newPublisher(ctx, cfg)
 	if err != nil {
 		stopAll(workers)
@@ -200,14 +216,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	case "idle":
 		time.Sleep(min(cfg.Duration, 3*time.Second)) // let the gateway settle
 	case "personal":
-		res.Published, err = publishAll(ctx, pub, cfg, stable, 0, received, 1)
-		res.Expected = res.Published
+		res.Published, res.Expected, err = publishAll(ctx, pub, cfg, stable, readers, 0, received, 1)
 	case "broadcast":
-		res.Published, err = publishAll(ctx, pub, cfg, stable, 0, received, int64(res.Connected))
-		res.Expected = res.Published * int64(res.Connected)
+		res.Published, _, err = publishAll(ctx, pub, cfg, stable, readers, 0, received, int64(res.Connected))
+		res.Expected = res.Published * int64(res.Connected-res.SlowConns)
 	case "rate", "churn":
-		res.Published, err = publishAll(ctx, pub, cfg, stable, cfg.Rate, received, 1)
-		res.Expected = res.Published
+		res.Published, res.Expected, err = publishAll(ctx, pub, cfg, stable, readers, cfg.Rate, received, 1)
 	}
 	res.PublishSeconds = time.Since(pubStart).Seconds()
 	if err != nil {
@@ -226,6 +240,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	rss1, cpu1 := g.read()
 	res.GatewayRSSAfter = rss1
 	res.GatewayCPU = cpu1 - cpu0
+	res.SlowClosed = int64(g.metric("wspubsub_disconnects_total{reason=\"too_slow\"}") - slow0)
 
 	buckets := map[int]int64{}
 	for _, w := range workers {
@@ -287,7 +302,7 @@ func report(out io.Writer, r Result) {
 // (deliveries, for broadcasts) in flight, so it measures what the gateway
 // sustains instead of overflowing Redis's buffer for a slow subscriber
 // (Redis then drops the subscriber and the messages).
-func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int, received func() int64, perMsg int64) (int64, error) {
+func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers, rate int, received func() int64, perMsg int64) (intended, toReaders int64, err error) {
 	skip := map[int64]bool{}
 	for _, s := range cfg.Fault.Skip {
 		skip[s] = true
@@ -315,15 +330,22 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 		}
 	}
 	broadcast := cfg.Scenario == "broadcast"
-	var intended int64
+	pad := ""
+	if cfg.PayloadBytes > 40 {
+		pad = strings.Repeat("x", cfg.PayloadBytes-40)
+	}
 	batch := make([][]byte, 0, batchSize+4)
 	next := time.Now()
 	msg := func(seq int64) []byte {
 		now := time.Now().UnixNano()
 		if broadcast {
-			return fmt.Appendf(nil, `{"broadcast":true,"data":{"s":%d,"t":%d}}`, seq, now)
+			return fmt.Appendf(nil, `{"broadcast":true,"data":{"s":%d,"t":%d,"p":"%s"}}`, seq, now, pad)
 		}
-		return fmt.Appendf(nil, `{"recipients":["%s%d"],"data":{"s":%d,"t":%d}}`, cfg.KeyPrefix, rand.IntN(stable), seq, now)
+		k := rand.IntN(stable)
+		if k < readers {
+			toReaders++
+		}
+		return fmt.Appendf(nil, `{"recipients":["%s%d"],"data":{"s":%d,"t":%d,"p":"%s"}}`, cfg.KeyPrefix, k, seq, now, pad)
 	}
 	deadline := time.Now().Add(cfg.Duration + time.Minute)
 	for seq := int64(0); seq < int64(cfg.Messages); {
@@ -332,6 +354,7 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 			intended++
 			switch {
 			case skip[seq]:
+				toReaders++ // meant to be delivered: the injected loss
 			case swap[seq] && seq+1 < int64(cfg.Messages):
 				batch = append(batch, msg(seq+1), msg(seq))
 				seq++
@@ -356,7 +379,7 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 			}
 		}
 		if err := pub.publish(ctx, batch); err != nil {
-			return intended, err
+			return intended, toReaders, err
 		}
 		if tick > 0 {
 			next = next.Add(tick)
@@ -368,7 +391,7 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, rate int
 			break
 		}
 	}
-	return intended, nil
+	return intended, toReaders, nil
 }
 
 func ownCPU() float64 {

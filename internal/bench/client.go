@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -28,6 +29,7 @@ type WorkerConfig struct {
 	Batch      int           `json:"batch"`     // connections opened concurrently
 	Messages   int           `json:"messages"`  // sequence space, for duplicate detection
 	Broadcast  bool          `json:"broadcast"` // every connection receives every message
+	SlowFrom   int           `json:"slowFrom"`  // keys from this index on never read (0: none)
 	ChurnShare float64       `json:"churn"`     // share of connections that reconnect in a loop
 	ChurnFor   time.Duration `json:"churnFor"`
 }
@@ -139,7 +141,19 @@ func (w *Worker) open(c *wconn) error {
 	url := w.cfg.URL + "?" + w.key(c.idx)
 	switch w.cfg.Transport {
 	case "websocket":
-		d := ws.Dialer{Timeout: 10 * time.Second, NetDial: w.dialer().DialContext}
+		nd := w.dialer()
+		if w.cfg.SlowFrom > 0 && c.idx >= w.cfg.SlowFrom {
+			// A client that never reads, with a small receive buffer set
+			// before connecting (a stuck mobile client), so its backlog
+			// reaches the gateway's queue within seconds instead of first
+			// filling megabytes of kernel buffers.
+			nd.Control = func(_, _ string, rc syscall.RawConn) error {
+				return rc.Control(func(fd uintptr) {
+					_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+				})
+			}
+		}
+		d := ws.Dialer{Timeout: 10 * time.Second, NetDial: nd.DialContext}
 		nc, br, _, err := d.Dial(w.ctx, url)
 		if err != nil {
 			return err
@@ -151,6 +165,9 @@ func (w *Worker) open(c *wconn) error {
 		c.mu.Lock()
 		c.nc = nc
 		c.mu.Unlock()
+		if w.cfg.SlowFrom > 0 && c.idx >= w.cfg.SlowFrom {
+			return nil // never read
+		}
 		w.wg.Add(1)
 		go w.readWS(c, nc, r)
 		return nil

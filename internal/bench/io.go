@@ -141,6 +141,24 @@ func newGatewayProbe(cfg Config) *gatewayProbe {
 	return &gatewayProbe{pid: cfg.GatewayPID, metrics: strings.TrimSuffix(cfg.Target, "/") + "/metrics"}
 }
 
+// metric reads one sample of the gateway's /metrics (0 if absent).
+func (g *gatewayProbe) metric(name string) float64 {
+	resp, err := http.Get(g.metrics)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
 func (g *gatewayProbe) read() (rss int64, cpu float64) {
 	if g.pid > 0 {
 		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.pid)); err == nil {
@@ -242,7 +260,7 @@ func startWorkers(cfg Config) ([]worker, error) {
 		first := i * cfg.PerProc
 		wc := WorkerConfig{URL: cfg.wsURL(), KeyPrefix: cfg.KeyPrefix, First: first, Count: min(cfg.PerProc, cfg.Conns-first),
 			Source: sources[i], Transport: cfg.Transport, Batch: cfg.Batch, Messages: cfg.Messages,
-			Broadcast: cfg.Scenario == "broadcast"}
+			Broadcast: cfg.Scenario == "broadcast", SlowFrom: cfg.Conns - int(float64(cfg.Conns)*cfg.SlowShare)}
 		if cfg.Scenario == "churn" {
 			wc.ChurnShare, wc.ChurnFor = churnShare, cfg.Duration
 		}
