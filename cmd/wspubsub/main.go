@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/wspubsub/wspubsub/internal/config"
@@ -66,6 +67,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, stderr)
+	if cfg.GCPercent != 100 {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
 	g, err := gateway.New(cfg, gateway.Options{Logger: log})
 	if err != nil {
 		return err

@@ -214,7 +214,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	pubStart := time.Now()
 	switch cfg.Scenario {
 	case "idle":
-		time.Sleep(min(cfg.Duration, 3*time.Second)) // let the gateway settle
+		time.Sleep(min(cfg.Duration, 2*time.Minute)) // hold, and let the gateway settle
 	case "personal":
 		res.Published, res.Expected, err = publishAll(ctx, pub, cfg, stable, readers, 0, received, 1)
 	case "broadcast":

@@ -1,0 +1,127 @@
+// Command plot renders BENCHMARKS.md's figures from the JSON lines that
+// `wspubsub bench` prints (collected by scripts/bench-plots.sh). It is its
+// own module so gonum/plot stays out of the gateway's dependencies.
+//
+//	go run . -rate ../../docs/bench/rate.jsonl -idle ../../docs/bench/idle.jsonl -out ../../docs/bench
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"image/color"
+	"os"
+	"path/filepath"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+type result struct {
+	Scenario    string  `json:"scenario"`
+	Conns       int     `json:"conns"`
+	Connected   int     `json:"connected"`
+	Published   float64 `json:"published"`
+	PublishS    float64 `json:"publish_s"`
+	RSSBefore   float64 `json:"gateway_rss_before"`
+	RSSAfter    float64 `json:"gateway_rss_after"`
+	BytesPerCon float64 `json:"gateway_bytes_per_conn"`
+	Latency     struct {
+		P50  float64 `json:"p50_ms"`
+		P90  float64 `json:"p90_ms"`
+		P99  float64 `json:"p99_ms"`
+		P999 float64 `json:"p999_ms"`
+	} `json:"latency"`
+}
+
+func read(path string) ([]result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []result
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r result
+		if json.Unmarshal(sc.Bytes(), &r) == nil && r.Scenario != "" {
+			out = append(out, r)
+		}
+	}
+	return out, sc.Err()
+}
+
+func line(p *plot.Plot, name string, pts plotter.XYs, c color.Color) {
+	l, s, err := plotter.NewLinePoints(pts)
+	if err != nil {
+		panic(err)
+	}
+	l.Color, s.Color = c, c
+	p.Add(l, s)
+	p.Legend.Add(name, l, s)
+}
+
+func main() {
+	rate := flag.String("rate", "", "JSON lines of rate runs")
+	idle := flag.String("idle", "", "JSON lines of idle runs")
+	out := flag.String("out", ".", "output directory")
+	flag.Parse()
+	if *rate != "" {
+		rs, err := read(*rate)
+		if err != nil {
+			fail(err)
+		}
+		p := plot.New()
+		p.Title.Text = "wspubsub: publish→receive latency vs publish rate (10,000 connections)"
+		p.X.Label.Text = "messages per second"
+		p.Y.Label.Text = "latency (ms)"
+		p.Legend.Top, p.Legend.Left = true, true
+		var p50, p90, p99, p999 plotter.XYs
+		for _, r := range rs {
+			x := r.Published / r.PublishS
+			p50 = append(p50, plotter.XY{X: x, Y: r.Latency.P50})
+			p90 = append(p90, plotter.XY{X: x, Y: r.Latency.P90})
+			p99 = append(p99, plotter.XY{X: x, Y: r.Latency.P99})
+			p999 = append(p999, plotter.XY{X: x, Y: r.Latency.P999})
+		}
+		line(p, "p50", p50, color.RGBA{46, 91, 255, 255})
+		line(p, "p90", p90, color.RGBA{18, 128, 74, 255})
+		line(p, "p99", p99, color.RGBA{181, 71, 8, 255})
+		line(p, "p99.9", p999, color.RGBA{180, 35, 24, 255})
+		save(p, filepath.Join(*out, "latency-vs-rate.png"))
+	}
+	if *idle != "" {
+		rs, err := read(*idle)
+		if err != nil {
+			fail(err)
+		}
+		p := plot.New()
+		p.Title.Text = "wspubsub: gateway memory vs idle connections"
+		p.X.Label.Text = "idle authenticated WebSocket connections"
+		p.Y.Label.Text = "MB"
+		p.Legend.Top, p.Legend.Left = true, true
+		var rss, per plotter.XYs
+		for _, r := range rs {
+			rss = append(rss, plotter.XY{X: float64(r.Connected), Y: r.RSSAfter / 1e6})
+			per = append(per, plotter.XY{X: float64(r.Connected), Y: r.BytesPerCon * float64(r.Connected) / 1e6})
+		}
+		line(p, "gateway RSS", rss, color.RGBA{46, 91, 255, 255})
+		line(p, "RSS growth over the empty gateway", per, color.RGBA{181, 71, 8, 255})
+		save(p, filepath.Join(*out, "memory-vs-connections.png"))
+	}
+}
+
+func save(p *plot.Plot, path string) {
+	if err := p.Save(8*vg.Inch, 4.5*vg.Inch, path); err != nil {
+		fail(err)
+	}
+	fmt.Println("wrote", path)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "plot:", err)
+	os.Exit(1)
+}
