@@ -229,7 +229,10 @@ func TestStalledClientResumesWithoutLoss(t *testing.T) {
 	start := time.Now()
 	defer func() { t.Logf("read %d messages in %v", n, time.Since(start)) }()
 	for i := range n {
-		c.expect(fmt.Sprintf(`{"data":{"seq":%d,"pad":"%s"}}`, i, pad))
+		got, err := c.next(5 * time.Second)
+		if err != nil || got != fmt.Sprintf(`{"data":{"seq":%d,"pad":"%s"}}`, i, pad) {
+			t.Fatalf("message %d: %v (got %.60s…; stalls %v, br %v, live %d, deliveries %v, in %v)", i, err, got, testutil.ToFloat64(s.gw.Metrics().WriteStalls), br != nil, s.gw.Hub().Live(), testutil.ToFloat64(s.gw.Metrics().Deliveries), testutil.ToFloat64(s.gw.Metrics().MessagesIn))
+		}
 	}
 	if got := testutil.ToFloat64(s.gw.Metrics().WriteStalls); got < 1 {
 		t.Fatalf("write stalls = %v: the slow lane was not exercised", got)

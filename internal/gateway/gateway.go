@@ -196,7 +196,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 		go g.serveDebug()
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- g.srv.Serve(g.ln) }()
+	sn := newSniffer(g, g.ln)
+	go sn.run()
+	go func() { serveErr <- g.srv.Serve(sn.httpLn) }()
 	g.log.Info("wspubsub listening", "addr", g.ln.Addr().String(), "path", g.cfg.Path, "max_connections", g.maxConns)
 
 	var err error
@@ -210,6 +212,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer cancel()
 	// Stop accepting, and meanwhile close every client with 1001 (which also
 	// ends held polls and event streams, so the HTTP shutdown can finish).
+	_ = g.ln.Close() // the sniffer stops; net/http's listener follows
 	httpDone := make(chan struct{})
 	go func() { _ = g.srv.Shutdown(sctx); close(httpDone) }()
 	g.hub.Shutdown(sctx) // close clients with 1001, flush events

@@ -177,7 +177,10 @@ func (g *Gateway) serveClientText(w http.ResponseWriter, r *http.Request, key st
 // originAllowed admits requests without an Origin (non-browser clients),
 // same-origin requests, and origins matching --allowed-origins.
 func (g *Gateway) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
+	return g.originAllowedFor(r.Header.Get("Origin"), r.Host)
+}
+
+func (g *Gateway) originAllowedFor(origin, host string) bool {
 	if origin == "" {
 		return true
 	}
@@ -185,7 +188,7 @@ func (g *Gateway) originAllowed(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
+	if strings.EqualFold(u.Host, host) {
 		return true
 	}
 	for _, a := range g.cfg.AllowedOrigins {

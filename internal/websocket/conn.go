@@ -122,7 +122,11 @@ func (c *conn) writeNow(bufs net.Buffers) (net.Buffers, error) {
 	var werr error
 	err := c.raw.Write(func(fd uintptr) bool {
 		for len(b) > 0 {
-			n, e := unix.Writev(int(fd), b)
+			iov := b
+			if len(iov) > maxIOV {
+				iov = iov[:maxIOV] // the kernel refuses more (EINVAL)
+			}
+			n, e := unix.Writev(int(fd), iov)
 			if e == syscall.EINTR {
 				continue
 			}
@@ -330,6 +334,9 @@ func textFrame(payload []byte) []byte {
 type sliceWriter struct{ b *[]byte }
 
 func (w sliceWriter) Write(p []byte) (int, error) { *w.b = append(*w.b, p...); return len(p), nil }
+
+// maxIOV is the kernel's limit on buffers per writev (IOV_MAX).
+const maxIOV = 1024
 
 // consume drops the first n bytes of b (without touching the shared frames).
 func consume(b net.Buffers, n int) net.Buffers {

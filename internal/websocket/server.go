@@ -11,10 +11,13 @@ package websocket
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,18 +106,80 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		nc = &bufferedConn{Conn: nc, r: rw.Reader}
 	}
+	s.start(nc, key)
+}
+
+// start admits the session for key on the upgraded connection and serves
+// it on its own goroutine.
+func (s *Server) start(nc net.Conn, key string) {
 	s.open.Add(1)
 	c := &conn{srv: s, nc: nc, closeSent: make(chan struct{})}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		c.raw, _ = tc.SyscallConn()
 	}
 	c.sess = session.New(s.cfg.Hub.NewID(), key, Name, c, s.cfg.QueueBytes)
-	// Admission runs here, on the HTTP handler's goroutine, so the
-	// connection's long-lived reader starts with a small, fresh stack.
+	// Admission runs on the calling goroutine, so the connection's
+	// long-lived reader starts with a small, fresh stack.
 	if !c.admit() {
 		return
 	}
 	go c.serve()
+}
+
+// Gate decides on a raw upgrade request: it returns the client's key, or
+// an HTTP status (403, 503, 404) to refuse it with.
+type Gate func(uri, host, origin string) (key string, status int)
+
+// ServeRaw upgrades a connection that has not gone through net/http: br
+// holds the request, already peeked (and is returned to pool when the
+// handshake leaves nothing buffered). gobwas reads the request with pooled
+// buffers, so an upgrade leaves no garbage behind — net/http's hijack costs
+// two 4 KB buffers and a request per connection.
+func (s *Server) ServeRaw(nc net.Conn, br *bufio.Reader, pool *sync.Pool, gate Gate) {
+	var uri, host, origin string
+	var key string
+	u := ws.Upgrader{
+		OnRequest: func(b []byte) error { uri = string(b); return nil },
+		OnHost:    func(b []byte) error { host = string(b); return nil },
+		OnHeader: func(k, v []byte) error {
+			if strings.EqualFold(string(k), "Origin") {
+				origin = string(v)
+			}
+			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
+			var status int
+			key, status = gate(uri, host, origin)
+			if status != 0 {
+				return nil, ws.RejectConnectionError(ws.RejectionStatus(status))
+			}
+			return nil, nil
+		},
+	}
+	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err := u.Upgrade(readWriter{br, nc})
+	_ = nc.SetDeadline(time.Time{})
+	if err != nil {
+		var rej interface{ StatusCode() int }
+		if !errors.As(err, &rej) {
+			s.cfg.Metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
+			s.cfg.Logger.Info("websocket handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		}
+		_ = nc.Close()
+		return
+	}
+	if br.Buffered() > 0 {
+		nc = &bufferedConn{Conn: nc, r: br}
+	} else {
+		br.Reset(nil)
+		pool.Put(br)
+	}
+	s.start(nc, key)
+}
+
+type readWriter struct {
+	io.Reader
+	io.Writer
 }
 
 // bufferedConn keeps bytes the client sent right behind its handshake.
