@@ -190,3 +190,31 @@ func BenchmarkReaderPerFrame(b *testing.B) {
 		i++
 	}
 }
+
+func TestProvisionKeysInMongoAndFile(t *testing.T) {
+	m := testenv.Mongo(t)
+	ctx := context.Background()
+	cfg := Config{Keys: "mongo", Conns: 2500, KeyPrefix: "p-", MongoURI: m.URL(), MongoDB: "myDB", MongoCollection: "myCollection"}
+	for range 2 { // twice: existing keys are not an error
+		if err := provision(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store, err := keystore.NewMongo(keystore.MongoConfig{URI: m.URL(), Database: "myDB", Collection: "myCollection"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close(ctx)
+	for _, k := range []string{"p-0", "p-2499"} {
+		if ok, err := store.Contains(ctx, k); !ok || err != nil {
+			t.Fatalf("%s: %v %v", k, ok, err)
+		}
+	}
+	path := t.TempDir() + "/keys"
+	if err := provision(ctx, Config{Keys: "file", Conns: 3, KeyPrefix: "f-", KeysFile: path}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "f-0\nf-1\nf-2\n" {
+		t.Fatalf("keys file %q", b)
+	}
+}
