@@ -67,10 +67,18 @@ func (c *sseClient) next() (string, string) {
 	}
 }
 
+// post sends client text the way bullet does (form content type).
 func post(t *testing.T, url, body string, hdr http.Header) (int, string, http.Header) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+	return do(t, "POST", url, body, hdr, "Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+}
+
+// do performs one request with hdr plus one extra header and returns the
+// status, body and headers.
+func do(t *testing.T, method, url, body string, hdr http.Header, name, value string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set(name, value)
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
@@ -140,18 +148,7 @@ func TestEventSourceRejectionAndRevocation(t *testing.T) {
 // poll performs one bullet-style poll.
 func poll(t *testing.T, url string, hdr http.Header) (int, string, http.Header) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("X-Socket-Transport", "xhrPolling")
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), resp.Header
+	return do(t, "GET", url, "", hdr, "X-Socket-Transport", "xhrPolling")
 }
 
 func TestLongPollingIsOneLogicalConnection(t *testing.T) {
