@@ -4,7 +4,6 @@ import (
 	"syscall"
 
 	"errors"
-	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"os"
@@ -73,13 +72,13 @@ func (c *conn) flush(w *writer) {
 			w.bufs = append(w.bufs, m.Encoded(session.EncWebSocket, textFrame))
 		}
 		clear(w.msgs)
-		if !c.write(w.bufs) {
+		if !c.write(w) {
 			return
 		}
 	}
 	if f := c.closeFrame.Swap(nil); f != nil {
 		w.bufs = append(w.bufs[:0], *f)
-		c.write(w.bufs)
+		c.write(w)
 		// The reader now waits only briefly for the client's close reply.
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
 		close(c.closeSent)
@@ -91,9 +90,10 @@ func (c *conn) flush(w *writer) {
 // round trip), or, for wrapped connections, a write bounded by stallSlice.
 // What the socket cannot take now moves to the connection's slow lane and
 // write reports false; on an error the connection is dropped.
-func (c *conn) write(bufs net.Buffers) bool {
+func (c *conn) write(w *writer) bool {
+	bufs := w.bufs
 	defer clear(bufs)
-	rest, err := c.writeNow(bufs)
+	rest, err := c.writeNow(w)
 	if err == nil {
 		return true
 	}
@@ -110,38 +110,20 @@ func (c *conn) write(bufs net.Buffers) bool {
 	return false
 }
 
-// writeNow writes what the socket takes at once and returns the rest.
-func (c *conn) writeNow(bufs net.Buffers) (net.Buffers, error) {
+// writeNow writes what the socket takes at once of w.bufs and returns the
+// rest.
+func (c *conn) writeNow(w *writer) (net.Buffers, error) {
 	if c.raw == nil {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(stallSlice))
-		b := bufs
+		b := w.bufs
 		_, err := b.WriteTo(c.nc)
 		return b, err
 	}
-	b := bufs
-	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
-		for len(b) > 0 {
-			iov := b
-			if len(iov) > maxIOV {
-				iov = iov[:maxIOV] // the kernel refuses more (EINVAL)
-			}
-			n, e := unix.Writev(int(fd), iov)
-			if e == syscall.EINTR {
-				continue
-			}
-			if e != nil {
-				werr = e
-				return true
-			}
-			b = consume(b, n)
-		}
-		return true
-	})
-	if err != nil {
-		return b, err
+	w.rest, w.err = w.bufs, nil
+	if err := c.raw.Write(w.fn); err != nil {
+		return w.rest, err
 	}
-	return b, werr
+	return w.rest, w.err
 }
 
 func (c *conn) fail() {

@@ -4,7 +4,9 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/wspubsub/wspubsub/internal/session"
 )
@@ -29,10 +31,50 @@ type writerPool struct {
 	once    sync.Once
 }
 
-// writer is a worker's reusable scratch space.
+// writer is a worker's reusable scratch space; with it a flush allocates
+// nothing.
 type writer struct {
 	msgs []*session.Message
 	bufs net.Buffers
+	iov  []syscall.Iovec
+	rest net.Buffers           // what writev still has to send
+	err  error                 // writev's error, EAGAIN when the socket is full
+	fn   func(fd uintptr) bool // w.writev, bound once
+}
+
+func newWriter() *writer {
+	w := &writer{}
+	w.fn = w.writev
+	return w
+}
+
+// writev sends w.rest on fd without blocking, IOV_MAX buffers per call.
+func (w *writer) writev(fd uintptr) bool {
+	for len(w.rest) > 0 {
+		w.iov = w.iov[:0]
+		for _, b := range w.rest[:min(len(w.rest), maxIOV)] {
+			if len(b) > 0 {
+				v := syscall.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				w.iov = append(w.iov, v)
+			}
+		}
+		if len(w.iov) == 0 {
+			w.rest = nil
+			break
+		}
+		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(len(w.iov)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			w.err = e
+			break
+		}
+		w.rest = consume(w.rest, int(n))
+	}
+	clear(w.iov)
+	return true
 }
 
 func newWriterPool() *writerPool {
@@ -73,7 +115,7 @@ func (p *writerPool) take(dst []*conn, n int) []*conn {
 }
 
 func (p *writerPool) worker() {
-	w := &writer{}
+	w := newWriter()
 	var batch []*conn
 	for range p.wake {
 		for {

@@ -47,7 +47,7 @@ func BenchmarkFrameWrite(b *testing.B) {
 			c := &conn{srv: srv, nc: nc, closeSent: make(chan struct{})}
 			c.raw, _ = nc.(*net.TCPConn).SyscallConn()
 			c.sess = session.New(1, "k", Name, nopWake{}, 1<<30)
-			w := &writer{}
+			w := newWriter()
 			b.ReportAllocs()
 			for b.Loop() {
 				for range k {
