@@ -86,14 +86,13 @@ func unescape(s string) string {
 // text/event-stream), bullet long-polling (X-Socket-Transport: xhrPolling)
 // — or, for POST, takes client text.
 func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
-	if !g.originAllowed(r) {
-		g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
-		g.log.Warn("connection refused: origin not allowed", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+	if g.originRefused(r.Header.Get("Origin"), r.Host, r.RemoteAddr) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
 	g.cors(w, r)
 	key := KeyFromQuery(r.URL.RawQuery)
+	var serve func(http.ResponseWriter, *http.Request, string)
 	switch {
 	case r.Method == http.MethodOptions:
 		w.WriteHeader(http.StatusNoContent)
@@ -101,28 +100,46 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPost:
 		g.serveClientText(w, r, key)
 		return
-	case websocket.IsUpgrade(r), eventsource.Wants(r), longpoll.Wants(r):
+	case websocket.IsUpgrade(r):
+		serve = g.ws.Serve
+	case eventsource.Wants(r):
+		serve = g.es.Serve
+	case longpoll.Wants(r):
+		serve = g.lp.Serve
 	default:
 		g.metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
 		http.Error(w, "expected a WebSocket upgrade, an EventSource (Accept: text/event-stream) or a poll (X-Socket-Transport: xhrPolling)", http.StatusBadRequest)
 		return
 	}
-	open := g.ws.Open() + g.es.Open() + g.lp.Open()
-	if open >= g.maxConns && !(longpoll.Wants(r) && g.lp.Lookup(r, key) != nil) {
-		g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
-		g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns, "remote", r.RemoteAddr)
+	// A poll of a connection that already exists does not count again.
+	existing := longpoll.Wants(r) && g.lp.Lookup(r, key) != nil
+	if !existing && g.overLimit(r.RemoteAddr) {
 		w.Header().Set("Retry-After", "5")
 		http.Error(w, "connection limit reached", http.StatusServiceUnavailable)
 		return
 	}
-	switch {
-	case websocket.IsUpgrade(r):
-		g.ws.Serve(w, r, key)
-	case eventsource.Wants(r):
-		g.es.Serve(w, r, key)
-	default:
-		g.lp.Serve(w, r, key)
+	serve(w, r, key)
+}
+
+// originRefused and overLimit are the client endpoint's admission checks,
+// shared by the net/http path and the raw WebSocket path (sniff.go); each
+// logs and counts a refusal.
+func (g *Gateway) originRefused(origin, host, remote string) bool {
+	if g.originAllowedFor(origin, host) {
+		return false
 	}
+	g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
+	g.log.Warn("connection refused: origin not allowed", "origin", origin, "remote", remote)
+	return true
+}
+
+func (g *Gateway) overLimit(remote string) bool {
+	if g.ws.Open()+g.es.Open()+g.lp.Open() < g.maxConns {
+		return false
+	}
+	g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
+	g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns, "remote", remote)
+	return true
 }
 
 // cors answers cross-origin requests that originAllowed admitted: bullet

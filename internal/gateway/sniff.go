@@ -9,8 +9,6 @@ import (
 	"net/url"
 	"sync"
 	"time"
-
-	"github.com/wspubsub/wspubsub/internal/metrics"
 )
 
 // sniffer sits in front of net/http: it peeks at each new connection's
@@ -63,27 +61,24 @@ func (s *sniffer) sniff(c net.Conn) {
 		}
 		return
 	}
-	s.g.ws.ServeRaw(c, br, &s.pool, s.gate)
+	s.g.ws.ServeRaw(c, br, &s.pool, s.gate(c.RemoteAddr().String()))
 }
 
 // gate applies the client endpoint's checks to a raw upgrade.
-func (s *sniffer) gate(uri, host, origin string) (string, int) {
-	g := s.g
-	if !g.originAllowedFor(origin, host) {
-		g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
-		g.log.Warn("connection refused: origin not allowed", "origin", origin)
-		return "", http.StatusForbidden
+func (s *sniffer) gate(remote string) func(uri, host, origin string) (string, int) {
+	return func(uri, host, origin string) (string, int) {
+		if s.g.originRefused(origin, host, remote) {
+			return "", http.StatusForbidden
+		}
+		if s.g.overLimit(remote) {
+			return "", http.StatusServiceUnavailable
+		}
+		u, err := url.ParseRequestURI(uri)
+		if err != nil {
+			return "", http.StatusBadRequest
+		}
+		return KeyFromQuery(u.RawQuery), 0
 	}
-	if g.ws.Open()+g.es.Open()+g.lp.Open() >= g.maxConns {
-		g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
-		g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns)
-		return "", http.StatusServiceUnavailable
-	}
-	u, err := url.ParseRequestURI(uri)
-	if err != nil {
-		return "", http.StatusBadRequest
-	}
-	return KeyFromQuery(u.RawQuery), 0
 }
 
 // isUpgradeHead peeks at the request head: a GET of path asking to upgrade

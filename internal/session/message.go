@@ -8,7 +8,7 @@ import "sync"
 const (
 	EncWebSocket = iota
 	EncEventStream
-	encSlots = 4
+	encSlots // number of slots; a new transport adds its constant above
 )
 
 // Message is one payload on its way to one or more sessions. It is shared by
@@ -40,6 +40,3 @@ func (m *Message) Encoded(slot int, encode func(payload []byte) []byte) []byte {
 	e.once.Do(func() { e.b = encode(m.Payload) })
 	return e.b
 }
-
-// IsControl reports whether m is a transport control message.
-func (m *Message) IsControl() bool { return m.control }

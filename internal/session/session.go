@@ -126,10 +126,3 @@ func (s *Session) Allow(now time.Time, rate float64, burst int) bool {
 	s.tokens--
 	return true
 }
-
-// Queued returns the bytes currently queued.
-func (s *Session) Queued() int {
-	s.q.mu.Lock()
-	defer s.q.mu.Unlock()
-	return s.q.bytes
-}
