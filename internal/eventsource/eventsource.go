@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -68,7 +69,7 @@ func (s *Server) Open() int { return int(s.open.Load()) }
 
 // Wants reports whether r asks for an event stream.
 func Wants(r *http.Request) bool {
-	return r.Method == http.MethodGet && bytes.Contains([]byte(r.Header.Get("Accept")), []byte("text/event-stream"))
+	return r.Method == http.MethodGet && strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 }
 
 // stream is one EventSource connection; it implements session.Transport.
