@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every wspubsub test on this machine, installing and building what the
-# tests need: redis-server and chromium (Debian packages), the FerretDB-based
+# tests need: redis-server, chromium and gcc (for -race) (Debian packages), the FerretDB-based
 # MongoDB-wire helper (tools/mongowire, from the Go module proxy) and
 # jQuery 1.9.1 for the 2014-page test (npm registry). The tests start their
 # own servers on free loopback ports and stop them afterwards.
@@ -19,6 +19,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# go test -race needs cgo, hence a C compiler.
+command -v gcc >/dev/null || missing+=(gcc libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -39,7 +39,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.KeysFile, "keys-file", "", "file for --keys file (the gateway's --keys-file)")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "publish through this Redis (empty: POST /publish)")
 	fs.StringVar(&c.Channel, "channel", "my_channel", "the gateway's inbound channel")
-	fs.StringVar(&c.Token, "publish-token", "", "bearer token for POST /publish")
+	fs.StringVar(&c.Token, "publish-token", "", "bearer token for POST /publish and /metrics")
 	fs.IntVar(&c.Window, "window", -1, "personal and broadcast: most deliveries in flight (-1: 50,000, or 50 per connection for broadcast; 0: open loop, as fast as Redis takes them)")
 	fs.Float64Var(&c.SlowShare, "slow-share", 0, "share of connections that never read (they should be closed with 4008; the rest must not suffer)")
 	fs.IntVar(&c.PayloadBytes, "payload-bytes", 0, "pad each message to about this many bytes")

@@ -42,7 +42,7 @@ type Config struct {
 	KeysFile                           string
 	RedisURL                           string // publish through Redis; empty: POST /publish
 	Channel                            string
-	Token                              string        // bearer token for POST /publish
+	Token                              string        // bearer token for POST /publish and /metrics
 	Drain                              time.Duration // wait for stragglers after the last publish
 	Window                             int           // closed-loop publishing: most deliveries in flight (0: open loop)
 	SlowShare                          float64       // share of connections that never read (the last ones)

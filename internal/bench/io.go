@@ -63,6 +63,7 @@ type httpPublisher struct{ url, token string }
 func (p *httpPublisher) publish(ctx context.Context, msgs [][]byte) error {
 	for _, m := range msgs {
 		req, _ := http.NewRequestWithContext(ctx, "POST", p.url, bytes.NewReader(m))
+		req.Header.Set("Content-Type", "application/json") // the gateway refuses anything else
 		if p.token != "" {
 			req.Header.Set("Authorization", "Bearer "+p.token)
 		}
@@ -131,19 +132,32 @@ func provision(ctx context.Context, cfg Config) error {
 }
 
 // gatewayProbe reads the gateway's RSS and CPU time: from /proc when its
-// pid is known (same machine), else from its /metrics.
+// pid is known (same machine), else from its /metrics (open to loopback
+// callers, or with the publish token).
 type gatewayProbe struct {
 	pid     int
 	metrics string
+	token   string
 }
 
 func newGatewayProbe(cfg Config) *gatewayProbe {
-	return &gatewayProbe{pid: cfg.GatewayPID, metrics: strings.TrimSuffix(cfg.Target, "/") + "/metrics"}
+	return &gatewayProbe{pid: cfg.GatewayPID, metrics: strings.TrimSuffix(cfg.Target, "/") + "/metrics", token: cfg.Token}
+}
+
+func (g *gatewayProbe) get() (*http.Response, error) {
+	req, err := http.NewRequest("GET", g.metrics, nil)
+	if err != nil {
+		return nil, err
+	}
+	if g.token != "" {
+		req.Header.Set("Authorization", "Bearer "+g.token)
+	}
+	return http.DefaultClient.Do(req)
 }
 
 // metric reads one sample of the gateway's /metrics (0 if absent).
 func (g *gatewayProbe) metric(name string) float64 {
-	resp, err := http.Get(g.metrics)
+	resp, err := g.get()
 	if err != nil {
 		return 0
 	}
@@ -177,7 +191,7 @@ func (g *gatewayProbe) read() (rss int64, cpu float64) {
 			return rss, cpu
 		}
 	}
-	resp, err := http.Get(g.metrics)
+	resp, err := g.get()
 	if err != nil {
 		return 0, 0
 	}

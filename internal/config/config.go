@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +17,13 @@ import (
 
 // DemoKey is the original app's demo key, known to the embedded key store.
 const DemoKey = "00721b2a-046c-4ecc-a5df-5f808cc6c58f"
+
+// Default listen addresses: demo mode (no key store configured) stays on
+// loopback unless --listen says otherwise.
+const (
+	DefaultListen     = ":8088"
+	DefaultDemoListen = "127.0.0.1:8088"
+)
 
 // Serve holds the gateway's settings.
 type Serve struct {
@@ -47,17 +56,29 @@ type Serve struct {
 	MaxClientBytes  int
 	MaxConnections  int
 	AllowedOrigins  []string
+	AllowedHosts    []string // Host header values served; empty: any (demo mode: loopback names)
 	PublishToken    string
 	PublishAPI      bool
 	UpstreamChannel string
 	ClientRate      float64
 	ClientBurst     int
 
-	LogLevel  string
-	LogFormat string
-	DebugAddr string
-	GCPercent int
+	MaxSessionsPerKey  int
+	MaxSessionsPerAddr int
+	AuthFailRate       float64
+	AuthFailBurst      int
+	TrustedProxies     []string
+
+	LogLevel        string
+	LogFormat       string
+	DebugAddr       string
+	DebugAddrPublic bool // allow a non-loopback --debug-addr
+	GCPercent       int
 }
+
+// Demo reports whether no key store is configured: the gateway then runs on
+// the embedded demo key.
+func (c *Serve) Demo() bool { return c.MongoURI == "" && c.KeysFile == "" }
 
 // ParseServe parses the serve sub-command's arguments. getenv is usually
 // os.Getenv; out receives --help.
@@ -65,7 +86,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	var c Serve
 	f := newFlagSet("wspubsub serve", out)
 	host, _ := os.Hostname()
-	f.str(&c.Listen, "listen", ":8088", "address to listen on")
+	f.str(&c.Listen, "listen", DefaultListen, "address to listen on (demo mode, without --mongo-uri or --keys-file: "+DefaultDemoListen+")")
 	f.str(&c.Path, "path", "/websocket", "URL path clients connect to")
 	f.str(&c.NodeID, "node-id", host, "this gateway's name in JSON events")
 	f.str(&c.RedisURL, "redis-url", "", "Redis to subscribe and publish on, e.g. redis://127.0.0.1:6379 (empty: in-process broker)")
@@ -90,20 +111,30 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.size(&c.MaxClientBytes, "max-client-bytes", 4<<10, "largest message a client may send; larger closes with 1009")
 	f.integer(&c.MaxConnections, "max-connections", 0, "connection limit; beyond it HTTP 503 (0: open-file limit minus 256)")
 	f.list(&c.AllowedOrigins, "allowed-origins", "browser origins allowed besides the gateway's own, comma-separated (https://app.example.com, *.example.com, *)")
-	f.str(&c.PublishToken, "publish-token", "", "bearer token that admits non-loopback callers to POST /publish")
-	f.boolean(&c.PublishAPI, "publish-api", true, "serve POST /publish (loopback callers, or --publish-token)")
+	f.list(&c.AllowedHosts, "allowed-hosts", "Host header values served, comma-separated (push.example.com, *.example.com, 10.0.0.0/8, *); others get 421 (default: any; demo mode: localhost, *.localhost, 127.0.0.0/8, ::1)")
+	f.str(&c.PublishToken, "publish-token", "", "bearer token required by POST /publish when set; also admits to /metrics and /readyz details")
+	f.boolean(&c.PublishAPI, "publish-api", true, "serve POST /publish (--publish-token, or without one direct loopback callers)")
 	f.str(&c.UpstreamChannel, "upstream-channel", "", `publish client text other than "ping" here as {"key","data","conn","at"} (empty: ignore it)`)
 	f.float(&c.ClientRate, "client-rate", 10, "client messages per second allowed per connection; faster closes with 4029 (WebSocket) or answers 429 (POST)")
 	f.integer(&c.ClientBurst, "client-burst", 20, "client messages allowed in a burst above --client-rate")
+	f.integer(&c.MaxSessionsPerKey, "max-sessions-per-key", 16, "live connections of one key, every transport counted; more are refused with 4429 / HTTP 429 (0: no cap)")
+	f.integer(&c.MaxSessionsPerAddr, "max-sessions-per-addr", 1024, "live connections from one client address (see --trusted-proxies); more are refused with 4429 / HTTP 429 (0: no cap)")
+	f.float(&c.AuthFailRate, "auth-fail-rate", 1, "failed key checks allowed per second per client address; beyond the burst, attempts get 4429 / HTTP 429 without a key lookup")
+	f.integer(&c.AuthFailBurst, "auth-fail-burst", 20, "failed key checks allowed in a burst per client address")
+	f.listDefault(&c.TrustedProxies, "trusted-proxies", []string{"127.0.0.0/8", "::1"}, "proxies whose X-Forwarded-For / X-Real-IP name the client address, comma-separated IPs or CIDRs (\"none\": trust none)")
 	f.str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.str(&c.LogFormat, "log-format", "text", "text or json")
 	f.integer(&c.GCPercent, "gc-percent", 100, "Go GC target (GOGC): lower trades CPU for memory; 25 keeps idle connections near 5 KB each")
-	f.str(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (empty: off)")
+	f.str(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this loopback address, e.g. 127.0.0.1:6060 (empty: off)")
+	f.boolean(&c.DebugAddrPublic, "debug-addr-public", false, "allow a non-loopback --debug-addr (pprof open to anyone who can reach it)")
 	if err := f.parse(args, getenv); err != nil {
 		return c, err
 	}
 	if f.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(f.Args(), " "))
+	}
+	if c.Demo() && !f.isSet("listen") {
+		c.Listen = DefaultDemoListen
 	}
 	return c, c.Validate()
 }
@@ -140,6 +171,17 @@ func (c *Serve) Validate() error {
 	if c.ClientRate <= 0 || c.ClientBurst <= 0 {
 		bad("--client-rate and --client-burst must be positive")
 	}
+	if c.MaxSessionsPerKey < 0 || c.MaxSessionsPerAddr < 0 {
+		bad("--max-sessions-per-key and --max-sessions-per-addr must not be negative")
+	}
+	if c.AuthFailRate <= 0 || c.AuthFailBurst <= 0 {
+		bad("--auth-fail-rate and --auth-fail-burst must be positive")
+	}
+	for _, p := range c.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			bad("--trusted-proxies: %v", err)
+		}
+	}
 	if c.MaxConnections < 0 {
 		bad("--max-connections must not be negative")
 	}
@@ -154,7 +196,63 @@ func (c *Serve) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		bad("--log-format must be text or json: %q", c.LogFormat)
 	}
+	for _, h := range c.AllowedHosts {
+		if !validHostPattern(h) {
+			bad("--allowed-hosts: %q is not a host name, *.suffix, IP address, CIDR range or *", h)
+		}
+	}
+	if c.DebugAddr != "" {
+		host, _, err := net.SplitHostPort(c.DebugAddr)
+		switch {
+		case err != nil:
+			bad("--debug-addr must be host:port: %q", c.DebugAddr)
+		case !IsLoopbackHost(host) && !c.DebugAddrPublic:
+			bad("--debug-addr %q is not a loopback address: pprof would be open to anyone who can reach it (use 127.0.0.1:PORT, or add --debug-addr-public)", c.DebugAddr)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// IsLoopbackHost reports whether host (a Host header value or the host of
+// an address, with or without port) names this machine only: localhost,
+// *.localhost, 127.0.0.0/8 or ::1. An empty host (all interfaces) is not.
+func IsLoopbackHost(host string) bool {
+	host = HostOnly(host)
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// HostOnly strips the port and IPv6 brackets from a Host header value and
+// lower-cases it, dropping a trailing dot: "[::1]:8088" is "::1",
+// "LocalHost.:80" is "localhost", "::1" stays "::1".
+func HostOnly(host string) string {
+	switch {
+	case strings.HasPrefix(host, "["):
+		if i := strings.IndexByte(host, ']'); i > 0 {
+			host = host[1:i]
+		}
+	case strings.Count(host, ":") == 1:
+		host = host[:strings.IndexByte(host, ':')]
+	}
+	return strings.TrimSuffix(strings.ToLower(host), ".")
+}
+
+func validHostPattern(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if strings.Contains(p, "/") {
+		_, _, err := net.ParseCIDR(p)
+		return err == nil
+	}
+	p = strings.TrimPrefix(p, "*.")
+	if strings.Contains(p, ":") || strings.HasPrefix(p, "[") {
+		return net.ParseIP(strings.Trim(p, "[]")) != nil
+	}
+	return p != "" && !strings.ContainsAny(p, " *?#@")
 }
 
 // Publish holds the publish sub-command's settings.
@@ -195,4 +293,25 @@ func ParsePublish(args []string, getenv func(string) string, out io.Writer) (Pub
 		return c, errors.New("--to and --broadcast exclude each other")
 	}
 	return c, nil
+}
+
+// ParsePrefix parses an IP or a CIDR (an IP is a prefix of its full
+// length); "none" is the empty prefix, which contains nothing.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if s == "none" {
+		return netip.Prefix{}, nil
+	}
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, fmt.Errorf("not an IP or CIDR: %q", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("not an IP or CIDR: %q", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }

@@ -23,12 +23,13 @@ func EnvName(name string) string {
 // flag given on the command line wins over its variable.
 type flagSet struct {
 	*flag.FlagSet
+	given map[string]bool // set on the command line or through the environment
 }
 
 func newFlagSet(name string, out io.Writer) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
-	return &flagSet{fs}
+	return &flagSet{FlagSet: fs}
 }
 
 func usage(name, text string) string { return text + " [$" + EnvName(name) + "]" }
@@ -63,12 +64,14 @@ func (f *flagSet) parse(args []string, getenv func(string) string) error {
 	}
 	given := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	f.given = given
 	var errs []error
 	f.VisitAll(func(fl *flag.Flag) {
 		if given[fl.Name] {
 			return
 		}
 		if v, ok := lookup(getenv, EnvName(fl.Name)); ok {
+			given[fl.Name] = true
 			if err := fl.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(fl.Name), v, err))
 			}
@@ -76,6 +79,10 @@ func (f *flagSet) parse(args []string, getenv func(string) string) error {
 	})
 	return errors.Join(errs...)
 }
+
+// isSet reports whether flag name was given, on the command line or
+// through its environment twin (after parse).
+func (f *flagSet) isSet(name string) bool { return f.given[name] }
 
 func lookup(getenv func(string) string, name string) (string, bool) {
 	v := getenv(name)
@@ -128,4 +135,29 @@ func (l *listValue) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// defaultedList is a listValue with a default that the first Set replaces.
+type defaultedList struct {
+	p   *[]string
+	set bool
+}
+
+func (l *defaultedList) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l *defaultedList) Set(v string) error {
+	if !l.set {
+		*l.p, l.set = nil, true
+	}
+	return (*listValue)(l.p).Set(v)
+}
+
+func (f *flagSet) listDefault(p *[]string, name string, def []string, text string) {
+	*p = def
+	f.Var(&defaultedList{p: p}, name, usage(name, text))
 }

@@ -18,6 +18,7 @@ package envelope
 import (
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Drop reasons, used as metric labels and in log lines.
@@ -29,11 +30,17 @@ const (
 	ReasonNoRecipients  = "no_recipients"
 	ReasonNoData        = "no_data"
 	ReasonBadBroadcast  = "bad_broadcast"
+	// ReasonInvalidUTF8: JSON whose strings hold bytes that are not UTF-8.
+	// encoding/json accepts it, but a WebSocket text frame must be UTF-8:
+	// every conforming client would drop its connection on it.
+	ReasonInvalidUTF8 = "invalid_utf8"
+	// ReasonInternal: the gateway failed on the message (a bug, logged).
+	ReasonInternal = "internal_error"
 )
 
 // Reasons lists every drop reason, so metrics can be pre-declared.
 var Reasons = []string{ReasonTooLarge, ReasonInvalidJSON, ReasonNotObject,
-	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast}
+	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast, ReasonInvalidUTF8, ReasonInternal}
 
 // Error says why a message was rejected.
 type Error struct {
@@ -73,6 +80,9 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 	}
 	if !json.Valid(msg) {
 		return Envelope{}, &Error{ReasonInvalidJSON, "not valid JSON"}
+	}
+	if !utf8.Valid(msg) {
+		return Envelope{}, &Error{ReasonInvalidUTF8, "JSON holds bytes that are not UTF-8"}
 	}
 	i := skipSpace(msg, 0)
 	if msg[i] != '{' {

@@ -12,7 +12,6 @@ package eventsource
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -105,31 +104,38 @@ func closeEvent(code int, reason string) []byte {
 }
 
 // Encode renders payload as one event: a "data:" line per line of payload.
+// Lines end at CR, LF or CRLF, as EventSource parsers see them: a bare CR
+// (legal JSON whitespace) left inside a data line would cut the message.
 func Encode(payload []byte) []byte {
 	out := make([]byte, 0, len(payload)+16)
 	for {
-		line, rest, more := bytes.Cut(payload, []byte("\n"))
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		out = append(out, "data: "...)
-		out = append(out, line...)
-		out = append(out, '\n')
-		if !more {
+		i := bytes.IndexAny(payload, "\r\n")
+		if i < 0 {
 			break
 		}
-		payload = rest
+		out = append(append(append(out, "data: "...), payload[:i]...), '\n')
+		if payload[i] == '\r' && i+1 < len(payload) && payload[i+1] == '\n' {
+			i++
+		}
+		payload = payload[i+1:]
 	}
+	out = append(append(append(out, "data: "...), payload...), '\n')
 	return append(out, '\n')
 }
 
-// Serve admits the session for key and streams its messages until the
+// Serve admits a session for peer and streams its messages until the
 // client goes away or the session is closed.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer) {
 	s.open.Add(1)
 	defer s.open.Add(-1)
 	h := s.cfg.Hub
 	t := &stream{wake: make(chan struct{}, 1)}
-	sess := session.New(h.NewID(), key, Name, t, s.cfg.QueueBytes)
+	sess := session.New(h.NewID(), peer, Name, t, s.cfg.QueueBytes)
+	defer h.Recover(sess, nil)
 	rc := http.NewResponseController(w)
+	// The server's read timeout bounds request bodies; a stream has none
+	// and lives until it ends.
+	_ = rc.SetReadDeadline(time.Time{})
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")
@@ -137,18 +143,15 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	w.WriteHeader(http.StatusOK)
 
 	if err := h.Admit(r.Context(), sess); err != nil {
-		code, reason := session.CloseTryAgain, "try again later"
-		var rej *hub.ErrRejected
-		if errors.As(err, &rej) {
-			code, reason = rej.Code, rej.Reason
-		}
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		fmt.Fprintf(w, "retry: %d\n", s.cfg.RetryAfterClose.Milliseconds())
-		_, _ = w.Write(closeEvent(code, reason))
+		_, _ = w.Write(closeEvent(hub.Verdict(err)))
 		_ = rc.Flush()
 		return
 	}
 	// Headers and a first comment go out at once: browsers fire onopen only
 	// when the response starts.
+	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	_, _ = w.Write([]byte(": connected\n\n"))
 	reason := metrics.DiscClient
 	if err := rc.Flush(); err != nil {
@@ -190,7 +193,7 @@ func (s *Server) pump(w http.ResponseWriter, rc *http.ResponseController, r *htt
 			fmt.Fprintf(w, "retry: %d\n", s.cfg.RetryAfterClose.Milliseconds())
 			_, _ = w.Write(*cm)
 			_ = rc.Flush()
-			return hub.CloseReason(sess.CloseCode(), metrics.DiscClient)
+			return metrics.DiscClient // Leave takes the server's verdict from the session
 		}
 		if err := rc.Flush(); err != nil {
 			return metrics.DiscWriteError

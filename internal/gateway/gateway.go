@@ -13,6 +13,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,11 +40,14 @@ type Gateway struct {
 	ws       *websocket.Server
 	es       *eventsource.Server
 	lp       *longpoll.Server
-	ln       net.Listener
+	ln       *limitListener
 	srv      *http.Server
+	proxies  []netip.Prefix // --trusted-proxies
 	pub      publishParser
 	maxConns int
-	demo     bool // running on the embedded demo key store
+	demo     bool        // running on the embedded demo key store
+	hosts    *hostPolicy // --allowed-hosts; nil: any
+	sockWarn atomic.Bool // a socket-limit warning was logged recently
 
 	ctx    context.Context // lifetime of connections
 	cancel context.CancelFunc
@@ -69,11 +75,15 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 
 	var err error
-	g.demo = opt.Store == nil && cfg.MongoURI == "" && cfg.KeysFile == ""
+	g.demo = opt.Store == nil && cfg.Demo()
+	g.hosts = newHostPolicy(cfg.AllowedHosts, g.demo)
 	if g.store = opt.Store; g.store == nil {
 		if g.store, err = newStore(cfg, log); err != nil {
 			return nil, err
 		}
+	}
+	if g.demo && len(cfg.AllowedHosts) == 0 {
+		log.Info("demo mode: serving loopback host names only (set --allowed-hosts to widen)", "allowed_hosts", strings.Join(loopbackHosts, ","))
 	}
 	if g.broker = opt.Broker; g.broker == nil {
 		g.broker, err = newBroker(cfg, log, g.metrics)
@@ -88,6 +98,8 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		KeyCheckTimeout: cfg.KeyCheckTimeout, RecheckInterval: recheck(cfg.RecheckInterval),
 		KeepAliveInterval: cfg.PingInterval, UpstreamChannel: cfg.UpstreamChannel,
 		ClientRate: cfg.ClientRate, ClientBurst: cfg.ClientBurst,
+		MaxSessionsPerKey: cfg.MaxSessionsPerKey, MaxSessionsPerAddr: cfg.MaxSessionsPerAddr,
+		AuthFailRate: cfg.AuthFailRate, AuthFailBurst: cfg.AuthFailBurst,
 	})
 	g.ws = websocket.NewServer(g.ctx, websocket.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,
@@ -101,20 +113,56 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	g.lp = longpoll.NewServer(g.ctx, longpoll.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,
 		PollTimeout: cfg.PollTimeout, IdleTimeout: cfg.IdleTimeout, QueueBytes: cfg.QueueBytes,
+		WriteTimeout: cfg.WriteTimeout,
 	})
+	for _, p := range cfg.TrustedProxies {
+		pfx, err := config.ParsePrefix(p)
+		if err != nil {
+			return nil, err
+		}
+		g.proxies = append(g.proxies, pfx)
+	}
 	g.maxConns = cfg.MaxConnections
 	if g.maxConns == 0 {
 		g.maxConns = fdLimit() - 256
 	}
-	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", cfg.Listen, err)
 	}
+	// Every socket counts, admitted or not; the headroom serves health
+	// checks, publishes and the 503s of refused clients.
+	g.ln = &limitListener{Listener: ln, max: int64(min(g.maxConns+sockHeadroom, fdLimit()-64)), refused: g.socketRefused}
 	g.srv = &http.Server{
 		Handler:           g.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: headerTimeout,
+		// Bodies (POSTs) must arrive within this; the streaming transports
+		// lift it for their requests, which have none.
+		ReadTimeout:    headerTimeout,
+		WriteTimeout:   3 * cfg.WriteTimeout, // the streams set their own deadlines
+		IdleTimeout:    cfg.IdleTimeout,      // keep-alive connections between requests
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return g, nil
+}
+
+// HTTP limits for every request.
+const (
+	headerTimeout  = 10 * time.Second
+	maxHeaderBytes = 16 << 10
+	sockHeadroom   = 128
+)
+
+// socketRefused counts a socket closed at accept; the log line is rate
+// limited by the accept loop's own pace (one per refused socket would
+// flood it).
+func (g *Gateway) socketRefused() {
+	g.metrics.Rejections.WithLabelValues(metrics.RejectSocketLimit).Inc()
+	if g.sockWarn.CompareAndSwap(false, true) {
+		g.log.Warn("socket refused at accept: too many open sockets", "limit", g.ln.max)
+		time.AfterFunc(10*time.Second, func() { g.sockWarn.Store(false) })
+	}
 }
 
 func recheck(d time.Duration) time.Duration {
@@ -196,9 +244,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 		go g.serveDebug()
 	}
 	serveErr := make(chan error, 1)
-	sn := newSniffer(g, g.ln)
-	go sn.run()
-	go func() { serveErr <- g.srv.Serve(sn.httpLn) }()
+	httpLn := g.ws.Listen(g.ln, g.cfg.Path, g.gate)
+	go func() { serveErr <- g.srv.Serve(httpLn) }()
 	g.log.Info("wspubsub listening", "addr", g.ln.Addr().String(), "path", g.cfg.Path, "max_connections", g.maxConns)
 
 	var err error
@@ -236,7 +283,13 @@ func (g *Gateway) serveDebug() {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	g.log.Info("pprof listening", "addr", g.cfg.DebugAddr)
+	host, _, _ := net.SplitHostPort(g.cfg.DebugAddr)
+	if config.IsLoopbackHost(host) {
+		g.log.Info("pprof listening", "addr", g.cfg.DebugAddr)
+	} else {
+		g.log.Warn("!!! PPROF IS PUBLIC (--debug-addr-public): anyone who can reach this address can read goroutine stacks and heap profiles (which may hold keys) — do not leave it on",
+			"addr", g.cfg.DebugAddr)
+	}
 	if err := http.ListenAndServe(g.cfg.DebugAddr, mux); err != nil {
 		g.log.Warn("pprof listener failed", "err", err)
 	}

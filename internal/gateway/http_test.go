@@ -18,6 +18,10 @@ func TestKeyFromQuery(t *testing.T) {
 		"key=a%2Fb":                            "a/b",
 		"":                                     "",
 		"x&key=real":                           "real",
+		"a+b":                                  "a+b", // the original compared the raw query
+		"a%2Bb&_=1":                            "a+b",
+		"key=a+b":                              "a b", // a form value, as browsers encode it
+		"key=a%2Bb":                            "a+b",
 	} {
 		if got := KeyFromQuery(raw); got != want {
 			t.Errorf("KeyFromQuery(%q) = %q, want %q", raw, got, want)
@@ -41,15 +45,17 @@ func TestOriginAndPublishChecks(t *testing.T) {
 		if origin != "" {
 			r.Header.Set("Origin", origin)
 		}
-		if got := g.originAllowed(r); got != want {
+		if got := g.originAllowedFor(r.Header.Get("Origin"), r.Host); got != want {
 			t.Errorf("origin %q: %v, want %v", origin, got, want)
 		}
 	}
+	// With --publish-token set, the token is always required, loopback or
+	// not (publish_test.go covers the rest).
 	for _, c := range []struct {
 		remote, auth string
 		want         bool
 	}{
-		{"127.0.0.1:5000", "", true}, {"[::1]:5000", "", true},
+		{"127.0.0.1:5000", "", false}, {"[::1]:5000", "", false}, {"127.0.0.1:5000", "Bearer s3cret", true},
 		{"10.0.0.5:5000", "", false}, {"10.0.0.5:5000", "Bearer wrong", false}, {"10.0.0.5:5000", "Bearer s3cret", true},
 	} {
 		r := httptest.NewRequest("POST", "/publish", nil)

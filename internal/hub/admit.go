@@ -3,6 +3,9 @@ package hub
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/wspubsub/wspubsub/internal/keystore"
@@ -18,15 +21,39 @@ type ErrRejected struct {
 
 func (e *ErrRejected) Error() string { return "rejected: " + e.Reason }
 
-// Admit checks s's key and, when it is known, registers s and publishes its
-// connected event. Otherwise it returns *ErrRejected carrying the close code
-// for the client: CloseUnauthorized for an unknown key, CloseTryAgain when
-// the store cannot answer, CloseGoingAway during shutdown.
+// Verdict maps an Admit error to the close code and reason the client gets:
+// a rejection's own, or CloseTryAgain for anything else.
+func Verdict(err error) (code int, reason string) {
+	var rej *ErrRejected
+	if errors.As(err, &rej) {
+		return rej.Code, rej.Reason
+	}
+	return session.CloseTryAgain, "try again later"
+}
+
+// Admit is the one admission of every transport: it applies the
+// per-address throttle on failed key checks and the per-key and
+// per-address session caps, checks s's key and, when it is known, registers
+// s and publishes its connected event. Otherwise it returns *ErrRejected
+// carrying the close code for the client: CloseUnauthorized for an unknown
+// key, CloseTooMany over a cap or the throttle (the store is not asked),
+// CloseTryAgain when the store cannot answer, CloseGoingAway during
+// shutdown.
 func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	key := keystore.Redact(s.Key)
+	now := time.Now()
+	if !h.authFails.has(s.Addr, now) {
+		h.reject(metrics.RejectThrottled)
+		h.log.Info("connection rejected: too many failed key checks from this address", "addr", s.Addr, "conn", s.ID, "transport", s.Transport)
+		return &ErrRejected{session.CloseTooMany, "too many failed key checks"}
+	}
+	if err := h.overCap(s); err != nil {
+		return err
+	}
 	if s.Key == "" {
+		h.authFails.take(s.Addr, now)
 		h.reject(metrics.RejectUnauthorized)
-		h.log.Info("connection rejected: no key", "conn", s.ID, "transport", s.Transport)
+		h.log.Info("connection rejected: no key", "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
@@ -40,18 +67,14 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 		h.log.Warn("connection rejected: key store unavailable", "key", key, "conn", s.ID, "err", err)
 		return &ErrRejected{session.CloseTryAgain, "try again later"}
 	case !ok:
+		h.authFails.take(s.Addr, now)
 		h.reject(metrics.RejectUnauthorized)
-		h.log.Info("connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport)
+		h.log.Info("connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
-	sh := h.shardOf([]byte(s.Key))
-	sh.mu.Lock()
-	if h.closing.Load() {
-		sh.mu.Unlock()
-		return &ErrRejected{session.CloseGoingAway, "going away"}
+	if err := h.register(s); err != nil {
+		return err
 	}
-	sh.keys[s.Key] = append(sh.keys[s.Key], s)
-	sh.mu.Unlock()
 	h.live.Add(1)
 	h.m.Connects.WithLabelValues(s.Transport).Inc()
 	h.m.Connections.WithLabelValues(s.Transport).Inc()
@@ -60,39 +83,115 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	return nil
 }
 
+// overCap refuses s when its key or address already holds the most
+// sessions allowed. Checked before the key lookup (cheap refusals cost the
+// store nothing) and again, atomically, when registering.
+func (h *Hub) overCap(s *session.Session) error {
+	sh := h.shardOf([]byte(s.Key))
+	sh.mu.RLock()
+	n := len(sh.keys[s.Key])
+	sh.mu.RUnlock()
+	h.amu.Lock()
+	a := h.perAddr[s.Addr]
+	h.amu.Unlock()
+	return h.capError(s, n, a)
+}
+
+func (h *Hub) capError(s *session.Session, perKey, perAddr int) error {
+	if max := h.cfg.MaxSessionsPerKey; max > 0 && perKey >= max {
+		h.reject(metrics.RejectSessionLimit)
+		h.log.Info("connection rejected: too many connections for this key", "key", keystore.Redact(s.Key), "limit", max, "conn", s.ID, "transport", s.Transport)
+		return &ErrRejected{session.CloseTooMany, "too many connections for this key"}
+	}
+	if max := h.cfg.MaxSessionsPerAddr; max > 0 && perAddr >= max {
+		h.reject(metrics.RejectSessionLimit)
+		h.log.Info("connection rejected: too many connections from this address", "addr", s.Addr, "limit", max, "conn", s.ID, "transport", s.Transport)
+		return &ErrRejected{session.CloseTooMany, "too many connections from this address"}
+	}
+	return nil
+}
+
+// register adds s to the registry unless a cap or shutdown forbids it.
+func (h *Hub) register(s *session.Session) error {
+	sh := h.shardOf([]byte(s.Key))
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if h.closing.Load() {
+		return &ErrRejected{session.CloseGoingAway, "going away"}
+	}
+	h.amu.Lock()
+	defer h.amu.Unlock()
+	if err := h.capError(s, len(sh.keys[s.Key]), h.perAddr[s.Addr]); err != nil {
+		return err
+	}
+	sh.keys[s.Key] = append(sh.keys[s.Key], s)
+	h.perAddr[s.Addr]++
+	return nil
+}
+
 func (h *Hub) reject(reason string) { h.m.Rejections.WithLabelValues(reason).Inc() }
 
 // Leave unregisters s (if Admit registered it) and publishes its
-// disconnected event; reason labels the disconnect metric. Safe to call for
-// sessions that were never admitted, and more than once.
-func (h *Hub) Leave(s *session.Session, reason string) {
-	sh := h.shardOf([]byte(s.Key))
-	sh.mu.Lock()
-	list := sh.keys[s.Key]
-	found := false
-	for i, x := range list {
-		if x == s {
-			list[i] = list[len(list)-1]
-			list[len(list)-1] = nil
-			list = list[:len(list)-1]
-			found = true
-			break
-		}
-	}
-	if len(list) == 0 {
-		delete(sh.keys, s.Key)
-	} else if found {
-		sh.keys[s.Key] = list
-	}
-	sh.mu.Unlock()
-	if !found {
+// disconnected event. The disconnect reason is the server's verdict when
+// the server closed s (revoked, too slow, shutdown, …), else fallback (the
+// transport's view: client, idle, write error). Safe to call for sessions
+// that were never admitted, and more than once.
+func (h *Hub) Leave(s *session.Session, fallback string) {
+	if !h.unregister(s) {
 		return
+	}
+	reason := fallback
+	if s.IsClosed() && !s.ClosedByPeer() {
+		reason = CloseReason(s.CloseCode(), fallback)
 	}
 	h.live.Add(-1)
 	h.m.Connections.WithLabelValues(s.Transport).Dec()
 	h.m.Disconnects.WithLabelValues(reason).Inc()
 	h.events.emit(event{connected: false, key: s.Key, conn: s.ID, transport: s.Transport, at: time.Now()})
 	h.log.Debug("disconnected", "key", keystore.Redact(s.Key), "conn", s.ID, "reason", reason)
+}
+
+func (h *Hub) unregister(s *session.Session) bool {
+	sh := h.shardOf([]byte(s.Key))
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	list := sh.keys[s.Key]
+	i := slices.Index(list, s)
+	if i < 0 {
+		return false
+	}
+	list[i] = list[len(list)-1]
+	list[len(list)-1] = nil
+	if list = list[:len(list)-1]; len(list) == 0 {
+		delete(sh.keys, s.Key)
+	} else {
+		sh.keys[s.Key] = list
+	}
+	h.amu.Lock()
+	if h.perAddr[s.Addr]--; h.perAddr[s.Addr] <= 0 {
+		delete(h.perAddr, s.Addr)
+	}
+	h.amu.Unlock()
+	return true
+}
+
+// Recover is deferred by every goroutine that serves one connection: a
+// panic there (a bug reached by some input) ends that connection — closed
+// with 1011, disconnect reason internal_error, one log line — instead of
+// the process. cleanup, when not nil, then releases the transport's
+// resources.
+func (h *Hub) Recover(s *session.Session, cleanup func()) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	h.log.Error("connection failed: internal error", "key", keystore.Redact(s.Key), "conn", s.ID,
+		"transport", s.Transport, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	s.Close(session.CloseInternal, "internal error")
+	h.Leave(s, metrics.DiscInternal)
+	if cleanup != nil {
+		cleanup()
+	}
 }
 
 // recheck re-validates every connected key; keys the store no longer knows

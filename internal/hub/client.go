@@ -17,12 +17,13 @@ const Heartbeat = "heartbeat message"
 var ErrRateLimited = errors.New("client message rate exceeded")
 
 // ClientText handles one text message a client sent on session s, whatever
-// the transport. "ping" returns the heartbeat reply; any other text is
+// the transport. The rate limit is per key, so spreading messages over
+// several connections of one key gains nothing. "ping" returns the heartbeat reply; any other text is
 // published on the upstream channel as {"key","data","conn","at"} when one
 // is configured, and otherwise counted and ignored. Size limits are the
 // transports' (they must refuse before reading a whole oversized message).
 func (h *Hub) ClientText(s *session.Session, text []byte) (reply []byte, err error) {
-	if !s.Allow(time.Now(), h.cfg.ClientRate, h.cfg.ClientBurst) {
+	if !h.clientText.take(s.Key, time.Now()) {
 		h.m.ClientMessages.WithLabelValues("rate_limited").Inc()
 		h.log.Info("client message refused: rate limit", "key", keystore.Redact(s.Key), "conn", s.ID)
 		return nil, ErrRateLimited
@@ -56,6 +57,10 @@ func CloseReason(code int, fallback string) string {
 		return metrics.DiscProtocol
 	case session.CloseRateLimited:
 		return metrics.DiscRateLimited
+	case session.CloseInternal:
+		return metrics.DiscInternal
+	case session.CloseInvalidData:
+		return metrics.DiscInvalidData
 	}
 	return fallback
 }

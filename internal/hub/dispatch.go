@@ -1,20 +1,32 @@
 package hub
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
 
 	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/session"
 )
 
 // Dispatch parses one inbound message and queues it to every live session
-// of its recipients (or every session, for a broadcast). Malformed messages
-// are dropped with one log line and a counter. The payload is encoded once,
-// and routing allocates nothing per recipient.
+// of its recipients (or every session, for a broadcast), once per session
+// however often a recipient is listed. Malformed messages are dropped with
+// one log line and a counter. The payload is encoded once, and routing
+// allocates nothing per recipient.
 //
 // Dispatch is the broker's Handler: it is called from one goroutine.
 func (h *Hub) Dispatch(raw []byte) {
 	h.m.MessagesIn.Inc()
+	defer func() {
+		// A bug reached by one message must not take every client down.
+		if r := recover(); r != nil {
+			h.m.Drops.WithLabelValues(envelope.ReasonInternal).Inc()
+			h.log.Error("inbound message dropped: internal error", "panic", fmt.Sprint(r), "bytes", len(raw), "stack", string(debug.Stack()))
+		}
+	}()
 	env, err := h.parser.Parse(raw)
 	if err != nil {
 		var e *envelope.Error
@@ -35,7 +47,16 @@ func (h *Hub) Dispatch(raw []byte) {
 			}
 		})
 	} else {
-		for _, r := range env.Recipients {
+		// Sorted, a repeated recipient (also one spelt with \u escapes,
+		// which the parser decoded) sits next to itself and is skipped.
+		rs := env.Recipients
+		if len(rs) > 1 {
+			slices.SortFunc(rs, bytes.Compare)
+		}
+		for i, r := range rs {
+			if i > 0 && bytes.Equal(r, rs[i-1]) {
+				continue
+			}
 			n += h.deliverTo(r, msg)
 		}
 	}

@@ -35,8 +35,13 @@ type Config struct {
 	DisconnectedChannel string
 	JSONEvents          bool    // publish JSON events instead of the bare key
 	UpstreamChannel     string  // where client text goes ("" drops it, counted)
-	ClientRate          float64 // client messages per second per connection [10]
-	ClientBurst         int     // client message burst [20]
+	ClientRate          float64 // client messages per second per key [10]
+	ClientBurst         int     // client message burst per key [20]
+
+	MaxSessionsPerKey  int     // live sessions of one key (0: no cap)
+	MaxSessionsPerAddr int     // live sessions from one client address (0: no cap)
+	AuthFailRate       float64 // failed key checks per second per address [1]
+	AuthFailBurst      int     // failed key checks allowed in a burst per address [20]
 
 	MaxMessageBytes   int           // inbound envelope limit (0: none)
 	KeyCheckTimeout   time.Duration // per key lookup [2s]
@@ -61,6 +66,11 @@ type Hub struct {
 	parser envelope.Parser
 	events *eventPump
 
+	clientText *limiter // client text, per key
+	authFails  *limiter // failed key checks, per client address
+	amu        sync.Mutex
+	perAddr    map[string]int // live sessions per client address
+
 	live    atomic.Int64
 	closing atomic.Bool
 	nextID  atomic.Uint64
@@ -83,13 +93,22 @@ func New(cfg Config) *Hub {
 	if cfg.ClientBurst <= 0 {
 		cfg.ClientBurst = 20
 	}
+	if cfg.AuthFailRate <= 0 {
+		cfg.AuthFailRate = 1
+	}
+	if cfg.AuthFailBurst <= 0 {
+		cfg.AuthFailBurst = 20
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New()
 	}
-	h := &Hub{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+	h := &Hub{cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
+		clientText: newLimiter(cfg.ClientRate, cfg.ClientBurst),
+		authFails:  newLimiter(cfg.AuthFailRate, cfg.AuthFailBurst),
+		perAddr:    map[string]int{}}
 	h.parser.MaxBytes = cfg.MaxMessageBytes
 	for i := range h.shards {
 		h.shards[i].keys = make(map[string][]*session.Session)
@@ -157,6 +176,23 @@ func (h *Hub) eachIn(sh *shard, f func(*session.Session)) {
 			f(s)
 		}
 	}
+}
+
+// Find returns the live session of key that belongs to client (see
+// session.Peer.Client), or nil.
+func (h *Hub) Find(key, client string) *session.Session {
+	if client == "" {
+		return nil
+	}
+	sh := h.shardOf([]byte(key))
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	for _, s := range sh.keys[key] {
+		if s.Client == client && !s.IsClosed() {
+			return s
+		}
+	}
+	return nil
 }
 
 // Sessions returns the live sessions of key (a copy).

@@ -50,7 +50,7 @@ func newHub(t testing.TB, store keystore.KeyStore, events broker.Broker, mod fun
 func admit(t testing.TB, h *Hub, key string, limit int) (*session.Session, *fakeTransport) {
 	t.Helper()
 	ft := &fakeTransport{}
-	s := session.New(h.NewID(), key, "test", ft, limit)
+	s := session.New(h.NewID(), session.Peer{Key: key}, "test", ft, limit)
 	if err := h.Admit(context.Background(), s); err != nil {
 		t.Fatalf("admit %s: %v", key, err)
 	}
@@ -75,7 +75,7 @@ func TestAdmitRejections(t *testing.T) {
 	}{{"bad", session.CloseUnauthorized, nil}, {"", session.CloseUnauthorized, nil}, {"good", session.CloseTryAgain, errors.New("down")}}
 	for _, c := range cases {
 		store.SetError(c.err)
-		err := h.Admit(context.Background(), session.New(1, c.key, "test", &fakeTransport{}, 100))
+		err := h.Admit(context.Background(), session.New(1, session.Peer{Key: c.key}, "test", &fakeTransport{}, 100))
 		var rej *ErrRejected
 		if !errors.As(err, &rej) || rej.Code != c.code {
 			t.Errorf("key %q: err %v, want code %d", c.key, err, c.code)
@@ -214,7 +214,7 @@ func TestShutdownClosesWithGoingAwayAndRefusesNew(t *testing.T) {
 	if len(ft.closed) != 1 || ft.closed[0] != session.CloseGoingAway || h.Live() != 0 {
 		t.Fatalf("closes %v live %d", ft.closed, h.Live())
 	}
-	err := h.Admit(context.Background(), session.New(9, "a", "test", &fakeTransport{}, 100))
+	err := h.Admit(context.Background(), session.New(9, session.Peer{Key: "a"}, "test", &fakeTransport{}, 100))
 	var rej *ErrRejected
 	if !errors.As(err, &rej) || rej.Code != session.CloseGoingAway {
 		t.Fatalf("admit during shutdown: %v", err)

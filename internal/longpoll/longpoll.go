@@ -7,18 +7,19 @@
 // A polling client is one logical connection across its requests: it is
 // admitted once (one connected event), its messages wait in its bounded
 // queue between polls, and it ends (one disconnected event) when it has not
-// polled for the idle timeout. Polls are matched to their connection by a
-// "sid" query parameter when the client sends one (wspubsub.js does), else
-// by key, client address and User-Agent — so two tabs of one old bullet page
-// in one browser share a connection. The package owns that matching and the
-// HTTP answers, nothing else.
+// polled for the idle timeout — or within seconds (UnpolledTimeout) when
+// no poll of it was ever answered, so abandoned sessions do not pile up.
+// Polls are matched to their connection by key and session.Peer.Client
+// (the gateway derives it from a "sid" query parameter when the client
+// sends one, as wspubsub.js does, else from the client address and
+// User-Agent — so two tabs of one old bullet page in one browser share a
+// connection). The package owns that matching and the HTTP answers;
+// admission and limits are the hub's.
 package longpoll
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -43,7 +44,12 @@ type Config struct {
 	Logger      *slog.Logger
 	PollTimeout time.Duration // hold an empty poll this long [30s]
 	IdleTimeout time.Duration // no poll for this long: gone [60s]
-	QueueBytes  int           // per-connection outbound queue [1 MiB]
+	// UnpolledTimeout ends a connection none of whose polls was ever
+	// answered (the client went away during its first poll) this long
+	// after that poll ended [5s].
+	UnpolledTimeout time.Duration
+	WriteTimeout    time.Duration // a poll's answer must be written within this [10s]
+	QueueBytes      int           // per-connection outbound queue [1 MiB]
 }
 
 // Server tracks polling connections.
@@ -70,6 +76,12 @@ func NewServer(ctx context.Context, cfg Config) *Server {
 	if cfg.QueueBytes <= 0 {
 		cfg.QueueBytes = 1 << 20
 	}
+	if cfg.UnpolledTimeout <= 0 {
+		cfg.UnpolledTimeout = 5 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -94,6 +106,7 @@ type poller struct {
 	admitErr error
 	wake     chan struct{}
 	active   atomic.Int32
+	answered atomic.Bool // a poll of it was answered: the client is real
 	lastSeen atomic.Int64
 	closed   atomic.Pointer[closeInfo]
 	idle     atomic.Bool
@@ -123,65 +136,40 @@ func (p *poller) KeepAlive() {}
 func (p *poller) Closed(code int, reason string) {
 	p.closed.Store(&closeInfo{code, reason, time.Now()})
 	p.signal()
-	why := hub.CloseReason(code, metrics.DiscClient)
+	why := metrics.DiscClient
 	if p.idle.Load() {
 		why = metrics.DiscIdle
 	}
 	go p.srv.cfg.Hub.Leave(p.sess, why) // Closed may run under hub locks
 }
 
-func identity(r *http.Request, key string) string {
-	if sid := r.URL.Query().Get("sid"); sid != "" {
-		return key + "\x00sid\x00" + sid
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	return key + "\x00" + host + "\x00" + r.UserAgent()
-}
-
-// Lookup returns the live session a request belongs to, or nil.
-func (s *Server) Lookup(r *http.Request, key string) *session.Session {
-	s.mu.Lock()
-	p := s.by[identity(r, key)]
-	s.mu.Unlock()
-	if p == nil {
-		return nil
-	}
-	select {
-	case <-p.ready:
-	default:
-		return nil
-	}
-	if p.admitErr != nil || p.sess.IsClosed() {
-		return nil
-	}
-	return p.sess
-}
+func identity(peer session.Peer) string { return peer.Key + "\x00" + peer.Client }
 
 // attach finds the request's connection, admitting a new one if needed.
-func (s *Server) attach(r *http.Request, key string) (*poller, error) {
-	id := identity(r, key)
+func (s *Server) attach(r *http.Request, peer session.Peer) (*poller, error) {
+	id := identity(peer)
 	s.mu.Lock()
 	p := s.by[id]
 	if p == nil {
 		t := &poller{srv: s, id: id, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
 		t.lastSeen.Store(time.Now().UnixNano())
-		t.sess = session.New(s.cfg.Hub.NewID(), key, Name, t, s.cfg.QueueBytes)
+		t.sess = session.New(s.cfg.Hub.NewID(), peer, Name, t, s.cfg.QueueBytes)
 		s.by[id] = t
 		s.mu.Unlock()
+		defer close(t.ready)
+		defer s.cfg.Hub.Recover(t.sess, func() { t.admitErr = errInternal; s.forget(t) })
 		t.admitErr = s.cfg.Hub.Admit(r.Context(), t.sess)
 		if t.admitErr != nil {
 			s.forget(t)
 		}
-		close(t.ready)
 		return t, t.admitErr
 	}
 	s.mu.Unlock()
 	<-p.ready
 	return p, p.admitErr
 }
+
+var errInternal = &hub.ErrRejected{Code: session.CloseInternal, Reason: "internal error"}
 
 func (s *Server) forget(p *poller) {
 	s.mu.Lock()
@@ -191,18 +179,20 @@ func (s *Server) forget(p *poller) {
 	s.mu.Unlock()
 }
 
-// Serve answers one poll for key.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
-	p, err := s.attach(r, key)
+// Serve answers one poll of peer.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer) {
+	rc := http.NewResponseController(w)
+	// A held poll reads nothing; the server's read timeout (for bodies)
+	// must not cut it. Its answer is bounded by the write timeout.
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.PollTimeout + s.cfg.WriteTimeout))
+	p, err := s.attach(r, peer)
 	if err != nil {
-		code, reason := session.CloseTryAgain, "try again later"
-		var rej *hub.ErrRejected
-		if errors.As(err, &rej) {
-			code, reason = rej.Code, rej.Reason
-		}
+		code, reason := hub.Verdict(err)
 		WriteClose(w, code, reason)
 		return
 	}
+	defer s.cfg.Hub.Recover(p.sess, func() { s.forget(p) })
 	p.active.Add(1)
 	defer func() {
 		p.lastSeen.Store(time.Now().UnixNano())
@@ -213,6 +203,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	defer timer.Stop()
 	for {
 		if m := p.sess.Pop(); m != nil {
+			p.answered.Store(true)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Header().Set("Content-Length", strconv.Itoa(len(m.Payload)))
 			_, _ = w.Write(m.Payload)
@@ -226,6 +217,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 		select {
 		case <-p.wake:
 		case <-timer.C:
+			p.answered.Store(true)
 			// An empty answer is 200 with no body, never 204: jQuery 1.9
 			// hands bullet `undefined` for a 204 and bullet throws.
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -238,26 +230,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	}
 }
 
-// Status is the HTTP status a poll answers a close code with.
-func Status(code int) int {
-	switch code {
-	case session.CloseUnauthorized:
-		return http.StatusUnauthorized
-	case session.CloseRevoked:
-		return http.StatusForbidden
-	case session.CloseTryAgain, session.CloseGoingAway:
-		return http.StatusServiceUnavailable
-	case session.CloseTooBig:
-		return http.StatusRequestEntityTooLarge
-	case session.CloseRateLimited:
-		return http.StatusTooManyRequests
-	default: // too slow, idle, normal: the connection is gone, start anew
-		return http.StatusGone
-	}
-}
-
-// WriteClose answers with the HTTP form of a close: Status(code) and the
-// code and reason in X-Wspubsub-Close-Code / -Reason headers.
+// WriteClose answers with the HTTP form of a close, on every HTTP
+// transport: session.HTTPStatus(code) and the code and reason in
+// X-Wspubsub-Close-Code / -Reason headers.
 func WriteClose(w http.ResponseWriter, code int, reason string) {
 	h := w.Header()
 	h.Set("X-Wspubsub-Close-Code", strconv.Itoa(code))
@@ -266,14 +241,14 @@ func WriteClose(w http.ResponseWriter, code int, reason string) {
 		h.Set("Retry-After", "5")
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(Status(code))
+	w.WriteHeader(session.HTTPStatus(code))
 	_, _ = w.Write([]byte(reason))
 }
 
-// sweep ends connections that stopped polling and drops old tombstones.
+// sweep ends connections that stopped polling, or never had a poll
+// answered, and drops old tombstones.
 func (s *Server) sweep(ctx context.Context) {
-	period := min(s.cfg.IdleTimeout/4, 5*time.Second)
-	t := time.NewTicker(period)
+	t := time.NewTicker(min(s.cfg.IdleTimeout/4, s.cfg.UnpolledTimeout/2, time.Second))
 	defer t.Stop()
 	for {
 		select {
@@ -281,30 +256,38 @@ func (s *Server) sweep(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		now := time.Now()
-		var expired []*poller
-		s.mu.Lock()
-		for id, p := range s.by {
-			select {
-			case <-p.ready:
-			default:
-				continue
-			}
-			if c := p.closed.Load(); c != nil {
-				if now.Sub(c.at) > 2*s.cfg.PollTimeout {
-					delete(s.by, id)
-				}
-				continue
-			}
-			if p.active.Load() == 0 && now.Sub(time.Unix(0, p.lastSeen.Load())) > s.cfg.IdleTimeout {
-				delete(s.by, id)
-				expired = append(expired, p)
-			}
-		}
-		s.mu.Unlock()
-		for _, p := range expired {
+		for _, p := range s.expired(time.Now()) {
 			p.idle.Store(true)
 			p.sess.Close(session.CloseNormal, "idle")
 		}
 	}
+}
+
+// expired removes and returns the connections whose time is up at now.
+func (s *Server) expired(now time.Time) []*poller {
+	var out []*poller
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, p := range s.by {
+		select {
+		case <-p.ready:
+		default:
+			continue
+		}
+		if c := p.closed.Load(); c != nil {
+			if now.Sub(c.at) > 2*s.cfg.PollTimeout {
+				delete(s.by, id)
+			}
+			continue
+		}
+		limit := s.cfg.IdleTimeout
+		if !p.answered.Load() {
+			limit = s.cfg.UnpolledTimeout
+		}
+		if p.active.Load() == 0 && now.Sub(time.Unix(0, p.lastSeen.Load())) > limit {
+			delete(s.by, id)
+			out = append(out, p)
+		}
+	}
+	return out
 }

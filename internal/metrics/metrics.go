@@ -16,6 +16,10 @@ const (
 	RejectOrigin           = "origin"
 	RejectLimit            = "limit"
 	RejectBadRequest       = "bad_request"
+	RejectSessionLimit     = "session_limit" // --max-sessions-per-key or -per-addr
+	RejectThrottled        = "throttled"     // too many failed key checks from the address
+	RejectSocketLimit      = "socket_limit"  // accepted socket closed at once: too many open
+	RejectHost             = "host"          // Host header not in --allowed-hosts (any request but /healthz)
 )
 
 // Disconnect reasons (connections that were registered and then ended).
@@ -29,6 +33,8 @@ const (
 	DiscProtocol    = "protocol"
 	DiscTooBig      = "too_big"
 	DiscRateLimited = "rate_limited"
+	DiscInternal    = "internal_error" // a bug: the connection's goroutine panicked
+	DiscInvalidData = "invalid_data"   // client text that is not UTF-8
 )
 
 // Metrics holds every collector; fields are safe for concurrent use.
@@ -107,10 +113,11 @@ func New() *Metrics {
 	for _, r := range envelope.Reasons {
 		m.Drops.WithLabelValues(r)
 	}
-	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest} {
+	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest,
+		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectHost} {
 		m.Rejections.WithLabelValues(r)
 	}
-	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig, DiscRateLimited} {
+	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig, DiscRateLimited, DiscInternal, DiscInvalidData} {
 		m.Disconnects.WithLabelValues(r)
 	}
 	return m

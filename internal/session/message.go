@@ -15,7 +15,7 @@ const (
 // every recipient and must not be modified after it is first delivered.
 type Message struct {
 	Payload []byte
-	control bool // not counted against the queue limit (pings, close frames)
+	size    int // what it counts against a queue's byte limit
 	enc     [encSlots]struct {
 		once sync.Once
 		b    []byte
@@ -23,12 +23,14 @@ type Message struct {
 }
 
 // NewMessage wraps payload (which the caller must no longer modify).
-func NewMessage(payload []byte) *Message { return &Message{Payload: payload} }
+func NewMessage(payload []byte) *Message { return &Message{Payload: payload, size: len(payload)} }
 
 // NewControl returns a transport control message whose wire form in slot is
-// already known (a ping or close frame); it bypasses the queue's byte limit.
+// already known (a ping, a heartbeat reply). It counts against the queue's
+// byte limit like any message, so a client cannot grow its queue with
+// requests for replies it never reads.
 func NewControl(slot int, wire []byte) *Message {
-	m := &Message{control: true}
+	m := &Message{size: len(wire)}
 	m.enc[slot].once.Do(func() { m.enc[slot].b = wire })
 	return m
 }

@@ -15,13 +15,12 @@ const (
 // also tracks whether a writer is scheduled, so that a burst of deliveries
 // wakes the transport once and the writer sends the whole burst in one go.
 type Queue struct {
-	mu      sync.Mutex
-	items   []*Message
-	bytes   int
-	limit   int
-	armed   bool // a writer has been woken and not yet found the queue empty
-	closed  bool
-	dropped bool
+	mu     sync.Mutex
+	items  []*Message
+	bytes  int
+	limit  int
+	armed  bool // a writer has been woken and not yet found the queue empty
+	closed bool
 }
 
 func (q *Queue) push(m *Message) pushResult {
@@ -30,14 +29,11 @@ func (q *Queue) push(m *Message) pushResult {
 		q.mu.Unlock()
 		return pushClosed
 	}
-	n := len(m.Payload)
-	if q.limit > 0 && q.bytes+n > q.limit && !m.control {
+	if q.limit > 0 && q.bytes+m.size > q.limit {
 		q.mu.Unlock()
 		return pushOverflow
 	}
-	if !m.control {
-		q.bytes += n
-	}
+	q.bytes += m.size
 	q.items = append(q.items, m)
 	wake := !q.armed
 	q.armed = true
@@ -78,9 +74,7 @@ func (q *Queue) pop() *Message {
 	m := q.items[0]
 	q.items[0] = nil
 	q.items = q.items[1:]
-	if !m.control {
-		q.bytes -= len(m.Payload)
-	}
+	q.bytes -= m.size
 	if len(q.items) == 0 {
 		q.items = nil
 	}
@@ -93,7 +87,6 @@ func (q *Queue) close(drop bool) {
 	defer q.mu.Unlock()
 	q.closed = true
 	if drop {
-		q.dropped = true
 		clear(q.items)
 		q.items = nil
 		q.bytes = 0

@@ -8,9 +8,9 @@
 package session
 
 import (
+	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // Close codes sent to clients (WebSocket close codes; other transports map
@@ -19,13 +19,39 @@ const (
 	CloseNormal       = 1000
 	CloseGoingAway    = 1001 // server shutting down
 	CloseProtocol     = 1002
+	CloseInvalidData  = 1007 // client text that is not UTF-8
 	CloseTooBig       = 1009 // client frame over the limit
+	CloseInternal     = 1011 // the gateway failed serving this connection
 	CloseTryAgain     = 1013 // key store unavailable
 	CloseTooSlow      = 4008 // outbound queue overflowed
 	CloseRateLimited  = 4029 // client sent messages too fast
 	CloseUnauthorized = 4401 // unknown key: do not retry
 	CloseRevoked      = 4403 // key removed from the store: do not retry
+	CloseTooMany      = 4429 // too many connections, or failed key checks, for this key or address
 )
+
+// HTTPStatus is the HTTP status that carries a close code on the HTTP
+// transports (a refused poll, POST or stream).
+func HTTPStatus(code int) int {
+	switch code {
+	case CloseUnauthorized:
+		return http.StatusUnauthorized
+	case CloseRevoked:
+		return http.StatusForbidden
+	case CloseTryAgain, CloseGoingAway:
+		return http.StatusServiceUnavailable
+	case CloseTooBig:
+		return http.StatusRequestEntityTooLarge
+	case CloseRateLimited, CloseTooMany:
+		return http.StatusTooManyRequests
+	case CloseProtocol, CloseInvalidData:
+		return http.StatusBadRequest
+	case CloseInternal:
+		return http.StatusInternalServerError
+	default: // too slow, idle, normal: the connection is gone, start anew
+		return http.StatusGone
+	}
+}
 
 // Transport is what a session needs from the connection carrying it.
 type Transport interface {
@@ -39,23 +65,32 @@ type Transport interface {
 	Closed(code int, reason string)
 }
 
+// Peer says who is connecting, as the gateway established it.
+type Peer struct {
+	Key  string // the client's key
+	Addr string // the client's address (an IP), for per-address limits
+	// Client identifies the client behind an HTTP-transport connection
+	// (its sid, or a digest of what identifies it), so that its POSTs reach
+	// that connection; empty for WebSocket.
+	Client string
+}
+
 // Session is one authenticated (or authenticating) client connection.
 type Session struct {
 	ID        uint64
-	Key       string
 	Transport string // "websocket", ...
+	Peer
 	t         Transport
 	q         Queue
 	closed    atomic.Bool
+	byPeer    atomic.Bool
 	closeOnce sync.Once
 	code      atomic.Int32
-	tokens    float64   // client message rate limit, guarded by q.mu
-	lastTake  time.Time // guarded by q.mu
 }
 
-// New returns a session whose queue holds at most limit bytes of payload.
-func New(id uint64, key, transport string, t Transport, limit int) *Session {
-	s := &Session{ID: id, Key: key, Transport: transport, t: t}
+// New returns a session whose queue holds at most limit bytes.
+func New(id uint64, p Peer, transport string, t Transport, limit int) *Session {
+	s := &Session{ID: id, Peer: p, Transport: transport, t: t}
 	s.q.limit = limit
 	return s
 }
@@ -78,14 +113,27 @@ func (s *Session) Deliver(m *Message) bool {
 // Close closes the session once with code and reason; later calls are no-ops.
 // Queued messages are discarded when the close is for overflow, otherwise
 // the transport may still flush them before the close signal.
-func (s *Session) Close(code int, reason string) {
+func (s *Session) Close(code int, reason string) { s.closeOnce.Do(func() { s.close(code, reason) }) }
+
+// CloseByPeer records that the client ended the connection (a WebSocket
+// close frame), unless the server closed it first: the code is then not a
+// verdict of the server's.
+func (s *Session) CloseByPeer(code int) {
 	s.closeOnce.Do(func() {
-		s.code.Store(int32(code))
-		s.closed.Store(true)
-		s.q.close(code == CloseTooSlow)
-		s.t.Closed(code, reason)
+		s.byPeer.Store(true)
+		s.close(code, "")
 	})
 }
+
+func (s *Session) close(code int, reason string) {
+	s.code.Store(int32(code))
+	s.closed.Store(true)
+	s.q.close(code == CloseTooSlow)
+	s.t.Closed(code, reason)
+}
+
+// ClosedByPeer reports whether the close came from the client.
+func (s *Session) ClosedByPeer() bool { return s.byPeer.Load() }
 
 // CloseCode returns the code the session was closed with, or 0.
 func (s *Session) CloseCode() int { return int(s.code.Load()) }
@@ -108,21 +156,3 @@ func (s *Session) Drain(dst []*Message) []*Message { return s.q.drain(dst) }
 // Pop removes and returns the oldest queued message, or nil (for
 // transports that deliver one message per response, like long-polling).
 func (s *Session) Pop() *Message { return s.q.pop() }
-
-// Allow reports whether the client may send one more message now, under a
-// token bucket of rate messages per second and the given burst.
-func (s *Session) Allow(now time.Time, rate float64, burst int) bool {
-	s.q.mu.Lock()
-	defer s.q.mu.Unlock()
-	if s.lastTake.IsZero() {
-		s.tokens = float64(burst)
-	} else {
-		s.tokens = min(float64(burst), s.tokens+now.Sub(s.lastTake).Seconds()*rate)
-	}
-	s.lastTake = now
-	if s.tokens < 1 {
-		return false
-	}
-	s.tokens--
-	return true
-}

@@ -10,7 +10,7 @@ func (n *nopTransport) Closed(int, string) { n.closes++ }
 
 func TestQueueWakesOncePerBurstAndBoundsBytes(t *testing.T) {
 	tr := &nopTransport{}
-	s := New(1, "k", "test", tr, 10)
+	s := New(1, Peer{Key: "k"}, "test", tr, 12)
 	m := NewMessage([]byte("1234"))
 	if !s.Deliver(m) || !s.Deliver(m) {
 		t.Fatal("delivery refused under the limit")
@@ -29,7 +29,7 @@ func TestQueueWakesOncePerBurstAndBoundsBytes(t *testing.T) {
 		t.Fatalf("wakes = %d", tr.wakes)
 	}
 	s.Deliver(m)
-	s.Deliver(NewControl(EncWebSocket, []byte("ping"))) // control frames bypass the limit
+	s.Deliver(NewControl(EncWebSocket, []byte("pi"))) // control frames count too: 10 of 12 bytes
 	if s.Deliver(m) {
 		t.Fatal("overflow accepted")
 	}
@@ -56,5 +56,28 @@ func TestEncodedOnce(t *testing.T) {
 	}
 	if calls != 1 {
 		t.Fatalf("encoded %d times", calls)
+	}
+}
+
+func TestControlFramesCountAgainstTheLimit(t *testing.T) {
+	tr := &nopTransport{}
+	s := New(1, Peer{Key: "k"}, "test", tr, 100)
+	pong := NewControl(EncWebSocket, make([]byte, 127))
+	if s.Deliver(pong) || s.CloseCode() != CloseTooSlow {
+		t.Fatalf("a control message over the limit was queued (code %d)", s.CloseCode())
+	}
+}
+
+func TestPeerCloseIsNotAVerdict(t *testing.T) {
+	s := New(1, Peer{Key: "k"}, "test", &nopTransport{}, 100)
+	s.CloseByPeer(1000)
+	if !s.ClosedByPeer() || s.CloseCode() != 1000 {
+		t.Fatal("peer close not recorded")
+	}
+	s2 := New(2, Peer{Key: "k"}, "test", &nopTransport{}, 100)
+	s2.Close(CloseRevoked, "revoked")
+	s2.CloseByPeer(1000)
+	if s2.ClosedByPeer() || s2.CloseCode() != CloseRevoked {
+		t.Fatal("a peer close after the server's overrode it")
 	}
 }

@@ -1,15 +1,15 @@
 package websocket
 
 import (
-	"syscall"
-
 	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
@@ -30,12 +30,12 @@ type conn struct {
 
 	wmu        sync.Mutex // serialises socket writes between pool workers
 	closeFrame atomic.Pointer[[]byte]
+	pong       atomic.Pointer[[]byte] // the one pong owed (RFC 6455 §5.5.3: the latest ping's)
 	closeSent  chan struct{}
 	writeErr   atomic.Bool
 	pending    []byte          // bytes of a stalled write still to send (under wmu)
 	slow       bool            // the slow lane owns the socket (under wmu)
 	raw        syscall.RawConn // the descriptor, for non-blocking writes (nil if wrapped)
-	byClient   bool            // the client sent the first close frame (reader only)
 }
 
 // Wake implements session.Transport.
@@ -59,19 +59,23 @@ func (c *conn) Closed(code int, reason string) {
 func (c *conn) flush(w *writer) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	defer c.srv.cfg.Hub.Recover(c.sess, c.fail)
 	if c.writeErr.Load() || c.slow {
 		return // the slow lane owns the socket until it catches up
 	}
 	for {
 		w.msgs = c.sess.Drain(w.msgs)
-		if len(w.msgs) == 0 {
-			break
-		}
 		w.bufs = w.bufs[:0]
+		if p := c.pong.Swap(nil); p != nil {
+			w.bufs = append(w.bufs, *p)
+		}
 		for _, m := range w.msgs {
 			w.bufs = append(w.bufs, m.Encoded(session.EncWebSocket, textFrame))
 		}
 		clear(w.msgs)
+		if len(w.bufs) == 0 {
+			break
+		}
 		if !c.write(w) {
 			return
 		}
@@ -139,12 +143,16 @@ func (c *conn) fail() {
 // stops is dropped at the write timeout or closed with 4008 when its queue
 // overflows.
 func (c *conn) slowLane() {
+	defer c.srv.cfg.Hub.Recover(c.sess, c.fail)
 	var msgs []*session.Message
 	for {
 		c.wmu.Lock()
 		data := c.pending
 		c.pending = nil
 		if len(data) == 0 {
+			if p := c.pong.Swap(nil); p != nil {
+				data = append(data, *p...)
+			}
 			msgs = c.sess.Drain(msgs)
 			for i, m := range msgs {
 				data = append(data, m.Encoded(session.EncWebSocket, textFrame)...)
@@ -171,16 +179,12 @@ func (c *conn) slowLane() {
 // admit checks the key through the hub; a rejected connection is closed
 // with the hub's code and admit returns false.
 func (c *conn) admit() bool {
+	defer c.srv.cfg.Hub.Recover(c.sess, func() { c.awaitClose(); c.srv.open.Add(-1) })
 	err := c.srv.cfg.Hub.Admit(c.srv.ctx, c.sess)
 	if err == nil {
 		return true
 	}
-	code, reason := session.CloseTryAgain, "try again later"
-	var rej *hub.ErrRejected
-	if errors.As(err, &rej) {
-		code, reason = rej.Code, rej.Reason
-	}
-	c.sess.Close(code, reason)
+	c.sess.Close(hub.Verdict(err))
 	c.awaitClose()
 	c.srv.open.Add(-1)
 	return false
@@ -188,18 +192,15 @@ func (c *conn) admit() bool {
 
 // serve runs on the connection's goroutine: the read loop, then teardown.
 func (c *conn) serve() {
-	h, s := c.srv.cfg.Hub, c.sess
 	defer c.srv.open.Add(-1)
+	defer c.srv.cfg.Hub.Recover(c.sess, c.awaitClose)
 	reason := c.readLoop()
-	switch {
-	case s.IsClosed() && !c.byClient && hub.CloseReason(s.CloseCode(), "") != "":
-		reason = hub.CloseReason(s.CloseCode(), "")
-	case c.writeErr.Load():
+	if c.writeErr.Load() {
 		reason = metrics.DiscWriteError
 	}
-	h.Leave(s, reason)
-	if !s.IsClosed() {
-		s.Close(session.CloseNormal, "")
+	c.srv.cfg.Hub.Leave(c.sess, reason)
+	if !c.sess.IsClosed() {
+		c.sess.Close(session.CloseNormal, "")
 	}
 	if reason != metrics.DiscIdle && reason != metrics.DiscWriteError {
 		c.awaitClose()
@@ -222,26 +223,37 @@ func (c *conn) awaitClose() {
 }
 
 // readLoop reads client frames until the connection ends and says why.
+// Every header field is hostile: sizes are compared without overflow and
+// refused before anything is allocated.
 func (c *conn) readLoop() string {
 	cfg := &c.srv.cfg
 	var msg []byte // a fragmented message being assembled
+	fragmented := false
 	for {
 		if !c.sess.IsClosed() {
 			_ = c.nc.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
 		}
 		hdr, err := ws.ReadHeader(c.nc)
 		if err != nil {
+			if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
+				return c.protocolError("bad frame length")
+			}
 			return readErrReason(err)
 		}
-		if !hdr.Masked {
-			c.sess.Close(session.CloseProtocol, "unmasked client frame")
-			return metrics.DiscProtocol
-		}
-		if hdr.OpCode.IsControl() && (hdr.Length > 125 || !hdr.Fin) {
-			c.sess.Close(session.CloseProtocol, "bad control frame")
-			return metrics.DiscProtocol
-		}
-		if hdr.Length+int64(len(msg)) > int64(cfg.MaxFrameBytes) {
+		switch {
+		case !hdr.Masked:
+			return c.protocolError("unmasked client frame")
+		case hdr.Rsv != 0:
+			return c.protocolError("reserved bits set") // no extension was negotiated
+		case hdr.OpCode.IsControl() && (hdr.Length > 125 || !hdr.Fin):
+			return c.protocolError("bad control frame")
+		case hdr.OpCode == ws.OpContinuation && !fragmented:
+			return c.protocolError("continuation without a message")
+		case (hdr.OpCode == ws.OpText || hdr.OpCode == ws.OpBinary) && fragmented:
+			return c.protocolError("new message inside a fragmented one")
+		// Control frames (≤ 125 bytes, checked above) may come between a
+		// message's fragments (RFC 6455 §5.4): they do not count towards it.
+		case hdr.Length < 0 || !hdr.OpCode.IsControl() && hdr.Length > int64(cfg.MaxFrameBytes-len(msg)):
 			c.sess.Close(session.CloseTooBig, "message too big")
 			return metrics.DiscTooBig
 		}
@@ -252,49 +264,61 @@ func (c *conn) readLoop() string {
 		ws.Cipher(payload, hdr.Mask, 0)
 		switch hdr.OpCode {
 		case ws.OpPing:
-			c.sess.Deliver(session.NewControl(session.EncWebSocket, ws.MustCompileFrame(ws.NewPongFrame(payload))))
+			// Only the latest ping is answered: a client that pings and
+			// never reads holds one pong, not a queue of them.
+			f := ws.MustCompileFrame(ws.NewPongFrame(payload))
+			c.pong.Store(&f)
+			c.srv.pool.submit(c)
 		case ws.OpPong:
 		case ws.OpClose:
-			if !c.sess.IsClosed() {
-				c.byClient = true
-				code, _ := ws.ParseCloseFrameData(payload)
-				if code == 0 || code.IsProtocolReserved() {
-					code = ws.StatusNormalClosure
-				}
-				c.sess.Close(int(code), "")
+			code, _ := ws.ParseCloseFrameData(payload)
+			if code == 0 || code.IsProtocolReserved() {
+				code = ws.StatusNormalClosure
 			}
+			c.sess.CloseByPeer(int(code))
 			return metrics.DiscClient
 		case ws.OpText, ws.OpBinary, ws.OpContinuation:
 			if hdr.OpCode != ws.OpContinuation {
 				msg = msg[:0]
 			}
 			msg = append(msg, payload...)
+			fragmented = !hdr.Fin
 			if hdr.Fin {
-				if !c.onMessage(msg) {
-					return metrics.DiscRateLimited
+				if reason := c.onMessage(msg); reason != "" {
+					return reason
 				}
 				msg = msg[:0]
 			}
 		default:
-			c.sess.Close(session.CloseProtocol, "unknown opcode")
-			return metrics.DiscProtocol
+			return c.protocolError("unknown opcode")
 		}
 	}
 }
 
+// protocolError closes the connection with 1002 for a frame that breaks
+// RFC 6455.
+func (c *conn) protocolError(why string) string {
+	c.sess.Close(session.CloseProtocol, why)
+	return metrics.DiscProtocol
+}
+
 // onMessage hands one complete client message to the hub and sends its
-// reply ("heartbeat message" for "ping"); it reports false when the client
-// must be closed for exceeding the message rate.
-func (c *conn) onMessage(msg []byte) bool {
+// reply ("heartbeat message" for "ping"); it returns the disconnect reason
+// when the client must be closed (rate exceeded, text not UTF-8).
+func (c *conn) onMessage(msg []byte) string {
+	if !utf8.Valid(msg) { // RFC 6455 §8.1; binary frames are held to it too
+		c.sess.Close(session.CloseInvalidData, "invalid UTF-8")
+		return metrics.DiscInvalidData
+	}
 	reply, err := c.srv.cfg.Hub.ClientText(c.sess, msg)
 	if errors.Is(err, hub.ErrRateLimited) {
 		c.sess.Close(session.CloseRateLimited, "rate limited")
-		return false
+		return metrics.DiscRateLimited
 	}
 	if reply != nil {
 		c.sess.Deliver(c.srv.heartbeat)
 	}
-	return true
+	return ""
 }
 
 func readErrReason(err error) string {

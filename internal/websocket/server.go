@@ -2,8 +2,10 @@
 // admits the session through the hub, reads client frames (heartbeat,
 // pings, close) and writes each session's queue to its socket.
 //
-// It owns the socket and nothing else: routing and key checks belong to the
-// hub. Writes are coalesced — everything queued for a connection goes out in
+// It owns the socket and nothing else: routing, key checks and limits
+// belong to the hub, and which requests may connect to the gateway. It also
+// owns the listener's first look at each connection (sniff.go), because
+// upgrades are read there without net/http. Writes are coalesced — everything queued for a connection goes out in
 // one writev — and no goroutine or buffer is held by an idle connection
 // beyond its blocked reader.
 package websocket
@@ -19,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -93,10 +96,14 @@ func IsUpgrade(r *http.Request) bool {
 		headerHasToken(r.Header.Get("Upgrade"), "websocket")
 }
 
+// handshakeTimeout bounds reading and answering an upgrade request.
+const handshakeTimeout = 10 * time.Second
+
 // Serve upgrades the request, admits the session through the hub and
 // serves the connection on its own goroutine; the HTTP handler then returns
-// so its buffers are freed.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
+// so its buffers are freed. The gateway has already checked the request and
+// established who the peer is.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer) {
 	nc, rw, _, err := s.upgrader.Upgrade(r, w)
 	if err != nil {
 		s.cfg.Metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
@@ -106,18 +113,19 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, key string) {
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		nc = &bufferedConn{Conn: nc, r: rw.Reader}
 	}
-	s.start(nc, key)
+	s.start(nc, peer)
 }
 
-// start admits the session for key on the upgraded connection and serves
+// start admits the session for peer on the upgraded connection and serves
 // it on its own goroutine.
-func (s *Server) start(nc net.Conn, key string) {
+func (s *Server) start(nc net.Conn, peer session.Peer) {
 	s.open.Add(1)
 	c := &conn{srv: s, nc: nc, closeSent: make(chan struct{})}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		c.raw, _ = tc.SyscallConn()
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
 	}
-	c.sess = session.New(s.cfg.Hub.NewID(), key, Name, c, s.cfg.QueueBytes)
+	peer.Client = "" // WebSocket text arrives on the socket, never by POST
+	c.sess = session.New(s.cfg.Hub.NewID(), peer, Name, c, s.cfg.QueueBytes)
 	// Admission runs on the calling goroutine, so the connection's
 	// long-lived reader starts with a small, fresh stack.
 	if !c.admit() {
@@ -126,44 +134,61 @@ func (s *Server) start(nc net.Conn, key string) {
 	go c.serve()
 }
 
-// Gate decides on a raw upgrade request: it returns the client's key, or
-// an HTTP status (403, 503, 404) to refuse it with.
-type Gate func(uri, host, origin string) (key string, status int)
+// Handshake is what the raw path knows of an upgrade request when it
+// decides on it.
+type Handshake struct {
+	URI, Host, Origin string
+	Remote            string // the socket's peer address
+	ForwardedFor      string // X-Forwarded-For, as sent
+	RealIP            string // X-Real-IP, as sent
+	Forwarded         bool   // a Forwarded header was present
+}
 
-// ServeRaw upgrades a connection that has not gone through net/http: br
+// Gate decides on a raw upgrade request: it returns who the peer is, or an
+// HTTP status to refuse the upgrade with.
+type Gate func(h *Handshake) (peer session.Peer, status int)
+
+// serveRaw upgrades a connection that has not gone through net/http: br
 // holds the request, already peeked (and is returned to pool when the
 // handshake leaves nothing buffered). gobwas reads the request with pooled
 // buffers, so an upgrade leaves no garbage behind — net/http's hijack costs
 // two 4 KB buffers and a request per connection.
-func (s *Server) ServeRaw(nc net.Conn, br *bufio.Reader, pool *sync.Pool, gate Gate) {
-	var uri, host, origin string
-	var key string
+func (s *Server) serveRaw(nc net.Conn, br *bufio.Reader, pool *sync.Pool, gate Gate) {
+	hs := Handshake{Remote: nc.RemoteAddr().String()}
+	var peer session.Peer
 	u := ws.Upgrader{
-		OnRequest: func(b []byte) error { uri = string(b); return nil },
-		OnHost:    func(b []byte) error { host = string(b); return nil },
+		OnRequest: func(b []byte) error { hs.URI = string(b); return nil },
+		OnHost:    func(b []byte) error { hs.Host = string(b); return nil },
 		OnHeader: func(k, v []byte) error {
-			if strings.EqualFold(string(k), "Origin") {
-				origin = string(v)
+			switch {
+			case strings.EqualFold(string(k), "Origin"):
+				hs.Origin = string(v)
+			case strings.EqualFold(string(k), "X-Forwarded-For"):
+				hs.ForwardedFor = joinHeader(hs.ForwardedFor, string(v))
+			case strings.EqualFold(string(k), "X-Real-IP"):
+				hs.RealIP = string(v)
+			case strings.EqualFold(string(k), "Forwarded"):
+				hs.Forwarded = true
 			}
 			return nil
 		},
 		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
 			var status int
-			key, status = gate(uri, host, origin)
+			peer, status = gate(&hs)
 			if status != 0 {
 				return nil, ws.RejectConnectionError(ws.RejectionStatus(status))
 			}
 			return nil, nil
 		},
 	}
-	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	_, err := u.Upgrade(readWriter{br, nc})
 	_ = nc.SetDeadline(time.Time{})
 	if err != nil {
 		var rej interface{ StatusCode() int }
 		if !errors.As(err, &rej) {
 			s.cfg.Metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
-			s.cfg.Logger.Info("websocket handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+			s.cfg.Logger.Info("websocket handshake failed", "remote", hs.Remote, "err", err)
 		}
 		_ = nc.Close()
 		return
@@ -174,7 +199,15 @@ func (s *Server) ServeRaw(nc net.Conn, br *bufio.Reader, pool *sync.Pool, gate G
 		br.Reset(nil)
 		pool.Put(br)
 	}
-	s.start(nc, key)
+	s.start(nc, peer)
+}
+
+// joinHeader joins repeated header lines as net/http would read them.
+func joinHeader(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + ", " + b
 }
 
 type readWriter struct {

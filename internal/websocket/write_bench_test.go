@@ -46,7 +46,7 @@ func BenchmarkFrameWrite(b *testing.B) {
 			nc := tcpPair(b)
 			c := &conn{srv: srv, nc: nc, closeSent: make(chan struct{})}
 			c.raw, _ = nc.(*net.TCPConn).SyscallConn()
-			c.sess = session.New(1, "k", Name, nopWake{}, 1<<30)
+			c.sess = session.New(1, session.Peer{Key: "k"}, Name, nopWake{}, 1<<30)
 			w := newWriter()
 			b.ReportAllocs()
 			for b.Loop() {

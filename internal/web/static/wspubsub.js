@@ -78,8 +78,9 @@ const factories = {
     };
   },
 
-  eventsource(url, env, cb) {
-    const httpURL = toHTTP(url);
+  eventsource(url, env, cb, sid) {
+    // The sid ties this client's POSTs to its stream.
+    const httpURL = withParam(toHTTP(url), "sid", sid);
     let opened = false, done = false;
     const es = new env.EventSource(httpURL);
     const finish = (code, reason) => {

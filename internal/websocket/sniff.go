@@ -1,32 +1,39 @@
-package gateway
+package websocket
 
 import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
-	"net/http"
-	"net/url"
+	"runtime/debug"
 	"sync"
 	"time"
 )
 
 // sniffer sits in front of net/http: it peeks at each new connection's
-// first request and hands WebSocket upgrades of the client path straight to
-// the transport (gobwas reads them with pooled buffers, leaving no garbage
-// per connection), and everything else — health checks, EventSource,
+// first request and upgrades WebSocket requests of the client path itself
+// (gobwas reads them with pooled buffers, leaving no garbage per
+// connection), and hands everything else — health checks, EventSource,
 // polls, the page — to net/http through httpLn.
 type sniffer struct {
-	g      *Gateway
+	srv    *Server
 	ln     net.Listener
+	path   string
+	gate   Gate
 	httpLn *chanListener
 	pool   sync.Pool // *bufio.Reader, 4 KB
 }
 
-func newSniffer(g *Gateway, ln net.Listener) *sniffer {
-	s := &sniffer{g: g, ln: ln, httpLn: &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}}
-	s.pool.New = func() any { return bufio.NewReaderSize(nil, 4096) }
-	return s
+// Listen accepts connections on ln until it is closed: WebSocket upgrades
+// of path are checked by gate and served here; every other connection is
+// returned through the listener Listen returns, for net/http to serve.
+func (s *Server) Listen(ln net.Listener, path string, gate Gate) net.Listener {
+	sn := &sniffer{srv: s, ln: ln, path: path, gate: gate,
+		httpLn: &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}}
+	sn.pool.New = func() any { return bufio.NewReaderSize(nil, 4096) }
+	go sn.run()
+	return sn.httpLn
 }
 
 // run accepts until the listener is closed.
@@ -46,10 +53,18 @@ func (s *sniffer) run() {
 }
 
 func (s *sniffer) sniff(c net.Conn) {
+	defer func() {
+		// No session exists yet: log, drop this socket, keep serving.
+		if r := recover(); r != nil {
+			s.srv.cfg.Logger.Error("websocket handshake failed: internal error", "remote", c.RemoteAddr().String(),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			_ = c.Close()
+		}
+	}()
 	br := s.pool.Get().(*bufio.Reader)
 	br.Reset(c)
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	ws := isUpgradeHead(br, s.g.cfg.Path)
+	_ = c.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	ws := isUpgradeHead(br, s.path)
 	_ = c.SetReadDeadline(time.Time{})
 	if !ws {
 		// net/http keeps its own buffers; br (holding what was peeked)
@@ -61,24 +76,7 @@ func (s *sniffer) sniff(c net.Conn) {
 		}
 		return
 	}
-	s.g.ws.ServeRaw(c, br, &s.pool, s.gate(c.RemoteAddr().String()))
-}
-
-// gate applies the client endpoint's checks to a raw upgrade.
-func (s *sniffer) gate(remote string) func(uri, host, origin string) (string, int) {
-	return func(uri, host, origin string) (string, int) {
-		if s.g.originRefused(origin, host, remote) {
-			return "", http.StatusForbidden
-		}
-		if s.g.overLimit(remote) {
-			return "", http.StatusServiceUnavailable
-		}
-		u, err := url.ParseRequestURI(uri)
-		if err != nil {
-			return "", http.StatusBadRequest
-		}
-		return KeyFromQuery(u.RawQuery), 0
-	}
+	s.srv.serveRaw(c, br, &s.pool, s.gate)
 }
 
 // isUpgradeHead peeks at the request head: a GET of path asking to upgrade

@@ -1,0 +1,298 @@
+package gateway
+
+import (
+	"errors"
+	"hash/fnv"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/wspubsub/wspubsub/internal/eventsource"
+	"github.com/wspubsub/wspubsub/internal/hub"
+	"github.com/wspubsub/wspubsub/internal/longpoll"
+	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
+	"github.com/wspubsub/wspubsub/internal/websocket"
+)
+
+// maxSIDBytes bounds the sid a polling or EventSource client names its
+// connection with: it is kept for the connection's life.
+const maxSIDBytes = 64
+
+// KeyFromQuery extracts a client key from a raw query string: a key=
+// parameter if there is one, else everything before the first '&' (the
+// original used the whole query string; jQuery appends &_=<timestamp>).
+func KeyFromQuery(raw string) string {
+	first := ""
+	for i, part := range strings.Split(raw, "&") {
+		if v, ok := strings.CutPrefix(part, "key="); ok {
+			return unescape(v)
+		}
+		if i == 0 && !isCacheBuster(part) {
+			first = part
+		}
+	}
+	return unescapeRaw(first)
+}
+
+func isCacheBuster(p string) bool {
+	v, ok := strings.CutPrefix(p, "_=")
+	if !ok || v == "" {
+		return false
+	}
+	return strings.Trim(v, "0123456789") == ""
+}
+
+// unescape decodes a key= parameter as a form value.
+func unescape(s string) string {
+	if u, err := url.QueryUnescape(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// unescapeRaw decodes the bare-query key the original compared raw: "+" is
+// kept as itself (QueryUnescape would make it a space), %XX is decoded.
+func unescapeRaw(s string) string {
+	if u, err := url.PathUnescape(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// serveClient is the client endpoint, one URL for every transport: it
+// checks origin and limits, answers CORS, establishes who the peer is, then
+// hands the request to the transport it asks for — WebSocket upgrade,
+// EventSource (Accept: text/event-stream), bullet long-polling
+// (X-Socket-Transport: xhrPolling) — or, for POST, takes client text.
+func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
+	if g.originRefused(r.Header.Get("Origin"), r.Host, r.RemoteAddr) {
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	g.cors(w, r)
+	if r.Method == http.MethodOptions {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	peer, err := g.peerOf(r)
+	if err != nil {
+		g.metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var serve func(http.ResponseWriter, *http.Request, session.Peer)
+	switch {
+	case r.Method == http.MethodPost:
+		g.serveClientText(w, r, peer)
+		return
+	case websocket.IsUpgrade(r):
+		serve = g.ws.Serve
+	case eventsource.Wants(r):
+		serve = g.es.Serve
+	case longpoll.Wants(r):
+		serve = g.lp.Serve
+	default:
+		g.metrics.Rejections.WithLabelValues(metrics.RejectBadRequest).Inc()
+		http.Error(w, "expected a WebSocket upgrade, an EventSource (Accept: text/event-stream) or a poll (X-Socket-Transport: xhrPolling)", http.StatusBadRequest)
+		return
+	}
+	// A poll of a connection that already exists does not count again.
+	existing := longpoll.Wants(r) && g.hub.Find(peer.Key, peer.Client) != nil
+	if !existing && g.overLimit(r.RemoteAddr) {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "connection limit reached", http.StatusServiceUnavailable)
+		return
+	}
+	serve(w, r, peer)
+}
+
+// peerOf establishes who a net/http client request comes from.
+func (g *Gateway) peerOf(r *http.Request) (session.Peer, error) {
+	addr := g.clientAddr(r.RemoteAddr, strings.Join(r.Header.Values("X-Forwarded-For"), ","), r.Header.Get("X-Real-IP"))
+	p := session.Peer{Key: KeyFromQuery(r.URL.RawQuery), Addr: addr}
+	sid := r.URL.Query().Get("sid")
+	switch {
+	case len(sid) > maxSIDBytes:
+		return p, errors.New("sid longer than " + strconv.Itoa(maxSIDBytes) + " bytes")
+	case sid != "" && strings.Trim(sid, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.~") != "":
+		return p, errors.New("sid holds characters other than letters, digits and -_.~")
+	case sid != "":
+		p.Client = "sid:" + sid
+	default:
+		// Old bullet pages send no sid: their client is the browser, known
+		// by address and User-Agent. A digest, so a huge User-Agent is not
+		// kept for the connection's life.
+		h := fnv.New64a()
+		_, _ = io.WriteString(h, addr+"\x00"+r.UserAgent())
+		p.Client = "ua:" + strconv.FormatUint(h.Sum64(), 36)
+	}
+	return p, nil
+}
+
+// gate applies the client endpoint's checks to a raw WebSocket upgrade,
+// the same as serveClient's.
+func (g *Gateway) gate(hs *websocket.Handshake) (session.Peer, int) {
+	if !g.hostAllowed(hs.Host) {
+		return session.Peer{}, http.StatusMisdirectedRequest
+	}
+	if g.originRefused(hs.Origin, hs.Host, hs.Remote) {
+		return session.Peer{}, http.StatusForbidden
+	}
+	if g.overLimit(hs.Remote) {
+		return session.Peer{}, http.StatusServiceUnavailable
+	}
+	u, err := url.ParseRequestURI(hs.URI)
+	if err != nil {
+		return session.Peer{}, http.StatusBadRequest
+	}
+	return session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP)}, 0
+}
+
+// clientAddr is the client's IP: the socket's peer, or, when that peer is
+// a trusted proxy (--trusted-proxies), the last address in X-Forwarded-For
+// (else X-Real-IP) that is not itself a trusted proxy. Only parseable IPs
+// are taken, so a forged header cannot make up arbitrary strings.
+func (g *Gateway) clientAddr(remote, forwardedFor, realIP string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !g.trusted(ip) {
+		return host
+	}
+	parts := strings.Split(forwardedFor, ",")
+	for i := len(parts) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(parts[i]))
+		if err != nil {
+			break
+		}
+		if !g.trusted(a) {
+			return a.Unmap().String()
+		}
+	}
+	if a, err := netip.ParseAddr(strings.TrimSpace(realIP)); err == nil {
+		return a.Unmap().String()
+	}
+	return host
+}
+
+func (g *Gateway) trusted(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range g.proxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// originRefused and overLimit are the client endpoint's checks, shared by
+// the net/http path and the raw WebSocket path; each logs and counts a
+// refusal.
+func (g *Gateway) originRefused(origin, host, remote string) bool {
+	if g.originAllowedFor(origin, host) {
+		return false
+	}
+	g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
+	g.log.Warn("connection refused: origin not allowed", "origin", origin, "remote", remote)
+	return true
+}
+
+func (g *Gateway) overLimit(remote string) bool {
+	if g.ws.Open()+g.es.Open()+g.lp.Open() < g.maxConns {
+		return false
+	}
+	g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
+	g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns, "remote", remote)
+	return true
+}
+
+// cors answers cross-origin requests that originRefused admitted: bullet
+// pages are usually served from another origin than the gateway.
+func (g *Gateway) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Expose-Headers", "X-Wspubsub-Close-Code, X-Wspubsub-Close-Reason")
+	if r.Method == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Socket-Transport, Content-Type, Last-Event-ID, Cache-Control, X-Requested-With")
+		h.Set("Access-Control-Max-Age", "600")
+	}
+}
+
+// serveClientText takes text a client POSTs (bullet's send() for
+// EventSource and polling). It goes to that client's own connection on
+// this gateway (matched by sid, or by address and User-Agent) — the
+// connection was authenticated once, so the POST is neither
+// re-authenticated nor re-announced. The reply body ("heartbeat message"
+// for "ping") is delivered to the page by bullet.
+func (g *Gateway) serveClientText(w http.ResponseWriter, r *http.Request, peer session.Peer) {
+	sess := g.hub.Find(peer.Key, peer.Client)
+	if sess == nil {
+		longpoll.WriteClose(w, session.CloseUnauthorized, "no open connection for this key")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(g.cfg.MaxClientBytes)))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		longpoll.WriteClose(w, session.CloseTooBig, "message too big")
+		return
+	case err != nil:
+		http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	reply, err := g.hub.ClientText(sess, body)
+	if errors.Is(err, hub.ErrRateLimited) {
+		longpoll.WriteClose(w, session.CloseRateLimited, "rate limited")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(reply)
+}
+
+// originAllowedFor admits requests without an Origin (non-browser
+// clients), same-origin requests, and origins matching --allowed-origins.
+func (g *Gateway) originAllowedFor(origin, host string) bool {
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, host) {
+		return true
+	}
+	for _, a := range g.cfg.AllowedOrigins {
+		switch {
+		case a == "*":
+			return true
+		case strings.HasPrefix(a, "*."):
+			if strings.HasSuffix(strings.ToLower(u.Hostname()), strings.ToLower(a[1:])) {
+				return true
+			}
+		case strings.Contains(a, "://"):
+			if strings.EqualFold(strings.TrimSuffix(a, "/"), u.Scheme+"://"+u.Host) {
+				return true
+			}
+		default:
+			if strings.EqualFold(a, u.Host) || strings.EqualFold(a, u.Hostname()) {
+				return true
+			}
+		}
+	}
+	return false
+}
