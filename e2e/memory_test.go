@@ -41,7 +41,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(b))
-	cmd := exec.Command(binaryB(b), "--listen", addr, "--keys-file", keyFile, "--log-level", "warn")
+	cmd := exec.Command(binaryB(b), "--listen", addr, "--keys-file", keyFile, "--log-level", "warn", "--max-sessions-per-addr", "0")
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}

@@ -146,26 +146,24 @@ func (p *poller) Closed(code int, reason string) {
 func identity(peer session.Peer) string { return peer.Key + "\x00" + peer.Client }
 
 // attach finds the request's connection, admitting a new one if needed.
-func (s *Server) attach(r *http.Request, peer session.Peer) (*poller, error) {
+func (s *Server) attach(r *http.Request, peer session.Peer) (p *poller, err error) {
 	id := identity(peer)
 	s.mu.Lock()
-	p := s.by[id]
-	if p == nil {
-		t := &poller{srv: s, id: id, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
-		t.lastSeen.Store(time.Now().UnixNano())
-		t.sess = session.New(s.cfg.Hub.NewID(), peer, Name, t, s.cfg.QueueBytes)
-		s.by[id] = t
+	if p = s.by[id]; p != nil {
 		s.mu.Unlock()
-		defer close(t.ready)
-		defer s.cfg.Hub.Recover(t.sess, func() { t.admitErr = errInternal; s.forget(t) })
-		t.admitErr = s.cfg.Hub.Admit(r.Context(), t.sess)
-		if t.admitErr != nil {
-			s.forget(t)
-		}
-		return t, t.admitErr
+		<-p.ready
+		return p, p.admitErr
 	}
+	p = &poller{srv: s, id: id, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
+	p.lastSeen.Store(time.Now().UnixNano())
+	p.sess = session.New(s.cfg.Hub.NewID(), peer, Name, p, s.cfg.QueueBytes)
+	s.by[id] = p
 	s.mu.Unlock()
-	<-p.ready
+	defer close(p.ready)
+	defer s.cfg.Hub.Recover(p.sess, func() { p.admitErr, err = errInternal, errInternal; s.forget(p) })
+	if p.admitErr = s.cfg.Hub.Admit(r.Context(), p.sess); p.admitErr != nil {
+		s.forget(p)
+	}
 	return p, p.admitErr
 }
 

@@ -25,7 +25,6 @@ const stallSlice = 20 * time.Millisecond
 type writerPool struct {
 	mu      sync.Mutex
 	dirty   []*conn
-	spare   []*conn
 	wake    chan struct{}
 	workers int
 	once    sync.Once
