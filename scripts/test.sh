@@ -60,6 +60,14 @@ go test -race -count=1 -timeout 20m ./...
 step "fuzzing the envelope parser briefly"
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "${WSPUBSUB_FUZZTIME:-15s}" ./internal/envelope
 
+step "fuzzing the WebSocket reader briefly"
+go test -run '^$' -fuzz '^FuzzReader$' -fuzztime "${WSPUBSUB_FUZZTIME:-15s}" ./internal/websocket
+
+step "fuzzing HTTP requests into the client path briefly"
+# The gateway's own goroutines make coverage noisy: without a short
+# minimize time the run is spent minimizing inputs instead of fuzzing.
+go test -run '^$' -fuzz '^FuzzClientHTTP$' -fuzztime "${WSPUBSUB_FUZZTIME:-15s}" -fuzzminimizetime 2s ./internal/gateway
+
 step "benchmarks compile and run once"
 go test -run '^$' -bench . -benchtime 1x ./...
 

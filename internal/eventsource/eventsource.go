@@ -134,8 +134,12 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 	defer h.Recover(sess, nil)
 	rc := http.NewResponseController(w)
 	// The server's read timeout bounds request bodies; a stream has none
-	// and lives until it ends.
-	_ = rc.SetReadDeadline(time.Time{})
+	// and lives until it ends. A request that declares a body keeps it:
+	// net/http reads that body before the stream starts, and one never
+	// sent must not hold the socket.
+	if r.Body == nil || r.Body == http.NoBody {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")

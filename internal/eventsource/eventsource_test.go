@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -140,13 +141,17 @@ func newRig(t *testing.T) *rig {
 	log := slog.New(slog.DiscardHandler)
 	h := hub.New(hub.Config{Store: keystore.NewMemory("k"), Metrics: m, Logger: log, RecheckInterval: -1, MaxSessionsPerKey: 2})
 	r := &rig{hub: h, m: m, es: NewServer(Config{Hub: h, Metrics: m, Logger: log, RetryAfterClose: 1500 * time.Millisecond})}
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if !Wants(req) {
 			http.Error(w, "not an event stream request", http.StatusBadRequest)
 			return
 		}
 		r.es.Serve(w, req, session.Peer{Key: req.URL.Query().Get("key"), Addr: "192.0.2.1"})
 	}))
+	// As the gateway's server: request bodies must arrive within a read
+	// timeout, which streams without one lift.
+	r.srv.Config.ReadTimeout = readTimeout
+	r.srv.Start()
 	t.Cleanup(func() {
 		r.srv.CloseClientConnections()
 		r.srv.Close()
@@ -156,6 +161,8 @@ func newRig(t *testing.T) *rig {
 	})
 	return r
 }
+
+const readTimeout = 300 * time.Millisecond
 
 type testStream struct {
 	resp *http.Response
@@ -313,4 +320,45 @@ func TestWants(t *testing.T) {
 			t.Errorf("Wants(%s, Accept %q) = %v", c.method, c.accept, !c.want)
 		}
 	}
+}
+
+func TestStreamOutlivesReadTimeout(t *testing.T) {
+	r := newRig(t)
+	s := r.open(t, "k")
+	eventually(t, "the stream admitted", func() bool { return r.hub.Live() == 1 })
+	time.Sleep(2 * readTimeout)
+	r.hub.Dispatch([]byte(`{"recipients":["k"],"data":1}`))
+	if _, data, _ := s.next(t); data != `{"data":1}` {
+		t.Fatalf("after the read timeout: %q", data)
+	}
+}
+
+// A stream request declaring a body it never sends: net/http reads the
+// body before the response starts, so the read timeout must stay, or the
+// stream never starts and its socket is held as long as the client keeps
+// it open. With the timeout, the body's read fails, which ends the
+// request: the stream starts, then ends, and the socket is closed.
+func TestStreamWithUnsentBodyIsNotHeld(t *testing.T) {
+	r := newRig(t)
+	c, err := net.Dial("tcp", r.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /ws?key=k HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nContent-Length: 1000\r\n\r\nx"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stream not started: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("stream held: %q %v", body, err)
+	}
+	if !strings.HasPrefix(string(body), ": connected\n\n") {
+		t.Fatalf("stream %q", body)
+	}
+	eventually(t, "the stream's session left", func() bool { return r.hub.Live() == 0 && r.es.Open() == 0 })
 }

@@ -136,9 +136,12 @@ func (h *Hub) reject(reason string) { h.m.Rejections.WithLabelValues(reason).Inc
 // the server closed s (revoked, too slow, shutdown, …), else fallback (the
 // transport's view: client, idle, write error). Safe to call for sessions
 // that were never admitted, and more than once.
-func (h *Hub) Leave(s *session.Session, fallback string) {
+func (h *Hub) Leave(s *session.Session, fallback string) { h.leave(s, fallback) }
+
+// leave is Leave, reporting whether s was registered.
+func (h *Hub) leave(s *session.Session, fallback string) bool {
 	if !h.unregister(s) {
-		return
+		return false
 	}
 	reason := fallback
 	if s.IsClosed() && !s.ClosedByPeer() {
@@ -149,6 +152,7 @@ func (h *Hub) Leave(s *session.Session, fallback string) {
 	h.m.Disconnects.WithLabelValues(reason).Inc()
 	h.events.emit(event{connected: false, key: s.Key, conn: s.ID, transport: s.Transport, at: time.Now()})
 	h.log.Debug("disconnected", "key", keystore.Redact(s.Key), "conn", s.ID, "reason", reason)
+	return true
 }
 
 func (h *Hub) unregister(s *session.Session) bool {
@@ -188,7 +192,9 @@ func (h *Hub) Recover(s *session.Session, cleanup func()) {
 	h.log.Error("connection failed: internal error", "key", keystore.Redact(s.Key), "conn", s.ID,
 		"transport", s.Transport, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	s.Close(session.CloseInternal, "internal error")
-	h.Leave(s, metrics.DiscInternal)
+	if !h.leave(s, metrics.DiscInternal) {
+		h.reject(metrics.RejectInternal) // it failed before it was admitted
+	}
 	if cleanup != nil {
 		cleanup()
 	}
@@ -198,6 +204,12 @@ func (h *Hub) Recover(s *session.Session, cleanup func()) {
 // have their sessions closed with CloseRevoked. When the store cannot answer,
 // the round stops and nothing is closed.
 func (h *Hub) recheck(ctx context.Context) {
+	defer func() {
+		// A key store bug must not take the process down; the next round retries.
+		if r := recover(); r != nil {
+			h.log.Error("key re-check failed: internal error", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
 	var keys []string
 	for i := range h.shards {
 		sh := &h.shards[i]

@@ -181,8 +181,12 @@ func (s *Server) forget(p *poller) {
 func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer) {
 	rc := http.NewResponseController(w)
 	// A held poll reads nothing; the server's read timeout (for bodies)
-	// must not cut it. Its answer is bounded by the write timeout.
-	_ = rc.SetReadDeadline(time.Time{})
+	// must not cut it. Its answer is bounded by the write timeout. A poll
+	// that declares a body keeps the read timeout: net/http reads that
+	// body before answering, and one never sent must not hold the socket.
+	if r.Body == nil || r.Body == http.NoBody {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.PollTimeout + s.cfg.WriteTimeout))
 	p, err := s.attach(r, peer)
 	if err != nil {

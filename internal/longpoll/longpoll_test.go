@@ -1,9 +1,11 @@
 package longpoll
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -40,7 +42,7 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 		mod(&cfg)
 	}
 	r := &rig{hub: h, m: m, lp: NewServer(ctx, cfg)}
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if !Wants(req) {
 			http.Error(w, "not a poll", http.StatusBadRequest)
 			return
@@ -52,6 +54,10 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 		}
 		r.lp.Serve(w, req, peer)
 	}))
+	// As the gateway's server: request bodies must arrive within a read
+	// timeout, which held polls without one lift.
+	r.srv.Config.ReadTimeout = readTimeout
+	r.srv.Start()
 	t.Cleanup(func() {
 		r.srv.CloseClientConnections()
 		r.srv.Close()
@@ -62,6 +68,8 @@ func newRig(t *testing.T, mod func(*Config)) *rig {
 	})
 	return r
 }
+
+const readTimeout = 300 * time.Millisecond
 
 type answer struct {
 	code int
@@ -315,5 +323,44 @@ func TestSessionCapAnswers429(t *testing.T) {
 	}
 	if lp.Open() != 2 {
 		t.Fatalf("open %d, want 2 (the refused poll is not kept)", lp.Open())
+	}
+}
+
+func TestHeldPollOutlivesReadTimeout(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.PollTimeout = 3 * readTimeout })
+	ch := r.pollAsync(context.Background(), "k", "a")
+	eventually(t, 5*time.Second, "the poll's session admitted", func() bool { return r.hub.Find("k", "sid:a") != nil })
+	time.Sleep(2 * readTimeout)
+	r.hub.Dispatch([]byte(`{"recipients":["k"],"data":1}`))
+	if a := wait(t, ch); a.code != 200 || a.body != `{"data":1}` {
+		t.Fatalf("poll held past the read timeout: %d %q", a.code, a.body)
+	}
+	if a := r.poll(context.Background(), "k", "a"); a.err != nil || a.code != 200 || a.body != "" {
+		t.Fatalf("empty poll held past the read timeout: %d %q %v", a.code, a.body, a.err)
+	}
+}
+
+// A poll declaring a body it never sends: net/http reads the body before
+// answering, so the read timeout must stay, or the socket is held for as
+// long as the client keeps it open.
+func TestPollWithUnsentBodyIsNotHeld(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.PollTimeout = 50 * time.Millisecond })
+	c, err := net.Dial("tcp", r.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /ws?key=k&sid=b HTTP/1.1\r\nHost: x\r\nX-Socket-Transport: xhrPolling\r\nContent-Length: 1000\r\n\r\nx"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	resp.Body.Close()
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Fatalf("answered %d, then the connection was held: %v", resp.StatusCode, err)
 	}
 }

@@ -16,10 +16,11 @@ const (
 	RejectOrigin           = "origin"
 	RejectLimit            = "limit"
 	RejectBadRequest       = "bad_request"
-	RejectSessionLimit     = "session_limit" // --max-sessions-per-key or -per-addr
-	RejectThrottled        = "throttled"     // too many failed key checks from the address
-	RejectSocketLimit      = "socket_limit"  // accepted socket closed at once: too many open
-	RejectHost             = "host"          // Host header not in --allowed-hosts (any request but /healthz)
+	RejectSessionLimit     = "session_limit"  // --max-sessions-per-key or -per-addr
+	RejectThrottled        = "throttled"      // too many failed key checks from the address
+	RejectSocketLimit      = "socket_limit"   // accepted socket closed at once: too many open
+	RejectInternal         = "internal_error" // admission failed on a bug (a recovered panic)
+	RejectHost             = "host"           // Host header not in --allowed-hosts (any request but /healthz)
 )
 
 // Disconnect reasons (connections that were registered and then ended).
@@ -114,7 +115,7 @@ func New() *Metrics {
 		m.Drops.WithLabelValues(r)
 	}
 	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest,
-		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectHost} {
+		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectInternal, RejectHost} {
 		m.Rejections.WithLabelValues(r)
 	}
 	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig, DiscRateLimited, DiscInternal, DiscInvalidData} {

@@ -31,7 +31,8 @@ type conn struct {
 	wmu        sync.Mutex // serialises socket writes between pool workers
 	closeFrame atomic.Pointer[[]byte]
 	pong       atomic.Pointer[[]byte] // the one pong owed (RFC 6455 §5.5.3: the latest ping's)
-	closeSent  chan struct{}
+	closeSent  chan struct{}          // closed once the close frame is out, or can never be
+	closeDone  sync.Once
 	writeErr   atomic.Bool
 	pending    []byte          // bytes of a stalled write still to send (under wmu)
 	slow       bool            // the slow lane owns the socket (under wmu)
@@ -85,7 +86,7 @@ func (c *conn) flush(w *writer) {
 		c.write(w)
 		// The reader now waits only briefly for the client's close reply.
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
-		close(c.closeSent)
+		c.closeDone.Do(func() { close(c.closeSent) })
 	}
 }
 
@@ -132,7 +133,8 @@ func (c *conn) writeNow(w *writer) (net.Buffers, error) {
 
 func (c *conn) fail() {
 	c.writeErr.Store(true)
-	_ = c.nc.Close() // unblocks the reader, which reports the end
+	c.closeDone.Do(func() { close(c.closeSent) }) // no close frame will go out: nothing to wait for
+	_ = c.nc.Close()                              // unblocks the reader, which reports the end
 }
 
 // slowLane serves a connection whose socket stopped taking data: on its own
