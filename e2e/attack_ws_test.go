@@ -128,7 +128,7 @@ func (g *target) stillServes(t *testing.T, normal *client, key, after string) {
 }
 
 // metricValue reads one sample from the gateway's /metrics (-1 if absent).
-func metricValue(t *testing.T, base, name string) float64 {
+func metricValue(t testing.TB, base, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
@@ -517,39 +517,11 @@ func startBinary(t *testing.T, keys []string, args ...string) *proc {
 }
 
 // rss returns the process's resident set size in KiB.
-func (p *proc) rss() (int, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			return strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-		}
-	}
-	return 0, errors.New("no VmRSS")
-}
+func (p *proc) rss() (int, error) { return procRSSKB(p.cmd.Process.Pid) }
 
 // watchRSS samples the process's RSS until stop is called, which returns
 // the peak in KiB.
-func (p *proc) watchRSS(t *testing.T) (stop func() int) {
-	var peak atomic.Int64
-	done, finished := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(finished)
-		for {
-			if kb, err := p.rss(); err == nil && int64(kb) > peak.Load() {
-				peak.Store(int64(kb))
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}()
-	return func() int { close(done); <-finished; return int(peak.Load()) }
-}
+func (p *proc) watchRSS(*testing.T) (stop func() int) { return watchRSS(p.cmd.Process.Pid) }
 
 // prober checks, every 200 ms while an attack runs, that the normal client
 // receives what is published.

@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,46 +66,60 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 			conns = append(conns, c)
 		}
 		elapsed := time.Since(start)
-		eventually(b, 30*time.Second, "all admitted", func() bool { return metric(b, addr, `wspubsub_connections{transport="websocket"}`) == float64(n) })
+		eventually(b, 30*time.Second, "all admitted", func() bool {
+			return metricValue(b, "http://"+addr, `wspubsub_connections{transport="websocket"}`) == float64(n)
+		})
 		time.Sleep(2 * time.Second) // let the GC settle
 		after := rssKB(b, cmd.Process.Pid)
 		b.ReportMetric(float64(after-before)*1024/float64(n), "B/conn")
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "conns/s")
 		b.Logf("%d connections: RSS %d KiB -> %d KiB; gateway stacks %.0f KiB, heap %.0f KiB", n, before, after,
-			metric(b, addr, "go_memstats_stack_inuse_bytes")/1024, metric(b, addr, "go_memstats_heap_inuse_bytes")/1024)
+			metricValue(b, "http://"+addr, "go_memstats_stack_inuse_bytes")/1024, metricValue(b, "http://"+addr, "go_memstats_heap_inuse_bytes")/1024)
 		for _, c := range conns {
 			c.Close()
 		}
 	}
 }
 
-func rssKB(b *testing.B, pid int) int {
+// procRSSKB returns a process's resident set size in KiB.
+func procRSSKB(pid int) (int, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		b.Fatal(err)
+		return 0, err
 	}
 	for line := range strings.SplitSeq(string(data), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return kb
+			return strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 		}
 	}
-	b.Fatal("no VmRSS")
-	return 0
+	return 0, errors.New("no VmRSS")
 }
 
-func metric(b *testing.B, addr, name string) float64 {
-	r, err := http.Get("http://" + addr + "/metrics")
+func rssKB(b *testing.B, pid int) int {
+	kb, err := procRSSKB(pid)
 	if err != nil {
-		return -1
+		b.Fatal(err)
 	}
-	defer r.Body.Close()
-	body, _ := io.ReadAll(r.Body)
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
+	return kb
+}
+
+// watchRSS samples a process's RSS every 10 ms until stop is called, which
+// returns the peak in KiB.
+func watchRSS(pid int) (stop func() int) {
+	var peak atomic.Int64
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			if kb, err := procRSSKB(pid); err == nil && int64(kb) > peak.Load() {
+				peak.Store(int64(kb))
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
 		}
-	}
-	return -1
+	}()
+	return func() int { close(done); <-finished; return int(peak.Load()) }
 }

@@ -65,9 +65,7 @@ func TestSoakUnderAttack(t *testing.T) {
 
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	var peak atomic.Int64
-	wg.Add(1)
-	go func() { defer wg.Done(); samplePeakRSS(ctx, gw.Process.Pid, &peak) }()
+	peakRSS := watchRSS(gw.Process.Pid)
 	rdb := redis.NewClient(&redis.Options{Addr: rds.Addr()})
 	defer rdb.Close()
 	attacks := soakAttacks(addr, rdb)
@@ -90,6 +88,7 @@ func TestSoakUnderAttack(t *testing.T) {
 	out, err := bench.CombinedOutput()
 	stop()
 	wg.Wait()
+	peak := peakRSS()
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
 	}
@@ -121,7 +120,7 @@ func TestSoakUnderAttack(t *testing.T) {
 	}
 	t.Logf("soak %v: normal clients %d/%d connected, expected %d, delivered %d, lost %d, duplicated %d, out of order %d, closed by server %d; latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms; gateway peak RSS %.1f MB; attacks: %s",
 		dur, res.Connected, res.Conns, res.Expected, res.Delivered, res.Lost, res.Dup, res.OutOfOrder, res.ServerClosed,
-		res.Latency.P50, res.Latency.P99, res.Latency.P999, float64(peak.Load())/1024, strings.Join(done, ", "))
+		res.Latency.P50, res.Latency.P99, res.Latency.P999, float64(peak)/1024, strings.Join(done, ", "))
 	if res.Connected != 1000 || res.Expected == 0 || res.Lost != 0 || res.Dup != 0 || res.ServerClosed != 0 {
 		t.Fatalf("normal clients suffered:\n%s", out)
 	}
@@ -129,7 +128,7 @@ func TestSoakUnderAttack(t *testing.T) {
 		t.Fatal("gateway not answering after the soak")
 	}
 	// Before the fixes one ping flood alone took the RSS past 450 MB in 10 s.
-	if mb := peak.Load() / 1024; mb > 400 {
+	if mb := peak / 1024; mb > 400 {
 		t.Fatalf("gateway peak RSS %d MB", mb)
 	}
 }
@@ -142,34 +141,6 @@ func httpStatus(url string) int {
 	}
 	_ = r.Body.Close()
 	return r.StatusCode
-}
-
-func samplePeakRSS(ctx context.Context, pid int, peak *atomic.Int64) {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for ctx.Err() == nil {
-		if kb := procRSSKB(pid); kb > peak.Load() {
-			peak.Store(kb)
-		}
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-	}
-}
-
-func procRSSKB(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 type attack struct {
