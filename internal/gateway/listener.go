@@ -54,6 +54,10 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// NetConn returns the socket itself, for readers that need no counting
+// (the WebSocket reader keeps its stack small that way).
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
 // SyscallConn exposes the descriptor, so the WebSocket writers can write
 // to it without blocking.
 func (c *countedConn) SyscallConn() (syscall.RawConn, error) {

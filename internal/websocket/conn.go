@@ -26,6 +26,7 @@ const closeWait = 2 * time.Second
 type conn struct {
 	srv  *Server
 	nc   net.Conn
+	rd   net.Conn // nc, or the socket under a wrapper that only counts it (the reader's side)
 	sess *session.Session
 
 	wmu        sync.Mutex // serialises socket writes between pool workers
@@ -233,9 +234,9 @@ func (c *conn) readLoop() string {
 	fragmented := false
 	for {
 		if !c.sess.IsClosed() {
-			_ = c.nc.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+			_ = c.rd.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
 		}
-		hdr, err := ws.ReadHeader(c.nc)
+		hdr, err := ws.ReadHeader(c.rd)
 		if err != nil {
 			if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
 				return c.protocolError("bad frame length")
@@ -260,7 +261,7 @@ func (c *conn) readLoop() string {
 			return metrics.DiscTooBig
 		}
 		payload := make([]byte, hdr.Length)
-		if _, err := io.ReadFull(c.nc, payload); err != nil {
+		if _, err := io.ReadFull(c.rd, payload); err != nil {
 			return readErrReason(err)
 		}
 		ws.Cipher(payload, hdr.Mask, 0)

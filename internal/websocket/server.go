@@ -120,7 +120,13 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 // it on its own goroutine.
 func (s *Server) start(nc net.Conn, peer session.Peer) {
 	s.open.Add(1)
-	c := &conn{srv: s, nc: nc, closeSent: make(chan struct{})}
+	c := &conn{srv: s, nc: nc, rd: nc, closeSent: make(chan struct{})}
+	// The reader parks in Read for the connection's whole life: every
+	// wrapper between it and the socket is a frame on its stack, and one
+	// too many doubles the stack (2 → 4 KB per idle connection).
+	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		c.rd = u.NetConn()
+	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
