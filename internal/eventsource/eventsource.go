@@ -131,7 +131,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 	h := s.cfg.Hub
 	t := &stream{wake: make(chan struct{}, 1)}
 	sess := session.New(h.NewID(), peer, Name, t, s.cfg.QueueBytes)
-	defer h.Recover(sess, nil)
+	defer h.Recover(sess, func() { _, _ = w.Write(closeEvent(session.CloseInternal, "internal error")) })
 	rc := http.NewResponseController(w)
 	// The server's read timeout bounds request bodies; a stream has none
 	// and lives until it ends. A request that declares a body keeps it:

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"io"
-	"net"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -153,18 +153,19 @@ func (g *Gateway) gate(hs *websocket.Handshake) (session.Peer, int) {
 	return session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP)}, 0
 }
 
-// clientAddr is the client's IP: the socket's peer, or, when that peer is
-// a trusted proxy (--trusted-proxies), the last address in X-Forwarded-For
-// (else X-Real-IP) that is not itself a trusted proxy. Only parseable IPs
-// are taken, so a forged header cannot make up arbitrary strings.
+// clientAddr is the client's address for per-address limits: the socket's
+// peer, or, when that peer is a trusted proxy (--trusted-proxies), the last
+// address in X-Forwarded-For (else X-Real-IP) that is not itself a trusted
+// proxy. Only parseable IPs are taken, so a forged header cannot make up
+// arbitrary strings; an IPv6 client is its /64, which one subscriber
+// usually holds whole.
 func (g *Gateway) clientAddr(remote, forwardedFor, realIP string) string {
-	host, _, err := net.SplitHostPort(remote)
+	ip, err := netip.ParseAddrPort(remote)
 	if err != nil {
-		host = remote
+		return remote
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || !g.trusted(ip) {
-		return host
+	if !g.trusted(ip.Addr()) {
+		return addrKey(ip.Addr())
 	}
 	parts := strings.Split(forwardedFor, ",")
 	for i := len(parts) - 1; i >= 0; i-- {
@@ -173,13 +174,24 @@ func (g *Gateway) clientAddr(remote, forwardedFor, realIP string) string {
 			break
 		}
 		if !g.trusted(a) {
-			return a.Unmap().String()
+			return addrKey(a)
 		}
 	}
 	if a, err := netip.ParseAddr(strings.TrimSpace(realIP)); err == nil {
-		return a.Unmap().String()
+		return addrKey(a)
 	}
-	return host
+	return addrKey(ip.Addr())
+}
+
+// addrKey names the address a client is limited by: an IPv4 address, or
+// an IPv6 /64.
+func addrKey(a netip.Addr) string {
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.Prefix(64)
+	return p.String()
 }
 
 func (g *Gateway) trusted(ip netip.Addr) bool {
@@ -200,7 +212,7 @@ func (g *Gateway) originRefused(origin, host, remote string) bool {
 		return false
 	}
 	g.metrics.Rejections.WithLabelValues(metrics.RejectOrigin).Inc()
-	g.log.Warn("connection refused: origin not allowed", "origin", origin, "remote", remote)
+	g.sampled.Log(slog.LevelWarn, "connection refused: origin not allowed", "origin", origin, "remote", remote)
 	return true
 }
 
@@ -209,7 +221,7 @@ func (g *Gateway) overLimit(remote string) bool {
 		return false
 	}
 	g.metrics.Rejections.WithLabelValues(metrics.RejectLimit).Inc()
-	g.log.Warn("connection refused: connection limit reached", "limit", g.maxConns, "remote", remote)
+	g.sampled.Log(slog.LevelWarn, "connection refused: connection limit reached", "limit", g.maxConns, "remote", remote)
 	return true
 }
 

@@ -15,7 +15,6 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/longpoll"
 	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/ratelimit"
 	"github.com/wspubsub/wspubsub/internal/websocket"
 )
 
@@ -45,9 +45,9 @@ type Gateway struct {
 	proxies  []netip.Prefix // --trusted-proxies
 	pub      publishParser
 	maxConns int
-	demo     bool        // running on the embedded demo key store
-	hosts    *hostPolicy // --allowed-hosts; nil: any
-	sockWarn atomic.Bool // a socket-limit warning was logged recently
+	demo     bool               // running on the embedded demo key store
+	hosts    *hostPolicy        // --allowed-hosts; nil: any
+	sampled  *ratelimit.Sampled // refusal log lines, which clients can multiply
 
 	ctx    context.Context // lifetime of connections
 	cancel context.CancelFunc
@@ -70,7 +70,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	g := &Gateway{cfg: cfg, log: log, metrics: metrics.New()}
+	g := &Gateway{cfg: cfg, log: log, metrics: metrics.New(), sampled: ratelimit.NewSampled(log, hub.LogRate, hub.LogBurst)}
 	g.pub.p.MaxBytes = cfg.MaxMessageBytes
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 
@@ -132,7 +132,11 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	}
 	// Every socket counts, admitted or not; the headroom serves health
 	// checks, publishes and the 503s of refused clients.
-	g.ln = &limitListener{Listener: ln, max: int64(min(g.maxConns+sockHeadroom, fdLimit()-64)), refused: g.socketRefused}
+	g.ln = &limitListener{Listener: ln, max: int64(min(g.maxConns+sockHeadroom, fdLimit()-64)),
+		exempt: g.trusted, refused: g.socketRefused, byAddr: map[string]int{}}
+	if cfg.MaxSessionsPerAddr > 0 {
+		g.ln.perAddr = cfg.MaxSessionsPerAddr + sockHeadroom
+	}
 	g.srv = &http.Server{
 		Handler:           g.routes(),
 		ReadHeaderTimeout: headerTimeout,
@@ -154,14 +158,13 @@ const (
 	sockHeadroom   = 128
 )
 
-// socketRefused counts a socket closed at accept; the log line is rate
-// limited by the accept loop's own pace (one per refused socket would
-// flood it).
-func (g *Gateway) socketRefused() {
+// socketRefused counts a socket closed at accept.
+func (g *Gateway) socketRefused(perAddr bool) {
 	g.metrics.Rejections.WithLabelValues(metrics.RejectSocketLimit).Inc()
-	if g.sockWarn.CompareAndSwap(false, true) {
-		g.log.Warn("socket refused at accept: too many open sockets", "limit", g.ln.max)
-		time.AfterFunc(10*time.Second, func() { g.sockWarn.Store(false) })
+	if perAddr {
+		g.sampled.Log(slog.LevelWarn, "socket refused at accept: too many open sockets from one address", "limit", g.ln.perAddr)
+	} else {
+		g.sampled.Log(slog.LevelWarn, "socket refused at accept: too many open sockets", "limit", g.ln.max)
 	}
 }
 

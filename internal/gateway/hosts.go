@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -99,7 +100,7 @@ func (g *Gateway) hostRefused(host, remote string) bool {
 		return false
 	}
 	g.metrics.Rejections.WithLabelValues(metrics.RejectHost).Inc()
-	g.log.Warn("request refused: host not allowed (--allowed-hosts)", "host", host, "remote", remote)
+	g.sampled.Log(slog.LevelWarn, "request refused: host not allowed (--allowed-hosts)", "host", host, "remote", remote)
 	return true
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"io"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -57,9 +58,10 @@ func (g *Gateway) identify(r *http.Request) caller {
 			return callerStranger
 		}
 	}
-	// A browser (it sends Origin) reaching a loopback port under another
-	// name than a loopback one is a DNS-rebinding page, not a local tool.
-	if r.Header.Get("Origin") != "" && !config.IsLoopbackHost(r.Host) {
+	// A request reaching a loopback port under another name than a loopback
+	// one is a DNS-rebinding page (browsers send no Origin on same-origin
+	// GETs, so that header cannot tell), not a local tool.
+	if !config.IsLoopbackHost(r.Host) {
 		return callerStranger
 	}
 	return callerLocal
@@ -110,12 +112,12 @@ type publishParser struct {
 // form or no-cors fetch cannot send.
 func (g *Gateway) servePublish(w http.ResponseWriter, r *http.Request) {
 	if origin := r.Header.Get("Origin"); origin != "" && !sameOrigin(origin, r.Host) {
-		g.log.Warn("publish refused: foreign origin", "origin", origin, "remote", r.RemoteAddr)
+		g.sampled.Log(slog.LevelWarn, "publish refused: foreign origin", "origin", origin, "remote", r.RemoteAddr)
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": "origin not allowed"})
 		return
 	}
 	if !g.publishAllowed(r) {
-		g.log.Warn("publish refused: caller not admitted", "remote", r.RemoteAddr)
+		g.sampled.Log(slog.LevelWarn, "publish refused: caller not admitted", "remote", r.RemoteAddr)
 		g.refuseCaller(w, g.identify(r), "publish")
 		return
 	}

@@ -283,7 +283,7 @@ func TestReadyzDetailsOnlyForTrustedCallers(t *testing.T) {
 		{fromLoopback, nil, true},
 		{fromStranger, []string{"Authorization: Bearer s3cret"}, true},
 	} {
-		w := tg.do("GET", "gw.example", "/readyz", c.remote, "", c.header...)
+		w := tg.do("GET", "localhost:8088", "/readyz", c.remote, "", c.header...)
 		body := strings.TrimSpace(w.Body.String())
 		if w.Code != http.StatusServiceUnavailable {
 			t.Errorf("%s %q: %d, want 503 whoever asks", c.remote, c.header, w.Code)
@@ -295,11 +295,15 @@ func TestReadyzDetailsOnlyForTrustedCallers(t *testing.T) {
 			t.Errorf("%s %q: %s", c.remote, c.header, body)
 		}
 	}
+	// A page whose name was rebound to the loopback address is no local caller.
+	if w := tg.do("GET", "rebind.evil.example", "/readyz", fromLoopback, ""); strings.Contains(w.Body.String(), "keys.txt") {
+		t.Errorf("details shown to a rebound name: %s", w.Body)
+	}
 	ok := newTestGateway(t, keystore.NewMemory("k"))
 	if w := ok.do("GET", "gw.example", "/readyz", fromStranger, ""); w.Code != http.StatusOK || strings.TrimSpace(w.Body.String()) != `{"status":"ok"}` {
 		t.Errorf("ready, to a stranger: %d %s", w.Code, w.Body)
 	}
-	if w := ok.do("GET", "gw.example", "/readyz", fromLoopback, ""); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"store":"ok"`) {
+	if w := ok.do("GET", "127.0.0.1:8088", "/readyz", fromLoopback, ""); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"store":"ok"`) {
 		t.Errorf("ready, to loopback: %d %s", w.Code, w.Body)
 	}
 }
@@ -325,12 +329,17 @@ func TestMetricsOnlyForTrustedCallers(t *testing.T) {
 		{tok, fromStranger, []string{"Authorization: Bearer s3cret"}, http.StatusOK},
 		{tok, fromLoopback, []string{"X-Forwarded-For: 198.51.100.7", "Authorization: Bearer s3cret"}, http.StatusOK},
 	} {
-		w := c.g.do("GET", "gw.example", "/metrics", c.remote, "", c.header...)
+		w := c.g.do("GET", "[::1]:8088", "/metrics", c.remote, "", c.header...)
 		if w.Code != c.want {
 			t.Errorf("%s %q (token %v): %d, want %d", c.remote, c.header, c.g.cfg.PublishToken != "", w.Code, c.want)
 		}
 		if (w.Code == http.StatusOK) != strings.Contains(w.Body.String(), "wspubsub_rejections_total") {
 			t.Errorf("%s %q: body %.80s", c.remote, c.header, w.Body)
 		}
+	}
+	// DNS rebinding: a page on rebind.evil.example, now resolving to the
+	// loopback address, fetches /metrics same-origin (no Origin header).
+	if w := tg.do("GET", "rebind.evil.example:8088", "/metrics", fromLoopback, ""); w.Code != http.StatusForbidden {
+		t.Errorf("/metrics to a rebound name: %d, want 403", w.Code)
 	}
 }

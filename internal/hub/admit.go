@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -42,34 +43,39 @@ func Verdict(err error) (code int, reason string) {
 func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	key := keystore.Redact(s.Key)
 	now := time.Now()
-	if !h.authFails.has(s.Addr, now) {
+	// Every key check spends a token of its address's failed-check budget
+	// before the store is asked, and a known key gives it back: concurrent
+	// attempts cannot all slip through a check made before any of them failed.
+	if !h.authFails.Take(s.Addr, now) {
 		h.reject(metrics.RejectThrottled)
-		h.log.Info("connection rejected: too many failed key checks from this address", "addr", s.Addr, "conn", s.ID, "transport", s.Transport)
+		h.sampled.Log(slog.LevelInfo, "connection rejected: too many failed key checks from this address", "addr", s.Addr, "conn", s.ID, "transport", s.Transport)
 		return &ErrRejected{session.CloseTooMany, "too many failed key checks"}
 	}
 	if err := h.overCap(s); err != nil {
+		h.authFails.Give(s.Addr, now)
 		return err
 	}
 	if s.Key == "" {
-		h.authFails.take(s.Addr, now)
 		h.reject(metrics.RejectUnauthorized)
-		h.log.Info("connection rejected: no key", "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
+		h.sampled.Log(slog.LevelInfo, "connection rejected: no key", "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
 	ok, err := h.cfg.Store.Contains(cctx, s.Key)
 	cancel()
+	if err != nil || ok {
+		h.authFails.Give(s.Addr, now) // not the client's failure
+	}
 	switch {
 	case err != nil && h.closing.Load():
 		return &ErrRejected{session.CloseGoingAway, "going away"}
 	case err != nil:
 		h.reject(metrics.RejectStoreUnavailable)
-		h.log.Warn("connection rejected: key store unavailable", "key", key, "conn", s.ID, "err", err)
+		h.sampled.Log(slog.LevelWarn, "connection rejected: key store unavailable", "key", key, "conn", s.ID, "err", err)
 		return &ErrRejected{session.CloseTryAgain, "try again later"}
 	case !ok:
-		h.authFails.take(s.Addr, now)
 		h.reject(metrics.RejectUnauthorized)
-		h.log.Info("connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
+		h.sampled.Log(slog.LevelInfo, "connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
 	if err := h.register(s); err != nil {
@@ -100,12 +106,12 @@ func (h *Hub) overCap(s *session.Session) error {
 func (h *Hub) capError(s *session.Session, perKey, perAddr int) error {
 	if max := h.cfg.MaxSessionsPerKey; max > 0 && perKey >= max {
 		h.reject(metrics.RejectSessionLimit)
-		h.log.Info("connection rejected: too many connections for this key", "key", keystore.Redact(s.Key), "limit", max, "conn", s.ID, "transport", s.Transport)
+		h.sampled.Log(slog.LevelInfo, "connection rejected: too many connections for this key", "key", keystore.Redact(s.Key), "limit", max, "conn", s.ID, "transport", s.Transport)
 		return &ErrRejected{session.CloseTooMany, "too many connections for this key"}
 	}
 	if max := h.cfg.MaxSessionsPerAddr; max > 0 && perAddr >= max {
 		h.reject(metrics.RejectSessionLimit)
-		h.log.Info("connection rejected: too many connections from this address", "addr", s.Addr, "limit", max, "conn", s.ID, "transport", s.Transport)
+		h.sampled.Log(slog.LevelInfo, "connection rejected: too many connections from this address", "addr", s.Addr, "limit", max, "conn", s.ID, "transport", s.Transport)
 		return &ErrRejected{session.CloseTooMany, "too many connections from this address"}
 	}
 	return nil

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/wspubsub/wspubsub/internal/keystore"
@@ -23,9 +24,9 @@ var ErrRateLimited = errors.New("client message rate exceeded")
 // is configured, and otherwise counted and ignored. Size limits are the
 // transports' (they must refuse before reading a whole oversized message).
 func (h *Hub) ClientText(s *session.Session, text []byte) (reply []byte, err error) {
-	if !h.clientText.take(s.Key, time.Now()) {
+	if !h.clientText.Take(s.Key, time.Now()) {
 		h.m.ClientMessages.WithLabelValues("rate_limited").Inc()
-		h.log.Info("client message refused: rate limit", "key", keystore.Redact(s.Key), "conn", s.ID)
+		h.sampled.Log(slog.LevelInfo, "client message refused: rate limit", "key", keystore.Redact(s.Key), "conn", s.ID)
 		return nil, ErrRateLimited
 	}
 	if string(text) == "ping" {

@@ -20,6 +20,7 @@ import (
 	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/ratelimit"
 	"github.com/wspubsub/wspubsub/internal/session"
 )
 
@@ -51,6 +52,9 @@ type Config struct {
 
 const shardCount = 64
 
+// LogRate and LogBurst bound refusal log lines, per message.
+const LogRate, LogBurst = 5, 50
+
 type shard struct {
 	mu   sync.RWMutex
 	keys map[string][]*session.Session
@@ -66,8 +70,9 @@ type Hub struct {
 	parser envelope.Parser
 	events *eventPump
 
-	clientText *limiter // client text, per key
-	authFails  *limiter // failed key checks, per client address
+	clientText *ratelimit.Keyed   // client text, per key
+	authFails  *ratelimit.Keyed   // failed key checks, per client address
+	sampled    *ratelimit.Sampled // refusal log lines
 	amu        sync.Mutex
 	perAddr    map[string]int // live sessions per client address
 
@@ -106,8 +111,9 @@ func New(cfg Config) *Hub {
 		cfg.Metrics = metrics.New()
 	}
 	h := &Hub{cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
-		clientText: newLimiter(cfg.ClientRate, cfg.ClientBurst),
-		authFails:  newLimiter(cfg.AuthFailRate, cfg.AuthFailBurst),
+		clientText: ratelimit.New(cfg.ClientRate, cfg.ClientBurst),
+		authFails:  ratelimit.New(cfg.AuthFailRate, cfg.AuthFailBurst),
+		sampled:    ratelimit.NewSampled(cfg.Logger, LogRate, LogBurst),
 		perAddr:    map[string]int{}}
 	h.parser.MaxBytes = cfg.MaxMessageBytes
 	for i := range h.shards {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -174,20 +175,29 @@ func TestDispatchDeliversOncePerSessionAndSurvivesBadMessages(t *testing.T) {
 	}
 }
 
-func TestLimiterForgetsFullBuckets(t *testing.T) {
-	l := newLimiter(10, 2)
-	now := time.Unix(1000, 0)
-	for i := range 100 {
-		l.take(string(rune('a'+i%26))+string(rune('a'+i/26)), now)
+// slowStore answers after a delay, like a loaded MongoDB.
+type slowStore struct{ countingStore }
+
+func (s *slowStore) Contains(ctx context.Context, key string) (bool, error) {
+	time.Sleep(20 * time.Millisecond)
+	return s.countingStore.Contains(ctx, key)
+}
+
+func TestConcurrentWrongKeysCannotOutrunTheThrottle(t *testing.T) {
+	store := &slowStore{countingStore{KeyStore: keystore.NewMemory("good")}}
+	h := newHub(t, store, nil, func(c *Config) { c.AuthFailRate = 0.001; c.AuthFailBurst = 20 })
+	var wg sync.WaitGroup
+	for range 500 {
+		wg.Go(func() { _, _ = try(h, "wrong", "198.51.100.9") })
 	}
-	if l.size() != 100 {
-		t.Fatalf("size %d", l.size())
+	wg.Wait()
+	if n := store.lookups.Load(); n > 20 {
+		t.Fatalf("500 concurrent wrong keys from one address asked the store %d times; the burst is 20", n)
 	}
-	l.take("x", now.Add(2*time.Second)) // refilled long ago: swept
-	if l.size() != 1 {
-		t.Fatalf("after sweep size %d, want 1", l.size())
-	}
-	if !l.take("x", now.Add(2*time.Second)) || l.take("x", now.Add(2*time.Second)) {
-		t.Fatal("burst of 2 not honoured")
+	// Known keys give their token back: they never use up the budget.
+	for range 50 {
+		if _, err := try(h, "good", "198.51.100.10"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

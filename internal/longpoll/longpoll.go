@@ -34,6 +34,9 @@ import (
 // Name is the transport's label in metrics, logs and events.
 const Name = "polling"
 
+// maxHeldPolls bounds the polls of one connection held at once.
+const maxHeldPolls = 4
+
 // Header is the request header bullet.js sets on polls.
 const Header = "X-Socket-Transport"
 
@@ -194,8 +197,14 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 		WriteClose(w, code, reason)
 		return
 	}
-	defer s.cfg.Hub.Recover(p.sess, func() { s.forget(p) })
-	p.active.Add(1)
+	defer s.cfg.Hub.Recover(p.sess, func() { s.forget(p); WriteClose(w, session.CloseInternal, "internal error") })
+	// A client polls once at a time (old pages: once per tab). More polls
+	// held at once are an attack on the socket budget, not a client.
+	if p.active.Add(1) > maxHeldPolls {
+		p.active.Add(-1)
+		WriteClose(w, session.CloseTooMany, "too many polls held at once")
+		return
+	}
 	defer func() {
 		p.lastSeen.Store(time.Now().UnixNano())
 		p.active.Add(-1)

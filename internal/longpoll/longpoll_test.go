@@ -217,11 +217,12 @@ func TestIdleConnectionExpires(t *testing.T) {
 
 func TestSameClientSharesOneSession(t *testing.T) {
 	r := newRig(t, func(c *Config) { c.PollTimeout = 30 * time.Millisecond })
-	// Concurrent first polls of one client: one admission.
+	// Concurrent first polls of one client: one admission (past four held
+	// at once, a poll is refused with 429, the connection left alone).
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			if a := r.poll(context.Background(), "k", "tab1"); a.err != nil || a.code != 200 {
+			if a := r.poll(context.Background(), "k", "tab1"); a.err != nil || (a.code != 200 && a.code != 429) {
 				t.Errorf("poll %d %v", a.code, a.err)
 			}
 		})
@@ -362,5 +363,27 @@ func TestPollWithUnsentBodyIsNotHeld(t *testing.T) {
 	resp.Body.Close()
 	if _, err := io.Copy(io.Discard, br); err != nil {
 		t.Fatalf("answered %d, then the connection was held: %v", resp.StatusCode, err)
+	}
+}
+
+func TestHeldPollsPerConnectionAreBounded(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.PollTimeout = time.Minute })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range maxHeldPolls {
+		r.pollAsync(ctx, "k", "s")
+	}
+	eventually(t, 10*time.Second, "the polls held", func() bool {
+		r.lp.mu.Lock()
+		defer r.lp.mu.Unlock()
+		p := r.lp.by[identity(session.Peer{Key: "k", Client: "sid:s"})]
+		return p != nil && p.active.Load() == maxHeldPolls
+	})
+	a := r.poll(context.Background(), "k", "s")
+	if a.code != http.StatusTooManyRequests || a.hdr.Get("X-Wspubsub-Close-Code") != "4429" {
+		t.Fatalf("poll over the bound: %d %q", a.code, a.hdr.Get("X-Wspubsub-Close-Code"))
+	}
+	if r.hub.Live() != 1 {
+		t.Fatalf("live %d: the refusal must leave the connection alone", r.hub.Live())
 	}
 }
