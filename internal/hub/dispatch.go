@@ -1,11 +1,10 @@
 package hub
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
-	"slices"
 
 	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/session"
@@ -35,7 +34,7 @@ func (h *Hub) Dispatch(raw []byte) {
 			reason = e.Reason
 		}
 		h.m.Drops.WithLabelValues(reason).Inc()
-		h.log.Warn("inbound message dropped", "reason", reason, "err", err, "bytes", len(raw))
+		h.sampled.Log(slog.LevelWarn, "inbound message dropped", "reason", reason, "err", err, "bytes", len(raw))
 		return
 	}
 	msg := session.NewMessage(env.Payload)
@@ -47,28 +46,27 @@ func (h *Hub) Dispatch(raw []byte) {
 			}
 		})
 	} else {
-		// Sorted, a repeated recipient (also one spelt with \u escapes,
-		// which the parser decoded) sits next to itself and is skipped.
-		rs := env.Recipients
-		if len(rs) > 1 {
-			slices.SortFunc(rs, bytes.Compare)
-		}
-		for i, r := range rs {
-			if i > 0 && bytes.Equal(r, rs[i-1]) {
-				continue
-			}
-			n += h.deliverTo(r, msg)
+		// A repeated recipient (also one spelt with \u escapes, which the
+		// parser decoded) finds its sessions already stamped with this
+		// message's number and is skipped: no sorting, no allocation.
+		h.seq++
+		for _, r := range env.Recipients {
+			n += h.deliverTo(r, msg, h.seq)
 		}
 	}
 	h.m.Deliveries.Add(float64(n))
 }
 
-func (h *Hub) deliverTo(key []byte, msg *session.Message) int {
+func (h *Hub) deliverTo(key []byte, msg *session.Message, seq uint64) int {
 	sh := h.shardOf(key)
 	sh.mu.RLock()
 	list := sh.keys[string(key)]
 	n := 0
 	for _, s := range list {
+		if s.DispatchSeq == seq {
+			continue
+		}
+		s.DispatchSeq = seq
 		if s.Deliver(msg) {
 			n++
 		}

@@ -79,6 +79,7 @@ type Hub struct {
 	live    atomic.Int64
 	closing atomic.Bool
 	nextID  atomic.Uint64
+	seq     uint64 // Dispatch's message number (Dispatch's goroutine only)
 }
 
 // New builds a hub; call Run to start its background work.

@@ -80,12 +80,16 @@ type Session struct {
 	ID        uint64
 	Transport string // "websocket", ...
 	Peer
-	t         Transport
-	q         Queue
-	closed    atomic.Bool
-	byPeer    atomic.Bool
-	closeOnce sync.Once
-	code      atomic.Int32
+	// DispatchSeq is the hub's: the number of the last message it routed
+	// here, so a message listing a recipient twice is delivered once. Only
+	// the hub's Dispatch goroutine touches it.
+	DispatchSeq uint64
+	t           Transport
+	q           Queue
+	closed      atomic.Bool
+	byPeer      atomic.Bool
+	closeOnce   sync.Once
+	code        atomic.Int32
 }
 
 // New returns a session whose queue holds at most limit bytes.
