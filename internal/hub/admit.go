@@ -43,28 +43,23 @@ func Verdict(err error) (code int, reason string) {
 func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	key := keystore.Redact(s.Key)
 	now := time.Now()
-	// Every key check spends a token of its address's failed-check budget
-	// before the store is asked, and a known key gives it back: concurrent
-	// attempts cannot all slip through a check made before any of them failed.
-	if !h.authFails.Take(s.Addr, now) {
-		h.reject(metrics.RejectThrottled)
-		h.sampled.Log(slog.LevelInfo, "connection rejected: too many failed key checks from this address", "addr", s.Addr, "conn", s.ID, "transport", s.Transport)
-		return &ErrRejected{session.CloseTooMany, "too many failed key checks"}
+	if !h.authFails.Has(s.Addr, now) {
+		return h.throttled(s)
 	}
 	if err := h.overCap(s); err != nil {
-		h.authFails.Give(s.Addr, now)
 		return err
 	}
 	if s.Key == "" {
+		h.authFails.Take(s.Addr, now)
 		h.reject(metrics.RejectUnauthorized)
 		h.sampled.Log(slog.LevelInfo, "connection rejected: no key", "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
-	ok, err := h.cfg.Store.Contains(cctx, s.Key)
-	cancel()
-	if err != nil || ok {
-		h.authFails.Give(s.Addr, now) // not the client's failure
+	defer cancel()
+	ok, throttled, err := h.check(cctx, s)
+	if throttled {
+		return h.throttled(s)
 	}
 	switch {
 	case err != nil && h.closing.Load():
@@ -87,6 +82,66 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	h.events.emit(event{connected: true, key: s.Key, conn: s.ID, transport: s.Transport, at: time.Now()})
 	h.log.Debug("connected", "key", key, "conn", s.ID, "transport", s.Transport)
 	return nil
+}
+
+func (h *Hub) throttled(s *session.Session) error {
+	h.reject(metrics.RejectThrottled)
+	h.sampled.Log(slog.LevelInfo, "connection rejected: too many failed key checks from this address", "addr", s.Addr, "conn", s.ID, "transport", s.Transport)
+	return &ErrRejected{session.CloseTooMany, "too many failed key checks"}
+}
+
+// check asks the store about s's key. At most AuthFailBurst lookups of one
+// address run at once, and each asks whether the address still has budget
+// only once its turn has come: concurrent wrong keys cannot all slip past a
+// check made before any of them failed, while concurrent good keys are
+// merely queued. A failed lookup spends one unit of the budget.
+func (h *Hub) check(ctx context.Context, s *session.Session) (ok, throttled bool, err error) {
+	release, err := h.lookupSlot(ctx, s.Addr)
+	if err != nil {
+		return false, false, fmt.Errorf("waiting for a key lookup slot: %w", err)
+	}
+	defer release() // also when the store panics
+	if !h.authFails.Has(s.Addr, time.Now()) {
+		return false, true, nil
+	}
+	ok, err = h.cfg.Store.Contains(ctx, s.Key)
+	if err == nil && !ok {
+		h.authFails.Take(s.Addr, time.Now())
+	}
+	return ok, false, err
+}
+
+// lookupSlot waits (bounded by ctx) for one of the AuthFailBurst key
+// lookups an address may have running at once; release gives it back.
+func (h *Hub) lookupSlot(ctx context.Context, addr string) (release func(), err error) {
+	h.amu.Lock()
+	sl := h.slots[addr]
+	if sl == nil {
+		sl = &slot{ch: make(chan struct{}, h.cfg.AuthFailBurst)}
+		h.slots[addr] = sl
+	}
+	sl.users++
+	h.amu.Unlock()
+	leave := func() {
+		h.amu.Lock()
+		if sl.users--; sl.users == 0 {
+			delete(h.slots, addr)
+		}
+		h.amu.Unlock()
+	}
+	select {
+	case sl.ch <- struct{}{}:
+		return func() { <-sl.ch; leave() }, nil
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+}
+
+// slot bounds the key lookups of one address running at once.
+type slot struct {
+	ch    chan struct{}
+	users int // waiting or holding; the entry goes when none
 }
 
 // overCap refuses s when its key or address already holds the most

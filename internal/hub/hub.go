@@ -74,7 +74,8 @@ type Hub struct {
 	authFails  *ratelimit.Keyed   // failed key checks, per client address
 	sampled    *ratelimit.Sampled // refusal log lines
 	amu        sync.Mutex
-	perAddr    map[string]int // live sessions per client address
+	perAddr    map[string]int   // live sessions per client address (under amu)
+	slots      map[string]*slot // key lookups running per client address (under amu)
 
 	live    atomic.Int64
 	closing atomic.Bool
@@ -115,7 +116,7 @@ func New(cfg Config) *Hub {
 		clientText: ratelimit.New(cfg.ClientRate, cfg.ClientBurst),
 		authFails:  ratelimit.New(cfg.AuthFailRate, cfg.AuthFailBurst),
 		sampled:    ratelimit.NewSampled(cfg.Logger, LogRate, LogBurst),
-		perAddr:    map[string]int{}}
+		perAddr:    map[string]int{}, slots: map[string]*slot{}}
 	h.parser.MaxBytes = cfg.MaxMessageBytes
 	for i := range h.shards {
 		h.shards[i].keys = make(map[string][]*session.Session)

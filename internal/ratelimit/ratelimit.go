@@ -43,6 +43,13 @@ func (l *Keyed) level(name string, now time.Time) float64 {
 	return min(l.burst, b.tokens+now.Sub(b.at).Seconds()*l.rate)
 }
 
+// Has reports whether name has a token left, without taking it.
+func (l *Keyed) Has(name string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.level(name, now) >= 1
+}
+
 // Take takes one token from name's bucket and reports whether there was one.
 func (l *Keyed) Take(name string, now time.Time) bool {
 	l.mu.Lock()
@@ -58,16 +65,6 @@ func (l *Keyed) Take(name string, now time.Time) bool {
 		l.buckets[name] = &bucket{tokens: t - 1, at: now}
 	}
 	return true
-}
-
-// Give returns one token to name's bucket (a check that turned out not to
-// be a failure).
-func (l *Keyed) Give(name string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if b := l.buckets[name]; b != nil {
-		b.tokens, b.at = min(l.burst, l.level(name, now)+1), now
-	}
 }
 
 // sweep forgets full buckets, at most once a second (under l.mu).
