@@ -46,7 +46,10 @@ func TestSoakUnderAttack(t *testing.T) {
 	for i := range 1000 {
 		fmt.Fprintf(&keys, "bench-%d\n", i)
 	}
-	keys.WriteString("attacker-key\nslow-key\n")
+	for i := range 10 {
+		fmt.Fprintf(&keys, "attacker-key-%d\n", i)
+	}
+	keys.WriteString("slow-key\n")
 	keyFile := filepath.Join(dir, "keys")
 	if err := os.WriteFile(keyFile, []byte(keys.String()), 0o600); err != nil {
 		t.Fatal(err)
@@ -158,6 +161,13 @@ func attackDialer(ctx context.Context) *net.Dialer {
 
 type attackIndex struct{}
 
+// attackerKey is attack i's own key, so that one attack's connections do not
+// use up another's --max-sessions-per-key.
+func attackerKey(ctx context.Context) string {
+	i, _ := ctx.Value(attackIndex{}).(int)
+	return fmt.Sprintf("attacker-key-%d", i)
+}
+
 func soakAttacks(addr string, rdb *redis.Client) []attack {
 	wsURL := func(q string) string { return "ws://" + addr + "/websocket?" + q }
 	dialWS := func(ctx context.Context, q string) (net.Conn, error) {
@@ -191,7 +201,7 @@ func soakAttacks(addr string, rdb *redis.Client) []attack {
 	}
 	return []attack{
 		{"ping flood", func(ctx context.Context) {
-			c, err := dialWS(ctx, "attacker-key")
+			c, err := dialWS(ctx, attackerKey(ctx))
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 				return
@@ -206,7 +216,7 @@ func soakAttacks(addr string, rdb *redis.Client) []attack {
 			}
 		}},
 		{"oversized fragment", func(ctx context.Context) {
-			c, err := dialWS(ctx, "attacker-key")
+			c, err := dialWS(ctx, attackerKey(ctx))
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 				return
@@ -228,10 +238,10 @@ func soakAttacks(addr string, rdb *redis.Client) []attack {
 		}},
 		{"abandoned polls", func(ctx context.Context) {
 			sid := strconv.FormatInt(time.Now().UnixNano(), 36)
-			rawHTTP(ctx, "GET /websocket?attacker-key&sid="+sid+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Socket-Transport: xhrPolling\r\n\r\n", 50*time.Millisecond)
+			rawHTTP(ctx, "GET /websocket?"+attackerKey(ctx)+"&sid="+sid+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Socket-Transport: xhrPolling\r\n\r\n", 50*time.Millisecond)
 		}},
 		{"1 MB sid", func(ctx context.Context) {
-			rawHTTP(ctx, "GET /websocket?attacker-key&sid="+strings.Repeat("s", 1<<20)+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Socket-Transport: xhrPolling\r\n\r\n", time.Second)
+			rawHTTP(ctx, "GET /websocket?"+attackerKey(ctx)+"&sid="+strings.Repeat("s", 1<<20)+" HTTP/1.1\r\nHost: "+addr+"\r\nX-Socket-Transport: xhrPolling\r\n\r\n", time.Second)
 		}},
 		{"slow publish body", func(ctx context.Context) {
 			rawHTTP(ctx, "POST /publish HTTP/1.1\r\nHost: "+addr+"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{", 15*time.Second)
