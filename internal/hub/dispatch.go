@@ -48,10 +48,15 @@ func (h *Hub) Dispatch(raw []byte) {
 	} else {
 		// A repeated recipient (also one spelt with \u escapes, which the
 		// parser decoded) finds its sessions already stamped with this
-		// message's number and is skipped: no sorting, no allocation.
-		h.seq++
+		// message's number and is skipped: no sorting, no allocation. A
+		// single recipient needs no stamp (0: none).
+		var seq uint64
+		if len(env.Recipients) > 1 {
+			h.seq++
+			seq = h.seq
+		}
 		for _, r := range env.Recipients {
-			n += h.deliverTo(r, msg, h.seq)
+			n += h.deliverTo(r, msg, seq)
 		}
 	}
 	h.m.Deliveries.Add(float64(n))
@@ -63,10 +68,12 @@ func (h *Hub) deliverTo(key []byte, msg *session.Message, seq uint64) int {
 	list := sh.keys[string(key)]
 	n := 0
 	for _, s := range list {
-		if s.DispatchSeq == seq {
-			continue
+		if seq != 0 {
+			if s.DispatchSeq == seq {
+				continue
+			}
+			s.DispatchSeq = seq
 		}
-		s.DispatchSeq = seq
 		if s.Deliver(msg) {
 			n++
 		}
