@@ -34,7 +34,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/gateway"
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/testenv"
@@ -766,21 +765,8 @@ func haStoreStack(t *testing.T, store keystore.KeyStore, args ...string) *stack 
 	s := &stack{t: t, redis: testenv.Redis(t)}
 	s.rdb = redis.NewClient(&redis.Options{Addr: s.redis.Addr()})
 	t.Cleanup(func() { s.rdb.Close() })
-	s.args = append([]string{"--listen", "127.0.0.1:0", "--redis-url", s.redis.URL(), "--shutdown-timeout", "5s", "--log-level", "debug"}, args...)
-	cfg, err := config.ParseServe(s.args, func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	s.cfg = cfg
-	gw, err := gateway.New(cfg, gateway.Options{Store: store, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatalf("gateway: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.gw, s.cancel, s.done = gw, cancel, make(chan error, 1)
-	go func() { s.done <- gw.Run(ctx) }()
-	t.Cleanup(s.stop)
-	s.waitReady()
+	s.startGatewayWith(append([]string{"--listen", "127.0.0.1:0", "--redis-url", s.redis.URL(), "--shutdown-timeout", "5s", "--log-level", "debug"}, args...),
+		gateway.Options{Store: store})
 	return s
 }
 

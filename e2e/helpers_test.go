@@ -64,7 +64,11 @@ func newStack(t *testing.T, args []string, keys ...string) *stack {
 	return s
 }
 
-func (s *stack) startGateway(args []string) {
+func (s *stack) startGateway(args []string) { s.startGatewayWith(args, gateway.Options{}) }
+
+// startGatewayWith starts the gateway with opts (a store of the test's own,
+// for example); its logger is the test's.
+func (s *stack) startGatewayWith(args []string, opts gateway.Options) {
 	t := s.t
 	t.Helper()
 	s.args = args
@@ -73,7 +77,8 @@ func (s *stack) startGateway(args []string) {
 		t.Fatalf("config: %v", err)
 	}
 	s.cfg = cfg
-	gw, err := gateway.New(cfg, gateway.Options{Logger: testenv.Logger(t)})
+	opts.Logger = testenv.Logger(t)
+	gw, err := gateway.New(cfg, opts)
 	if err != nil {
 		t.Fatalf("gateway: %v", err)
 	}
