@@ -117,7 +117,10 @@ func (h *Hub) lookupSlot(ctx context.Context, addr string) (release func(), err 
 	h.amu.Lock()
 	sl := h.slots[addr]
 	if sl == nil {
-		sl = &slot{ch: make(chan struct{}, h.cfg.AuthFailBurst)}
+		// Recycled: a connection's admission leaves no garbage behind.
+		if sl, _ = h.slotPool.Get().(*slot); sl == nil {
+			sl = &slot{ch: make(chan struct{}, h.cfg.AuthFailBurst)}
+		}
 		h.slots[addr] = sl
 	}
 	sl.users++
@@ -126,6 +129,7 @@ func (h *Hub) lookupSlot(ctx context.Context, addr string) (release func(), err 
 		h.amu.Lock()
 		if sl.users--; sl.users == 0 {
 			delete(h.slots, addr)
+			h.slotPool.Put(sl) // empty: its last holder has released
 		}
 		h.amu.Unlock()
 	}

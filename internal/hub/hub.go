@@ -76,6 +76,7 @@ type Hub struct {
 	amu        sync.Mutex
 	perAddr    map[string]int   // live sessions per client address (under amu)
 	slots      map[string]*slot // key lookups running per client address (under amu)
+	slotPool   sync.Pool        // of *slot
 
 	live    atomic.Int64
 	closing atomic.Bool
