@@ -23,13 +23,16 @@ type sniffer struct {
 	gate   Gate
 	httpLn *chanListener
 	pool   sync.Pool // *bufio.Reader, 4 KB
+
+	mu      sync.Mutex
+	sniffed map[net.Conn]struct{} // sockets whose head is still awaited
 }
 
 // Listen accepts connections on ln until it is closed: WebSocket upgrades
 // of path are checked by gate and served here; every other connection is
 // returned through the listener Listen returns, for net/http to serve.
 func (s *Server) Listen(ln net.Listener, path string, gate Gate) net.Listener {
-	sn := &sniffer{srv: s, ln: ln, path: path, gate: gate,
+	sn := &sniffer{srv: s, ln: ln, path: path, gate: gate, sniffed: map[net.Conn]struct{}{},
 		httpLn: &chanListener{addr: ln.Addr(), ch: make(chan net.Conn), done: make(chan struct{})}}
 	sn.pool.New = func() any { return bufio.NewReaderSize(nil, 4096) }
 	go sn.run()
@@ -43,12 +46,42 @@ func (s *sniffer) run() {
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				s.httpLn.Close()
+				s.closeSniffed()
 				return
 			}
 			time.Sleep(5 * time.Millisecond) // e.g. out of file descriptors
 			continue
 		}
+		s.mu.Lock()
+		s.sniffed[c] = struct{}{}
+		s.mu.Unlock()
 		go s.sniff(c)
+	}
+}
+
+// closeSniffed closes the sockets that never sent a request head once the
+// listener is closed: net/http's shutdown does not know them, and a client
+// that sends its request on one later would wait for an answer that never
+// comes.
+func (s *sniffer) closeSniffed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.sniffed {
+		_ = c.Close()
+	}
+}
+
+// sniffedOne takes c off the awaited list, or reports false when the
+// listener has closed meanwhile (and c with it).
+func (s *sniffer) sniffedOne(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sniffed, c)
+	select {
+	case <-s.httpLn.done:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -58,14 +91,21 @@ func (s *sniffer) sniff(c net.Conn) {
 		if r := recover(); r != nil {
 			s.srv.cfg.Logger.Error("websocket handshake failed: internal error", "remote", c.RemoteAddr().String(),
 				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			s.sniffedOne(c)
 			_ = c.Close()
 		}
 	}()
 	br := s.pool.Get().(*bufio.Reader)
 	br.Reset(c)
 	_ = c.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	ws := isUpgradeHead(br, s.path)
+	ws, err := isUpgradeHead(br, s.path)
 	_ = c.SetReadDeadline(time.Time{})
+	if !s.sniffedOne(c) || err != nil {
+		// No complete head within the handshake timeout (or none before
+		// the client left): nobody to answer.
+		_ = c.Close()
+		return
+	}
 	if !ws {
 		// net/http keeps its own buffers; br (holding what was peeked)
 		// goes with the connection.
@@ -80,8 +120,9 @@ func (s *sniffer) sniff(c net.Conn) {
 }
 
 // isUpgradeHead peeks at the request head: a GET of path asking to upgrade
-// to WebSocket. It consumes nothing.
-func isUpgradeHead(br *bufio.Reader, path string) bool {
+// to WebSocket. It consumes nothing; err is the read error that stopped it
+// before a whole head (or a full buffer) arrived.
+func isUpgradeHead(br *bufio.Reader, path string) (bool, error) {
 	var head []byte
 	for {
 		b, _ := br.Peek(br.Buffered())
@@ -89,31 +130,31 @@ func isUpgradeHead(br *bufio.Reader, path string) bool {
 			head = b[:i]
 			break
 		}
-		if br.Buffered() == br.Size() {
-			return false // too big for us; net/http will answer
+		if bytes.Contains(b, []byte("\n\n")) || br.Buffered() == br.Size() {
+			return false, nil // bare LF line ends, or too big for us: net/http will answer
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
-			return false
+			return false, err
 		}
 	}
 	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	target, ok := bytes.CutPrefix(line, []byte("GET "))
 	if !ok {
-		return false
+		return false, nil
 	}
 	target, _, _ = bytes.Cut(target, []byte(" "))
 	target, _, _ = bytes.Cut(target, []byte("?"))
 	if string(target) != path {
-		return false
+		return false, nil
 	}
 	for h := range bytes.SplitSeq(rest, []byte("\r\n")) {
 		k, v, _ := bytes.Cut(h, []byte(":"))
 		if bytes.EqualFold(bytes.TrimSpace(k), []byte("Upgrade")) &&
 			bytes.Contains(bytes.ToLower(v), []byte("websocket")) {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 // peekedConn replays the bytes the sniffer peeked before the rest.
