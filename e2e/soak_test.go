@@ -181,14 +181,6 @@ func soakAttacks(addr string, rdb *redis.Client) []attack {
 		c, _, _, err := d.Dial(ctx, wsURL(q))
 		return c, err
 	}
-	frame := func(h ws.Header, payload []byte) []byte {
-		h.Masked, h.Mask, h.Length = true, [4]byte{1, 2, 3, 4}, int64(len(payload))
-		var b strings.Builder
-		_ = ws.WriteHeader(&b, h)
-		p := append([]byte(nil), payload...)
-		ws.Cipher(p, h.Mask, 0)
-		return append([]byte(b.String()), p...)
-	}
 	rawHTTP := func(ctx context.Context, req string, hold time.Duration) {
 		c, err := attackDialer(ctx).DialContext(ctx, "tcp", addr)
 		if err != nil {
@@ -207,7 +199,7 @@ func soakAttacks(addr string, rdb *redis.Client) []attack {
 				return
 			}
 			defer c.Close()
-			ping := frame(ws.Header{Fin: true, OpCode: ws.OpPing}, make([]byte, 125))
+			ping := maskedFrame(ws.OpPing, true, 0, make([]byte, 125))
 			for ctx.Err() == nil {
 				_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 				if _, err := c.Write(ping); err != nil {
@@ -222,11 +214,7 @@ func soakAttacks(addr string, rdb *redis.Client) []attack {
 				return
 			}
 			defer c.Close()
-			b := frame(ws.Header{OpCode: ws.OpText}, []byte("x"))
-			h := ws.Header{Fin: true, OpCode: ws.OpContinuation, Masked: true, Length: 1<<63 - 1}
-			var sb strings.Builder
-			_ = ws.WriteHeader(&sb, h)
-			_, _ = c.Write(append(b, sb.String()...))
+			_, _ = c.Write(append(cframe(ws.OpText, false, "x"), headerOnly(ws.OpContinuation, true, 1<<63-1)...))
 			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 			_, _ = io.Copy(io.Discard, c)
 		}},

@@ -27,16 +27,25 @@ const maxSIDBytes = 64
 // parameter if there is one, else everything before the first '&' (the
 // original used the whole query string; jQuery appends &_=<timestamp>).
 func KeyFromQuery(raw string) string {
-	first := ""
-	for i, part := range strings.Split(raw, "&") {
-		if v, ok := strings.CutPrefix(part, "key="); ok {
-			return unescape(v)
-		}
-		if i == 0 && !isCacheBuster(part) {
-			first = part
-		}
+	if v, ok := queryValue(raw, "key"); ok {
+		return v
+	}
+	first, _, _ := strings.Cut(raw, "&")
+	if isCacheBuster(first) {
+		return ""
 	}
 	return unescapeRaw(first)
+}
+
+// queryValue returns the decoded value of the first name= parameter of a
+// raw query, without parsing the whole query into a map (polls are many).
+func queryValue(raw, name string) (string, bool) {
+	for part := range strings.SplitSeq(raw, "&") {
+		if v, ok := strings.CutPrefix(part, name+"="); ok {
+			return unescape(v), true
+		}
+	}
+	return "", false
 }
 
 func isCacheBuster(p string) bool {
@@ -115,7 +124,7 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) peerOf(r *http.Request) (session.Peer, error) {
 	addr := g.clientAddr(r.RemoteAddr, strings.Join(r.Header.Values("X-Forwarded-For"), ","), r.Header.Get("X-Real-IP"))
 	p := session.Peer{Key: KeyFromQuery(r.URL.RawQuery), Addr: addr}
-	sid := r.URL.Query().Get("sid")
+	sid, _ := queryValue(r.URL.RawQuery, "sid")
 	switch {
 	case len(sid) > maxSIDBytes:
 		return p, errors.New("sid longer than " + strconv.Itoa(maxSIDBytes) + " bytes")

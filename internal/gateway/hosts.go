@@ -2,8 +2,8 @@ package gateway
 
 import (
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/wspubsub/wspubsub/internal/config"
@@ -21,7 +21,7 @@ var loopbackHosts = []string{"localhost", "*.localhost", "127.0.0.0/8", "::1"}
 type hostPolicy struct {
 	names    map[string]bool
 	suffixes []string // ".example.com" for *.example.com
-	nets     []*net.IPNet
+	nets     []netip.Prefix
 }
 
 // newHostPolicy compiles patterns (validated by config.Serve.Validate);
@@ -42,13 +42,13 @@ func newHostPolicy(patterns []string, demo bool) *hostPolicy {
 		case strings.HasPrefix(s, "*."):
 			p.suffixes = append(p.suffixes, s[1:])
 		case strings.Contains(s, "/"):
-			if _, n, err := net.ParseCIDR(s); err == nil {
+			if n, err := config.ParsePrefix(s); err == nil {
 				p.nets = append(p.nets, n)
 			}
 		default:
 			s = strings.Trim(s, "[]")
-			if ip := net.ParseIP(s); ip != nil {
-				s = ip.String() // one spelling of each address
+			if ip, err := netip.ParseAddr(s); err == nil {
+				s = ip.Unmap().String() // one spelling of each address
 			}
 			p.names[s] = true
 		}
@@ -64,7 +64,8 @@ func (p *hostPolicy) allows(host string) bool {
 	if h == "" {
 		return false
 	}
-	if ip := net.ParseIP(h); ip != nil {
+	if ip, err := netip.ParseAddr(h); err == nil {
+		ip = ip.Unmap()
 		if p.names[ip.String()] {
 			return true
 		}

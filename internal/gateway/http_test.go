@@ -22,6 +22,7 @@ func TestKeyFromQuery(t *testing.T) {
 		"a%2Bb&_=1":                            "a+b",
 		"key=a+b":                              "a b", // a form value, as browsers encode it
 		"key=a%2Bb":                            "a+b",
+		"key=&_=1":                             "", // an empty key= is the key
 	} {
 		if got := KeyFromQuery(raw); got != want {
 			t.Errorf("KeyFromQuery(%q) = %q, want %q", raw, got, want)
