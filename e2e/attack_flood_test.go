@@ -25,17 +25,7 @@ func TestAttackWSPingFlood(t *testing.T) {
 	// client's own uploads (the flood stalls after ~30,000 pings), so the
 	// build from before the fix would pass too: with the default one it
 	// grows by 200 MB in 3 s and fails.
-	a := mustDial(t, p.url(attackKey))
-	eventually(t, 5*time.Second, "2 live", func() bool {
-		return metricValue(t, p.base, `wspubsub_connections{transport="websocket"}`) == 2
-	})
-
-	before, err := p.rss()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopRSS := p.watchRSS(t)
-	pr := startProber(p.target, normal, normalKey)
+	a, before, stopRSS, pr := p.startAttack(t, normal)
 
 	// Bounded by time and by count: at most 1,000,000 pings (131 MB on the
 	// wire; before the fix they queued more than 200 MB of pongs).
@@ -104,16 +94,7 @@ func TestAttackWSHeartbeatFlood(t *testing.T) {
 		// A default receive buffer (see the ping flood), also because the
 		// attacker reads everything back at the end, which a 4 KiB window
 		// makes slow.
-		a := mustDial(t, p.url(attackKey))
-		eventually(t, 5*time.Second, "2 live", func() bool {
-			return metricValue(t, p.base, `wspubsub_connections{transport="websocket"}`) == 2
-		})
-		before, err := p.rss()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stopRSS := p.watchRSS(t)
-		pr := startProber(p.target, normal, normalKey)
+		a, before, stopRSS, pr := p.startAttack(t, normal)
 
 		// How much the kernel buffers between the gateway and a client that
 		// does not read differs between machines, so the flood does not
@@ -170,4 +151,19 @@ func TestAttackWSHeartbeatFlood(t *testing.T) {
 			return metricValue(t, p.base, `wspubsub_disconnects_total{reason="`+reason+`"}`) == 1
 		})
 	})
+}
+
+// startAttack connects the attacker next to normal, then starts watching
+// the gateway's RSS (from before, in KiB) and probing normal.
+func (p *proc) startAttack(t *testing.T, normal *client) (a *client, before int, stopRSS func() int, pr *prober) {
+	t.Helper()
+	a = mustDial(t, p.url(attackKey))
+	eventually(t, 5*time.Second, "2 live", func() bool {
+		return metricValue(t, p.base, `wspubsub_connections{transport="websocket"}`) == 2
+	})
+	before, err := p.rss()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, before, p.watchRSS(t), startProber(p.target, normal, normalKey)
 }
