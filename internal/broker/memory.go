@@ -17,6 +17,7 @@ type Memory struct {
 	subs map[string][]chan []byte
 	in   chan []byte
 	run  atomic.Bool
+	hist *memHistory // nil: no history (see WithHistory)
 }
 
 // NewMemory returns a broker whose inbound channel is named inbound.

@@ -25,6 +25,12 @@ type RedisConfig struct {
 	OnReconnect func()
 	// OnReady is called with the subscription state when it changes.
 	OnReady func(bool)
+	// OnResubscribe is called when the subscription is back after a loss:
+	// messages published meanwhile were missed, and only the history has
+	// them.
+	OnResubscribe func()
+	// History turns on the per-key history (Size > 0).
+	History HistoryConfig
 }
 
 // Redis subscribes to the inbound channel with SUBSCRIBE and publishes events
@@ -58,6 +64,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.OnReady == nil {
 		cfg.OnReady = func(bool) {}
 	}
+	if cfg.OnResubscribe == nil {
+		cfg.OnResubscribe = func() {}
+	}
 	return &Redis{cfg: cfg, client: redis.NewClient(opt)}, nil
 }
 
@@ -77,7 +86,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 	defer stop()
 	defer r.setReady(false)
 
-	attempt := 0
+	attempt, lost := 0, false
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
 		if ctx.Err() != nil {
@@ -95,6 +104,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 				r.cfg.Logger.Warn("redis subscription lost; reconnecting", "channel", r.cfg.Inbound, "err", err)
 			}
 			r.setReady(false)
+			lost = true
 			r.cfg.OnReconnect()
 			if !sleep(ctx, backoff(attempt, r.cfg.MinBackoff, r.cfg.MaxBackoff)) {
 				return nil
@@ -109,7 +119,16 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 					r.cfg.Logger.Info("redis subscription restored", "channel", m.Channel, "attempts", attempt)
 				}
 				attempt = 0
+				// Backends calling FCALL need the functions even when no
+				// gateway has recorded anything since Redis restarted.
+				if err := r.loadHistory(ctx); err != nil {
+					r.cfg.Logger.Warn("redis: history functions not loaded", "err", err)
+				}
 				r.setReady(true)
+				if lost {
+					lost = false
+					r.cfg.OnResubscribe()
+				}
 			}
 		case *redis.Message:
 			// Zero-copy view: Handler must not keep or modify payload

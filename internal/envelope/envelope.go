@@ -30,6 +30,9 @@ const (
 	ReasonNoRecipients  = "no_recipients"
 	ReasonNoData        = "no_data"
 	ReasonBadBroadcast  = "bad_broadcast"
+	// ReasonBadIDs: a "wspubsub_ids" member that is not one string per
+	// recipient (only the history functions write it).
+	ReasonBadIDs = "bad_ids"
 	// ReasonInvalidUTF8: JSON whose strings hold bytes that are not UTF-8.
 	// encoding/json accepts it, but a WebSocket text frame must be UTF-8:
 	// every conforming client would drop its connection on it.
@@ -40,7 +43,7 @@ const (
 
 // Reasons lists every drop reason, so metrics can be pre-declared.
 var Reasons = []string{ReasonTooLarge, ReasonInvalidJSON, ReasonNotObject,
-	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast, ReasonInvalidUTF8, ReasonInternal}
+	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast, ReasonBadIDs, ReasonInvalidUTF8, ReasonInternal}
 
 // Error says why a message was rejected.
 type Error struct {
@@ -57,10 +60,18 @@ type Envelope struct {
 	Recipients [][]byte
 	// Broadcast is true for the {"broadcast":true,...} form: every connection.
 	Broadcast bool
+	// IDs are the history ids of a recorded message, one per recipient
+	// (member "wspubsub_ids", written by the history functions); nil for a
+	// message published without them.
+	IDs [][]byte
 	// Payload is what a client receives: the object minus routing members.
 	// It is freshly allocated and may be retained.
 	Payload []byte
 }
+
+// IDsMember is the routing member that carries a recorded message's ids.
+const IDsMember = "wspubsub_ids"
+
 
 // Parser parses envelopes, reusing its scratch space between calls. A Parser
 // is not safe for concurrent use.
@@ -68,6 +79,7 @@ type Parser struct {
 	// MaxBytes rejects larger messages; 0 means no limit.
 	MaxBytes int
 	recips   [][]byte
+	ids      [][]byte
 	spans    []span
 }
 
@@ -89,8 +101,8 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 		return Envelope{}, &Error{ReasonNotObject, "top level is not an object"}
 	}
 	p.spans = p.spans[:0]
-	var recips, broadcast, data = -1, -1, false
-	var recipVal, bcastVal span
+	var recips, broadcast, ids, data = -1, -1, -1, false
+	var recipVal, bcastVal, idsVal span
 	i = skipSpace(msg, i+1)
 	for msg[i] != '}' {
 		memberStart := i
@@ -106,6 +118,8 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 			recips, recipVal = memberStart, val
 		case "broadcast":
 			broadcast, bcastVal = memberStart, val
+		case IDsMember:
+			ids, idsVal = memberStart, val
 		default:
 			if string(key) == "data" {
 				data = true
@@ -141,6 +155,16 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 			return Envelope{}, &Error{ReasonNoRecipients, `"recipients" is empty`}
 		}
 		env.Recipients = r
+		if ids >= 0 {
+			list, err := p.parseStrings(msg[idsVal.start:idsVal.end], &p.ids, ReasonBadIDs, `"`+IDsMember+`"`)
+			if err != nil {
+				return Envelope{}, err
+			}
+			if len(list) != len(r) {
+				return Envelope{}, &Error{ReasonBadIDs, `"` + IDsMember + `" must hold one id per recipient`}
+			}
+			env.IDs = list
+		}
 	}
 	env.Payload = p.payload(msg)
 	return env, nil
@@ -166,31 +190,37 @@ func (p *Parser) payload(msg []byte) []byte {
 // parseRecipients reads a JSON array of strings. Strings without escapes are
 // returned as slices of v; escaped ones are decoded (rare, allocates).
 func (p *Parser) parseRecipients(v []byte) ([][]byte, error) {
+	return p.parseStrings(v, &p.recips, ReasonBadRecipients, `"recipients"`)
+}
+
+// parseStrings reads a JSON array of strings into *dst (reused).
+func (p *Parser) parseStrings(v []byte, dst *[][]byte, reason, what string) ([][]byte, error) {
 	if v[0] != '[' {
-		return nil, &Error{ReasonBadRecipients, `"recipients" is not a list`}
+		return nil, &Error{reason, what + " is not a list"}
 	}
-	p.recips = p.recips[:0]
+	list := (*dst)[:0]
 	i := skipSpace(v, 1)
 	for v[i] != ']' {
 		if v[i] != '"' {
-			return nil, &Error{ReasonBadRecipients, `"recipients" holds a non-string`}
+			return nil, &Error{reason, what + " holds a non-string"}
 		}
 		end := skipString(v, i)
 		raw := v[i+1 : end-1]
 		if hasEscape(raw) {
 			var s string
 			if err := json.Unmarshal(v[i:end], &s); err != nil {
-				return nil, &Error{ReasonBadRecipients, "undecodable recipient"}
+				return nil, &Error{reason, "undecodable string in " + what}
 			}
 			raw = []byte(s)
 		}
-		p.recips = append(p.recips, raw)
+		list = append(list, raw)
 		i = skipSpace(v, end)
 		if v[i] == ',' {
 			i = skipSpace(v, i+1)
 		}
 	}
-	return p.recips, nil
+	*dst = list
+	return list, nil
 }
 
 func hasEscape(b []byte) bool {
