@@ -72,7 +72,6 @@ type Envelope struct {
 // IDsMember is the routing member that carries a recorded message's ids.
 const IDsMember = "wspubsub_ids"
 
-
 // Parser parses envelopes, reusing its scratch space between calls. A Parser
 // is not safe for concurrent use.
 type Parser struct {
