@@ -72,8 +72,8 @@ func historyConformance(t *testing.T, b historyBroker, got <-chan string) {
 		}
 	}
 	for i := 1; i < 3; i++ {
-		a, _ := ParseID(ids[i-1])
-		b, ok := ParseID(ids[i])
+		a, _ := envelope.ParseID(ids[i-1])
+		b, ok := envelope.ParseID(ids[i])
 		if !ok || !b.After(a) || a.After(b) {
 			t.Fatalf("ids not increasing: %v", ids)
 		}

@@ -26,8 +26,8 @@ type memStream struct {
 	epoch   string
 	entries []Entry // oldest first, at most cfg.Size
 	times   []time.Time
-	ids     []ID
-	maxDel  ID // the newest id trimmed, zero when none
+	ids     []envelope.ID
+	maxDel  envelope.ID // the newest id trimmed, zero when none
 	lastMs  uint64
 	lastSeq uint64
 	expires time.Time
@@ -125,7 +125,7 @@ func (h *memHistory) append(key string, payload []byte, now time.Time) string {
 	} else {
 		s.lastSeq++
 	}
-	id := ID{s.epoch, s.lastMs, s.lastSeq}
+	id := envelope.ID{Epoch: s.epoch, Ms: s.lastMs, Seq: s.lastSeq}
 	s.entries = append(s.entries, Entry{ID: id.String(), Payload: payload})
 	s.ids = append(s.ids, id)
 	s.times = append(s.times, now)
@@ -177,14 +177,14 @@ func (m *Memory) Since(_ context.Context, key, since string) (Replay, error) {
 	if since == "" {
 		return out, nil
 	}
-	from, ok := ParseID(since)
+	from, ok := envelope.ParseID(since)
 	switch {
 	case !ok || (from.Epoch != "" && from.Epoch != s.epoch):
 		out.Gap = true
-		from = ID{}
+		from = envelope.ID{}
 	case s.maxDel.Epoch != "" && s.maxDel.After(from):
 		out.Gap = true
-		from = ID{}
+		from = envelope.ID{}
 	}
 	for i, id := range s.ids {
 		if id.After(from) {

@@ -51,6 +51,9 @@ type Serve struct {
 	WriteTimeout    time.Duration
 	ShutdownTimeout time.Duration
 
+	HistorySize int           // messages kept per key for resuming clients (0: off)
+	HistoryTTL  time.Duration // how long a message is kept
+
 	QueueBytes      int
 	MaxMessageBytes int
 	MaxClientBytes  int
@@ -106,6 +109,8 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.dur(&c.PingInterval, "ping-interval", 25*time.Second, "send keep-alive pings this often (less than --idle-timeout)")
 	f.dur(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket write blocks this long")
 	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
+	f.integer(&c.HistorySize, "history-size", 100, "messages kept per key so that clients connecting with ?since= resume without loss (0: no history, no ids)")
+	f.dur(&c.HistoryTTL, "history-ttl", 5*time.Minute, "how long a message is kept in a key's history (and an idempotency key remembered)")
 	f.size(&c.QueueBytes, "queue-bytes", 1<<20, "per-connection outbound queue; overflow closes with 4008")
 	f.size(&c.MaxMessageBytes, "max-message-bytes", 256<<10, "largest inbound published message")
 	f.size(&c.MaxClientBytes, "max-client-bytes", 4<<10, "largest message a client may send; larger closes with 1009")
@@ -181,6 +186,12 @@ func (c *Serve) Validate() error {
 		if _, err := ParsePrefix(p); err != nil {
 			bad("--trusted-proxies: %v", err)
 		}
+	}
+	if c.HistorySize < 0 {
+		bad("--history-size must not be negative")
+	}
+	if c.HistorySize > 0 && c.HistoryTTL < time.Second {
+		bad("--history-ttl must be at least 1s when --history-size is on: %v", c.HistoryTTL)
 	}
 	if c.MaxConnections < 0 {
 		bad("--max-connections must not be negative")

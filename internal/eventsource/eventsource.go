@@ -123,6 +123,18 @@ func Encode(payload []byte) []byte {
 	return append(out, '\n')
 }
 
+// encoded is m as one event; a message with a history id carries it in an
+// id: line, which the browser sends back as Last-Event-ID when it
+// reconnects by itself.
+func encoded(m *session.Message) []byte {
+	if m.ID == "" {
+		return m.Encoded(session.EncEventStream, Encode)
+	}
+	return m.Encoded(session.EncEventStream, func(p []byte) []byte {
+		return append([]byte("id: "+m.ID+"\n"), Encode(p)...)
+	})
+}
+
 // Serve admits a session for peer and streams its messages until the
 // client goes away or the session is closed.
 func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer) {
@@ -182,7 +194,7 @@ func (s *Server) pump(w http.ResponseWriter, rc *http.ResponseController, r *htt
 		// Drain until empty: only an empty Drain re-arms the next Wake.
 		for msgs = sess.Drain(msgs); len(msgs) > 0; msgs = sess.Drain(msgs) {
 			for i, m := range msgs {
-				if _, err := w.Write(m.Encoded(session.EncEventStream, Encode)); err != nil {
+				if _, err := w.Write(encoded(m)); err != nil {
 					return metrics.DiscWriteError
 				}
 				msgs[i] = nil

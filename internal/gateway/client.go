@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/eventsource"
 	"github.com/wspubsub/wspubsub/internal/hub"
 	"github.com/wspubsub/wspubsub/internal/longpoll"
@@ -124,6 +125,9 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) peerOf(r *http.Request) (session.Peer, error) {
 	addr := g.clientAddr(r.RemoteAddr, strings.Join(r.Header.Values("X-Forwarded-For"), ","), r.Header.Get("X-Real-IP"))
 	p := session.Peer{Key: KeyFromQuery(r.URL.RawQuery), Addr: addr}
+	if err := g.resumeOf(&p, r.URL.RawQuery, r.Header.Values("Last-Event-ID")); err != nil {
+		return p, err
+	}
 	sid, _ := queryValue(r.URL.RawQuery, "sid")
 	switch {
 	case len(sid) > maxSIDBytes:
@@ -159,7 +163,34 @@ func (g *Gateway) gate(hs *websocket.Handshake) (session.Peer, int) {
 	if err != nil {
 		return session.Peer{}, http.StatusBadRequest
 	}
-	return session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP)}, 0
+	p := session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP)}
+	if g.resumeOf(&p, u.RawQuery, nil) != nil {
+		return session.Peer{}, http.StatusBadRequest
+	}
+	return p, 0
+}
+
+// resumeOf sets whether and whence the client resumes: a since= parameter
+// (empty: from now), or EventSource's Last-Event-ID, which browsers send by
+// themselves on reconnect and which is newer than the page's since=. Only
+// when the gateway keeps history; an id it does not know is a gap, told
+// to the client when it connects.
+func (g *Gateway) resumeOf(p *session.Peer, rawQuery string, lastEventID []string) error {
+	if g.history == nil {
+		return nil
+	}
+	since, ok := queryValue(rawQuery, "since")
+	if len(lastEventID) > 0 {
+		since, ok = lastEventID[0], true
+	}
+	if !ok {
+		return nil
+	}
+	if len(since) > envelope.MaxIDBytes {
+		return errors.New("since longer than " + strconv.Itoa(envelope.MaxIDBytes) + " bytes")
+	}
+	p.Resume, p.Since = true, since
+	return nil
 }
 
 // clientAddr is the client's address for per-address limits: the socket's

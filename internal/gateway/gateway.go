@@ -36,6 +36,7 @@ type Gateway struct {
 	metrics  *metrics.Metrics
 	store    keystore.KeyStore
 	broker   broker.Broker
+	history  broker.History // nil: no history (--history-size 0)
 	hub      *hub.Hub
 	ws       *websocket.Server
 	es       *eventsource.Server
@@ -86,13 +87,16 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		log.Info("demo mode: serving loopback host names only (set --allowed-hosts to widen)", "allowed_hosts", strings.Join(loopbackHosts, ","))
 	}
 	if g.broker = opt.Broker; g.broker == nil {
-		g.broker, err = newBroker(cfg, log, g.metrics)
+		g.broker, err = newBroker(cfg, log, g.metrics, func() { go g.hub.Resync(g.ctx) })
 		if err != nil {
 			return nil, err
 		}
 	}
+	if cfg.HistorySize > 0 {
+		g.history = historyOf(g.broker)
+	}
 	g.hub = hub.New(hub.Config{
-		Store: g.store, Events: g.broker, Metrics: g.metrics, Logger: log,
+		Store: g.store, Events: g.broker, History: g.history, Metrics: g.metrics, Logger: log,
 		NodeID: cfg.NodeID, ConnectedChannel: cfg.ConnectedChannel, DisconnectedChannel: cfg.DisconnectedChannel,
 		JSONEvents: cfg.EventFormat == "json", MaxMessageBytes: cfg.MaxMessageBytes,
 		KeyCheckTimeout: cfg.KeyCheckTimeout, RecheckInterval: recheck(cfg.RecheckInterval),
@@ -203,15 +207,36 @@ func newStore(cfg config.Serve, log *slog.Logger) (keystore.KeyStore, error) {
 	}
 }
 
-func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics) (broker.Broker, error) {
+// historyOf returns b's history, when it keeps one.
+func historyOf(b broker.Broker) broker.History {
+	switch x := b.(type) {
+	case *broker.Memory:
+		return x.History() // nil unless built WithHistory
+	case broker.History:
+		return x
+	}
+	return nil
+}
+
+func historyConfig(cfg config.Serve) broker.HistoryConfig {
+	return broker.HistoryConfig{Size: cfg.HistorySize, TTL: cfg.HistoryTTL}
+}
+
+// newBroker builds the configured broker; resync is called when a lost
+// subscription is back (clients that resume must catch up from history).
+func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync func()) (broker.Broker, error) {
 	if cfg.RedisURL == "" {
 		log.Warn("broker: in-process (no --redis-url); publish with POST /publish or `wspubsub publish`")
-		return broker.NewMemory(cfg.Channel), nil
+		b := broker.NewMemory(cfg.Channel)
+		if cfg.HistorySize > 0 {
+			b.WithHistory(historyConfig(cfg))
+		}
+		return b, nil
 	}
-	log.Info("broker: Redis", "channel", cfg.Channel)
+	log.Info("broker: Redis", "channel", cfg.Channel, "history_size", cfg.HistorySize, "history_ttl", cfg.HistoryTTL)
 	return broker.NewRedis(broker.RedisConfig{
-		URL: cfg.RedisURL, Inbound: cfg.Channel, Logger: log,
-		OnReconnect: m.BrokerReconnects.Inc,
+		URL: cfg.RedisURL, Inbound: cfg.Channel, Logger: log, History: historyConfig(cfg),
+		OnReconnect: m.BrokerReconnects.Inc, OnResubscribe: resync,
 		OnReady: func(ok bool) {
 			if ok {
 				m.BrokerReady.Set(1)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/envelope"
+	"github.com/wspubsub/wspubsub/internal/metrics"
 )
 
 // caller is what a request proves about who sent it. It decides who may
@@ -147,12 +148,54 @@ func (g *Gateway) servePublish(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": reason, "detail": err.Error()})
 		return
 	}
-	if err := g.broker.Publish(r.Context(), g.cfg.Channel, body); err != nil {
-		g.log.Warn("publish API: broker publish failed", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "broker unavailable"})
+	idem := r.Header.Get("Idempotency-Key")
+	if len(idem) > maxIdempotencyKey || strings.Trim(idem, idemChars) != "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad_idempotency_key",
+			"detail": "Idempotency-Key must be at most 128 letters, digits and -_.:~"})
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+	g.publishAccepted(w, r, body, idem)
+}
+
+const (
+	maxIdempotencyKey = 128
+	idemChars         = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.:~"
+)
+
+// publishAccepted hands a validated message to the broker and answers 202
+// once it is durable: with history on, recorded in the history of every
+// recipient (and published); otherwise published.
+func (g *Gateway) publishAccepted(w http.ResponseWriter, r *http.Request, body []byte, idem string) {
+	if g.history == nil {
+		if err := g.broker.Publish(r.Context(), g.cfg.Channel, body); err != nil {
+			g.publishFailed(w, err)
+			return
+		}
+		g.metrics.Publishes.WithLabelValues(metrics.PublishLive).Inc()
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
+		return
+	}
+	rec, err := g.history.Record(r.Context(), body, idem)
+	if err != nil {
+		g.publishFailed(w, err)
+		return
+	}
+	status, outcome := "accepted", metrics.PublishRecorded
+	switch {
+	case rec.Duplicate:
+		status, outcome = "duplicate", metrics.PublishDuplicate
+	case rec.IDs == nil:
+		outcome = metrics.PublishLive // a broadcast: no key, no history
+	}
+	g.metrics.Publishes.WithLabelValues(outcome).Inc()
+	writeJSON(w, http.StatusAccepted, map[string]any{"status": status, "ids": rec.IDs})
+}
+
+func (g *Gateway) publishFailed(w http.ResponseWriter, err error) {
+	g.metrics.Publishes.WithLabelValues(metrics.PublishFailed).Inc()
+	g.sampled.Log(slog.LevelWarn, "publish API: broker publish failed", "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "broker unavailable"})
 }
 
 // publishAllowed: the token when one is configured, else a local caller.

@@ -73,14 +73,36 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 		h.sampled.Log(slog.LevelInfo, "connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
+	if s.Resumes() {
+		// Held from registration on: a message published while the
+		// history is read reaches s once, after it.
+		s.Hold()
+	}
 	if err := h.register(s); err != nil {
 		return err
+	}
+	if s.Resumes() {
+		if err := h.resume(ctx, s); err != nil {
+			return err
+		}
 	}
 	h.live.Add(1)
 	h.m.Connects.WithLabelValues(s.Transport).Inc()
 	h.m.Connections.WithLabelValues(s.Transport).Inc()
 	h.events.emit(event{connected: true, key: s.Key, conn: s.ID, transport: s.Transport, at: time.Now()})
 	h.log.Debug("connected", "key", key, "conn", s.ID, "transport", s.Transport)
+	return nil
+}
+
+// resume replays s's history after registration; when it cannot be read, s
+// is unregistered again and refused with CloseTryAgain (its client retries
+// with the same id: nothing is lost).
+func (h *Hub) resume(ctx context.Context, s *session.Session) error {
+	if _, err := h.replay(ctx, s, s.Since, true, true); err != nil {
+		h.unregister(s)
+		h.reject(metrics.RejectHistory)
+		return &ErrRejected{session.CloseTryAgain, "try again later"}
+	}
 	return nil
 }
 

@@ -55,14 +55,20 @@ func (h *Hub) Dispatch(raw []byte) {
 			h.seq++
 			seq = h.seq
 		}
-		for _, r := range env.Recipients {
-			n += h.deliverTo(r, msg, seq)
+		for i, r := range env.Recipients {
+			rec := recorded{}
+			if env.IDs != nil {
+				rec.id = env.IDs[i]
+			}
+			n += h.deliverTo(r, msg, &rec, seq)
 		}
 	}
 	h.m.Deliveries.Add(float64(n))
 }
 
-func (h *Hub) deliverTo(key []byte, msg *session.Message, seq uint64) int {
+// deliverTo queues msg to key's sessions; a resuming session gets the
+// recorded form (with its id) instead, when the message has one.
+func (h *Hub) deliverTo(key []byte, msg *session.Message, rec *recorded, seq uint64) int {
 	sh := h.shardOf(key)
 	sh.mu.RLock()
 	list := sh.keys[string(key)]
@@ -74,7 +80,13 @@ func (h *Hub) deliverTo(key []byte, msg *session.Message, seq uint64) int {
 			}
 			s.DispatchSeq = seq
 		}
-		if s.Deliver(msg) {
+		m := msg
+		if rec.id != nil && s.Resumes() {
+			if r := rec.get(msg.Payload); r != nil {
+				m = r
+			}
+		}
+		if s.Deliver(m) {
 			n++
 		}
 	}

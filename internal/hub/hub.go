@@ -28,6 +28,8 @@ import (
 type Config struct {
 	Store   keystore.KeyStore
 	Events  broker.Broker // where connected/disconnected events go
+	// History, when not nil, serves resuming clients (session.Peer.Resume).
+	History broker.History
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 
@@ -78,7 +80,8 @@ type Hub struct {
 	slots      map[string]*slot // key lookups running per client address (under amu)
 	slotPool   sync.Pool        // of *slot
 
-	live    atomic.Int64
+	resyncMu sync.Mutex // one Resync at a time
+	live     atomic.Int64
 	closing atomic.Bool
 	nextID  atomic.Uint64
 	seq     uint64 // Dispatch's message number (Dispatch's goroutine only)

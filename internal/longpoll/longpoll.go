@@ -113,6 +113,36 @@ type poller struct {
 	lastSeen atomic.Int64
 	closed   atomic.Pointer[closeInfo]
 	idle     atomic.Bool
+
+	// A resuming client names, on each poll, the id of the last message it
+	// got: until a poll names the one answered last, that answer may have
+	// been lost on the way and is given again.
+	mu       sync.Mutex
+	inflight *session.Message // the last message answered (resuming clients)
+	sentFor  string           // the since of the poll it answered
+}
+
+// again returns the message to answer a resuming client's poll with once
+// more (its previous answer did not arrive), or nil; the in-flight message
+// is forgotten once a poll names a newer position.
+func (p *poller) again(since string) *session.Message {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inflight != nil && since == p.sentFor {
+		return p.inflight
+	}
+	p.inflight = nil
+	return nil
+}
+
+// sent records m as answered to a poll that named since.
+func (p *poller) sent(m *session.Message, since string) {
+	if m.ID == "" || !p.sess.Resumes() {
+		return
+	}
+	p.mu.Lock()
+	p.inflight, p.sentFor = m, since
+	p.mu.Unlock()
 }
 
 type closeInfo struct {
@@ -210,14 +240,19 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 		p.active.Add(-1)
 	}()
 	w.Header().Set("Cache-Control", "no-store")
+	if p.sess.Resumes() && peer.Resume {
+		if m := p.again(peer.Since); m != nil {
+			writeMessage(w, m)
+			return
+		}
+	}
 	timer := time.NewTimer(s.cfg.PollTimeout)
 	defer timer.Stop()
 	for {
 		if m := p.sess.Pop(); m != nil {
 			p.answered.Store(true)
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.Header().Set("Content-Length", strconv.Itoa(len(m.Payload)))
-			_, _ = w.Write(m.Payload)
+			p.sent(m, peer.Since)
+			writeMessage(w, m)
 			return
 		}
 		if c := p.closed.Load(); c != nil {
@@ -239,6 +274,12 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 			return
 		}
 	}
+}
+
+func writeMessage(w http.ResponseWriter, m *session.Message) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(m.Payload)))
+	_, _ = w.Write(m.Payload)
 }
 
 // WriteClose answers with the HTTP form of a close, on every HTTP

@@ -16,11 +16,29 @@ const (
 	RejectOrigin           = "origin"
 	RejectLimit            = "limit"
 	RejectBadRequest       = "bad_request"
-	RejectSessionLimit     = "session_limit"  // --max-sessions-per-key or -per-addr
-	RejectThrottled        = "throttled"      // too many failed key checks from the address
-	RejectSocketLimit      = "socket_limit"   // accepted socket closed at once: too many open
-	RejectInternal         = "internal_error" // admission failed on a bug (a recovered panic)
-	RejectHost             = "host"           // Host header not in --allowed-hosts (any request but /healthz)
+	RejectSessionLimit     = "session_limit"       // --max-sessions-per-key or -per-addr
+	RejectThrottled        = "throttled"           // too many failed key checks from the address
+	RejectSocketLimit      = "socket_limit"        // accepted socket closed at once: too many open
+	RejectInternal         = "internal_error"      // admission failed on a bug (a recovered panic)
+	RejectHost             = "host"                // Host header not in --allowed-hosts (any request but /healthz)
+	RejectHistory          = "history_unavailable" // a resuming client's history could not be read
+)
+
+// Resume outcomes (wspubsub_resumes_total{outcome}).
+const (
+	ResumeFromNow  = "from_now" // since= empty: the client got its position
+	ResumeComplete = "complete" // everything after the client's id was replayed
+	ResumeGap      = "gap"      // the history no longer reached back: gap frame
+	ResumeFailed   = "failed"   // the history could not be read: closed with 1013
+	ResumeResync   = "resync"   // a live client caught up after the broker's subscription came back
+)
+
+// Publish outcomes (wspubsub_publishes_total{outcome}) of POST /publish.
+const (
+	PublishRecorded  = "recorded"  // in the history of every recipient, then published
+	PublishDuplicate = "duplicate" // idempotency key seen: acknowledged, not published again
+	PublishLive      = "live"      // published without history (history off, or a broadcast)
+	PublishFailed    = "failed"    // the broker could not take it: 503
 )
 
 // Disconnect reasons (connections that were registered and then ended).
@@ -56,6 +74,9 @@ type Metrics struct {
 	Revocations      prometheus.Counter
 	ClientMessages   *prometheus.CounterVec
 	WriteStalls      prometheus.Counter
+	Resumes          *prometheus.CounterVec
+	Replayed         prometheus.Counter
+	Publishes        *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them (plus Go and process
@@ -106,6 +127,22 @@ func New() *Metrics {
 			Name: "wspubsub_client_messages_total", Help: "Text messages received from clients, by kind.",
 		}, []string{"kind"}),
 	}
+	m.Resumes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wspubsub_resumes_total", Help: "History reads for resuming clients, by outcome.",
+	}, []string{"outcome"})
+	m.Replayed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_replayed_total", Help: "Messages read from history and queued to resuming clients (before duplicate filtering).",
+	})
+	m.Publishes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wspubsub_publishes_total", Help: "POST /publish requests, by outcome.",
+	}, []string{"outcome"})
+	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes)
+	for _, o := range []string{ResumeFromNow, ResumeComplete, ResumeGap, ResumeFailed, ResumeResync} {
+		m.Resumes.WithLabelValues(o)
+	}
+	for _, o := range []string{PublishRecorded, PublishDuplicate, PublishLive, PublishFailed} {
+		m.Publishes.WithLabelValues(o)
+	}
 	m.Registry.MustRegister(m.Connections, m.Connects, m.Rejections, m.Disconnects,
 		m.MessagesIn, m.Deliveries, m.Drops, m.BrokerReconnects, m.BrokerReady,
 		m.EventsPublished, m.EventsDropped, m.Revocations, m.ClientMessages, m.WriteStalls,
@@ -115,7 +152,7 @@ func New() *Metrics {
 		m.Drops.WithLabelValues(r)
 	}
 	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest,
-		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectInternal, RejectHost} {
+		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectInternal, RejectHost, RejectHistory} {
 		m.Rejections.WithLabelValues(r)
 	}
 	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig, DiscRateLimited, DiscInternal, DiscInvalidData} {

@@ -1,6 +1,10 @@
 package session
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/wspubsub/wspubsub/internal/envelope"
+)
 
 // Encoding slots: each transport caches its wire form of a message in its
 // own slot, so a message is encoded once per transport however many
@@ -14,6 +18,9 @@ const (
 // Message is one payload on its way to one or more sessions. It is shared by
 // every recipient and must not be modified after it is first delivered.
 type Message struct {
+	// ID is the message's history id, "" for none (see NewRecorded).
+	ID      string
+	id      envelope.ID
 	Payload []byte
 	size    int // what it counts against a queue's byte limit
 	enc     [encSlots]struct {

@@ -9,8 +9,11 @@ package session
 
 import (
 	"net/http"
+
 	"sync"
 	"sync/atomic"
+
+	"github.com/wspubsub/wspubsub/internal/envelope"
 )
 
 // Close codes sent to clients (WebSocket close codes; other transports map
@@ -73,6 +76,10 @@ type Peer struct {
 	// (its sid, or a digest of what identifies it), so that its POSTs reach
 	// that connection; empty for WebSocket.
 	Client string
+	// Resume: the client asked for ids and resume, from Since (an id, ""
+	// for from now). Set only when the gateway keeps history.
+	Resume bool
+	Since  string
 }
 
 // Session is one authenticated (or authenticating) client connection.
@@ -90,18 +97,30 @@ type Session struct {
 	byPeer      atomic.Bool
 	closeOnce   sync.Once
 	code        atomic.Int32
+	res         *resume // nil unless Peer.Resume
 }
 
 // New returns a session whose queue holds at most limit bytes.
 func New(id uint64, p Peer, transport string, t Transport, limit int) *Session {
 	s := &Session{ID: id, Peer: p, Transport: transport, t: t}
 	s.q.limit = limit
+	if p.Resume {
+		s.res = &resume{}
+		s.res.last, _ = envelope.ParseID(p.Since)
+	}
 	return s
 }
 
 // Deliver queues m. It reports false when the session is closed or its
 // queue overflowed, in which case the session is closed with CloseTooSlow.
 func (s *Session) Deliver(m *Message) bool {
+	if s.res != nil && m.ID != "" {
+		return s.deliverRecorded(m)
+	}
+	return s.push(m)
+}
+
+func (s *Session) push(m *Message) bool {
 	switch s.q.push(m) {
 	case pushWake:
 		s.t.Wake()
