@@ -26,8 +26,8 @@ import (
 
 // Config configures a Hub. Zero durations take the defaults in brackets.
 type Config struct {
-	Store   keystore.KeyStore
-	Events  broker.Broker // where connected/disconnected events go
+	Store  keystore.KeyStore
+	Events broker.Broker // where connected/disconnected events go
 	// History, when not nil, serves resuming clients (session.Peer.Resume).
 	History broker.History
 	Metrics *metrics.Metrics
@@ -82,9 +82,9 @@ type Hub struct {
 
 	resyncMu sync.Mutex // one Resync at a time
 	live     atomic.Int64
-	closing atomic.Bool
-	nextID  atomic.Uint64
-	seq     uint64 // Dispatch's message number (Dispatch's goroutine only)
+	closing  atomic.Bool
+	nextID   atomic.Uint64
+	seq      uint64 // Dispatch's message number (Dispatch's goroutine only)
 }
 
 // New builds a hub; call Run to start its background work.
