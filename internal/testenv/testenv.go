@@ -121,8 +121,23 @@ func missing(t testing.TB, what string) {
 	t.Skipf("%s not available; run scripts/test.sh to install and start everything", what)
 }
 
-// Redis starts a fresh redis-server.
+// Redis starts a fresh redis-server without persistence: a restart loses
+// everything.
 func Redis(t testing.TB) *Service {
+	t.Helper()
+	return RedisWith(t, "--appendonly", "no")
+}
+
+// DurableRedis starts a redis-server that writes every command to its
+// append-only file before answering (appendfsync always): a SIGKILL and
+// restart lose nothing acknowledged.
+func DurableRedis(t testing.TB) *Service {
+	t.Helper()
+	return RedisWith(t, "--appendonly", "yes", "--appendfsync", "always")
+}
+
+// RedisWith starts a fresh redis-server with extra arguments.
+func RedisWith(t testing.TB, extra ...string) *Service {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -131,8 +146,8 @@ func Redis(t testing.TB) *Service {
 	dir := t.TempDir()
 	s := &Service{t: t, name: "redis", Port: FreePort(t)}
 	s.argv = func() []string {
-		return []string{bin, "--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1", "--save", "",
-			"--appendonly", "no", "--dir", dir, "--loglevel", "warning"}
+		return append([]string{bin, "--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1", "--save", "",
+			"--dir", dir, "--loglevel", "warning"}, extra...)
 	}
 	s.Start()
 	t.Cleanup(s.Stop)
