@@ -40,19 +40,42 @@ func publish(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if cfg.RedisURL != "" {
-		opt, err := redis.ParseURL(cfg.RedisURL)
-		if err != nil {
-			return fmt.Errorf("parsing --redis-url: %w", err)
-		}
-		c := redis.NewClient(opt)
-		defer c.Close()
-		n, err := c.Publish(ctx, cfg.Channel, msg).Result()
-		if err != nil {
-			return fmt.Errorf("publishing on Redis channel %q: %w", cfg.Channel, err)
-		}
-		fmt.Fprintf(stdout, "published on %s (%d gateway subscriber(s))\n", cfg.Channel, n)
-		return nil
+		return publishRedis(ctx, cfg, msg, stdout)
 	}
+	return publishHTTP(ctx, cfg, msg, stdout)
+}
+
+// publishRedis records the message in history and publishes it in one
+// FCALL (the functions every gateway with history loads), or PUBLISHes it
+// with --plain, or when no gateway with history has set up this Redis.
+func publishRedis(ctx context.Context, cfg config.Publish, msg []byte, stdout io.Writer) error {
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("parsing --redis-url: %w", err)
+	}
+	c := redis.NewClient(opt)
+	defer c.Close()
+	if !cfg.Plain {
+		v, err := c.FCall(ctx, "wspubsub_publish", nil, msg, cfg.IdempotencyKey).Slice()
+		switch {
+		case err == nil:
+			printRecorded(stdout, "recorded in history and published on "+cfg.Channel, len(v) > 0 && v[0] == int64(1), v[min(1, len(v)):])
+			return nil
+		case !strings.Contains(err.Error(), "Function not found"):
+			return fmt.Errorf("recording on Redis (FCALL wspubsub_publish): %w", err)
+		}
+		fmt.Fprintln(stdout, "note: this Redis has no wspubsub functions (no gateway with history has used it): publishing without history")
+	}
+	n, err := c.Publish(ctx, cfg.Channel, msg).Result()
+	if err != nil {
+		return fmt.Errorf("publishing on Redis channel %q: %w", cfg.Channel, err)
+	}
+	fmt.Fprintf(stdout, "published on %s (%d gateway subscriber(s))\n", cfg.Channel, n)
+	return nil
+}
+
+// publishHTTP POSTs the message to a running gateway's /publish.
+func publishHTTP(ctx context.Context, cfg config.Publish, msg []byte, stdout io.Writer) error {
 	url := strings.TrimSuffix(cfg.Gateway, "/") + "/publish"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(msg))
 	if err != nil {
@@ -62,17 +85,36 @@ func publish(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if cfg.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+cfg.Token)
 	}
+	if cfg.IdempotencyKey != "" {
+		req.Header.Set("Idempotency-Key", cfg.IdempotencyKey)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("posting to %s (is the gateway running?): %w", url, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusAccepted {
 		return fmt.Errorf("gateway answered %s: %s", resp.Status, bytes.TrimSpace(body))
 	}
-	fmt.Fprintf(stdout, "published via %s\n", url)
+	var ans struct {
+		Status string `json:"status"`
+		IDs    []any  `json:"ids"`
+	}
+	_ = json.Unmarshal(body, &ans)
+	if ans.IDs == nil {
+		fmt.Fprintf(stdout, "published via %s\n", url)
+		return nil
+	}
+	printRecorded(stdout, "recorded in history and published via "+url, ans.Status == "duplicate", ans.IDs)
 	return nil
+}
+
+func printRecorded(out io.Writer, what string, duplicate bool, ids []any) {
+	if duplicate {
+		what = "already published with this --idempotency-key: not delivered again"
+	}
+	fmt.Fprintf(out, "%s (ids %v)\n", what, ids)
 }
 
 // buildEnvelope wraps data for --to / --broadcast; otherwise msg is the

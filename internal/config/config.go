@@ -276,6 +276,10 @@ type Publish struct {
 	Broadcast bool
 	Timeout   time.Duration
 	Message   string // the envelope, or with To/Broadcast only the data
+	// IdempotencyKey makes a retry safe: a repeat within the gateway's
+	// --history-ttl is acknowledged but not delivered again.
+	IdempotencyKey string
+	Plain          bool // Redis PUBLISH without history (the original's way)
 }
 
 // ParsePublish parses the publish sub-command's arguments.
@@ -289,6 +293,8 @@ func ParsePublish(args []string, getenv func(string) string, out io.Writer) (Pub
 	f.list(&c.To, "to", "recipient keys, comma-separated; the argument is then just the data")
 	f.boolean(&c.Broadcast, "broadcast", false, "send to every connection; the argument is then just the data")
 	f.dur(&c.Timeout, "timeout", 5*time.Second, "give up after this long")
+	f.str(&c.IdempotencyKey, "idempotency-key", "", "a publish repeated with the same key within --history-ttl is acknowledged but not delivered again (letters, digits, -_.:~; at most 128)")
+	f.boolean(&c.Plain, "plain", false, "with --redis-url: plain PUBLISH, not recorded in history (at-most-once, the original's way)")
 	f.Usage = func() {
 		fmt.Fprintf(f.Output(), "Usage: wspubsub publish [flags] '<message JSON>' (or - to read stdin)\n\n")
 		f.PrintDefaults()
