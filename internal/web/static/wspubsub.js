@@ -11,6 +11,14 @@
 // to the next when one cannot connect, and reconnecting with exponential
 // backoff and full jitter. Close codes 4401 (unauthorized) and 4403
 // (revoked) are final: no retry; onerror and onclose say why.
+//
+// Resume (on by default; resume: false or $.bullet without {resume: true}
+// keep the original frames): the client remembers the id of the last message
+// it got and asks for since=<that id> on every (re)connect, on every
+// transport, and on every poll, so messages published while it was away
+// arrive in order and once. onmessage(e) then has e.id besides e.data (e.data
+// stays the frame without its id, byte-identical to the original's), and
+// ongap(e) fires when the gateway's history no longer reaches back.
 
 const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 const TRANSPORTS = ["websocket", "eventsource", "polling"];
@@ -35,6 +43,54 @@ function withParam(url, name, value) {
   return url + (url.indexOf("?") < 0 ? "?" : "&") + name + "=" + encodeURIComponent(value);
 }
 
+// withSince adds since= to a URL; null means the client does not resume.
+function withSince(url, since) {
+  return since === null || since === undefined ? url : withParam(url, "since", since);
+}
+
+/**
+ * splitSince removes a since= parameter from url (the client adds its own on
+ * every connect; the gateway reads the first one) and returns [url, value],
+ * value null when there was none.
+ */
+export function splitSince(url) {
+  const q = url.indexOf("?");
+  if (q < 0) return [url, null];
+  let since = null;
+  const kept = url.slice(q + 1).split("&").filter((p) => {
+    if (!p.startsWith("since=")) return true;
+    if (since === null) {
+      try { since = decodeURIComponent(p.slice(6)); } catch (_) { since = p.slice(6); }
+    }
+    return false;
+  });
+  return [url.slice(0, q) + (kept.length ? "?" + kept.join("&") : ""), since];
+}
+
+const ID_PREFIX = '{"id":"';
+const GAP = '{"gap":true}';
+
+/**
+ * parseFrame reads a resuming client's frame: {id, data} for a recorded
+ * message (data is the frame without its id: the gateway puts the id first,
+ * so cutting it off gives back the original {"data":…} text exactly),
+ * {id, position: true} for the position frame {"id":"…"}, {gap: true} for
+ * {"gap":true}, and null for anything else (live-only {"data":…}, heartbeat).
+ */
+export function parseFrame(text) {
+  if (typeof text !== "string") return null;
+  if (text === GAP) return { gap: true };
+  if (!text.startsWith(ID_PREFIX)) return null;
+  const end = text.indexOf('"', ID_PREFIX.length);
+  if (end <= ID_PREFIX.length) return null;
+  const id = text.slice(ID_PREFIX.length, end);
+  if (id.indexOf("\\") >= 0) return null; // ids are plain [0-9a-z.-]; an escape is not one
+  const rest = text.slice(end + 1);
+  if (rest === "}") return { id, position: true };
+  if (rest[0] === ",") return { id, data: "{" + rest.slice(1) };
+  return null;
+}
+
 function defaultEnv() {
   const g = globalThis;
   return {
@@ -44,7 +100,14 @@ function defaultEnv() {
     setInterval: g.setInterval.bind(g), clearInterval: g.clearInterval.bind(g),
     random: Math.random, now: () => Date.now(),
     AbortController: g.AbortController,
+    sessionStorage: storage(g),
   };
+}
+
+// storage returns sessionStorage, or undefined where reading it throws
+// (sandboxed frames, storage disabled).
+function storage(g) {
+  try { return g.sessionStorage; } catch (_) { return undefined; }
 }
 
 // closeFromResponse reads the close code a gateway put on an HTTP answer.
@@ -64,11 +127,13 @@ function postText(env, url, data, cb) {
 }
 
 // Each transport factory returns {send, close} and reports through cb:
-// onopen(), onmessage(text), onclose(code, reason, wasOpen).
+// onopen(), onmessage(text), onclose(code, reason, wasOpen). cb.since()
+// is the since= to ask for now (null: not resuming); it is read when a
+// connection opens and, for long-polling, on every poll.
 const factories = {
   websocket(url, env, cb) {
     let opened = false;
-    const ws = new env.WebSocket(url);
+    const ws = new env.WebSocket(withSince(url, cb.since()));
     ws.onopen = () => { opened = true; cb.onopen(); };
     ws.onmessage = (e) => cb.onmessage(e.data);
     ws.onclose = (e) => cb.onclose(e.code || 1006, e.reason || "", opened);
@@ -82,7 +147,8 @@ const factories = {
     // The sid ties this client's POSTs to its stream.
     const httpURL = withParam(toHTTP(url), "sid", sid);
     let opened = false, done = false;
-    const es = new env.EventSource(httpURL);
+    // A new EventSource sends no Last-Event-ID: since= says where to resume.
+    const es = new env.EventSource(withSince(httpURL, cb.since()));
     const finish = (code, reason) => {
       if (done) return;
       done = true;
@@ -115,7 +181,9 @@ const factories = {
     const poll = () => {
       if (done) return;
       ctrl = env.AbortController ? new env.AbortController() : null;
-      env.fetch(httpURL, { headers: { "X-Socket-Transport": "xhrPolling" }, cache: "no-store", signal: ctrl && ctrl.signal })
+      // since= on every poll: the gateway answers again what a poll naming
+      // the same since got, in case that answer was lost on the way.
+      env.fetch(withSince(httpURL, cb.since()), { headers: { "X-Socket-Transport": "xhrPolling" }, cache: "no-store", signal: ctrl && ctrl.signal })
         .then((res) => {
           if (!res.ok) return finish(closeFromResponse(res).code, closeFromResponse(res).reason);
           return res.text().then((body) => {
@@ -143,24 +211,40 @@ const factories = {
  * baseDelay (100 ms), maxDelay (10 s), heartbeatInterval (20 s; onheartbeat
  * fires and, with autoPing, "ping" is sent), heartbeatTimeout (10 s without
  * any answer after a ping: the connection is dead and is replaced).
+ *
+ * Resume: resume (default true; false: the original frames, no since=),
+ * since (where the first connect starts: an id, or "" for "from now", the
+ * default; a since= in the URL works too), storageKey (opt in to keeping the
+ * last id in sessionStorage under this name, so a reload resumes; a stored id
+ * wins over since). lastId is the id of the last message received.
  */
 export class WsPubSub {
   constructor(url, options = {}) {
     const o = Object.assign({
       websocket: !options.disableWebSocket, eventsource: !options.disableEventSource,
       polling: !options.disableXHRPolling, baseDelay: 100, maxDelay: 10000,
-      heartbeatInterval: 20000, heartbeatTimeout: 10000, autoPing: true,
+      heartbeatInterval: 20000, heartbeatTimeout: 10000, autoPing: true, resume: true,
     }, options);
-    this.url = url;
     this.options = o;
+    this._resume = o.resume !== false;
     this.readyState = CLOSED;
     this.transport = null;     // "websocket", "eventsource" or "polling" while connected
     this.connectedSince = null; // Date of the current connection
     this.lastHeartbeat = null;  // Date of the last heartbeat reply
     this.closeCode = null;      // set when the connection ended for good
     this.closeReason = null;
-    this.onopen = this.onmessage = this.ondisconnect = this.onclose = this.onheartbeat = this.onerror = () => {};
+    this.onopen = this.onmessage = this.ondisconnect = this.onclose = this.onheartbeat = this.onerror = this.ongap = () => {};
     this._env = Object.assign(defaultEnv(), o.env || {});
+    this.lastId = "";
+    this.url = url;
+    if (this._resume) {
+      let since = o.since === undefined || o.since === null ? null : String(o.since);
+      const [bare, inURL] = splitSince(url);
+      this.url = bare;
+      if (since === null) since = inURL;
+      const stored = this._load();
+      this.lastId = stored || since || "";
+    }
     this._sid = Math.floor(this._env.random() * 1e16).toString(36);
     this._factories = Object.assign({}, factories, o.factories || {});
     this._tn = 0;
@@ -199,6 +283,7 @@ export class WsPubSub {
       onopen: () => { if (this._t === current) this._opened(name); },
       onmessage: (text) => { if (this._t === current) this._message(text); },
       onclose: (code, reason, wasOpen) => { if (this._t === current) this._closed(code, reason, wasOpen); },
+      since: () => (this._resume ? this.lastId : null),
     };
     try {
       current = { name, impl: null };
@@ -225,7 +310,25 @@ export class WsPubSub {
       this.lastHeartbeat = new Date(this._env.now());
       if (this._pendingPings > 0) { this._pendingPings--; return; } // our own ping's answer
     }
-    this.onmessage({ data: text });
+    const f = this._resume ? parseFrame(text) : null;
+    if (f === null) return this.onmessage({ data: text });
+    // Gap: some messages are lost; lastId stays until the next id arrives.
+    if (f.gap) return this.ongap({ since: this.lastId });
+    this._save(f.id);
+    if (!f.position) this.onmessage({ data: f.data, id: f.id });
+  }
+
+  _load() {
+    const s = this._env.sessionStorage;
+    if (!this.options.storageKey || !s) return null;
+    try { return s.getItem(this.options.storageKey); } catch (_) { return null; }
+  }
+
+  _save(id) {
+    this.lastId = id;
+    const s = this._env.sessionStorage;
+    if (!this.options.storageKey || !s) return;
+    try { s.setItem(this.options.storageKey, id); } catch (_) { /* full or disabled: memory only */ }
   }
 
   _closed(code, reason, wasOpen) {
@@ -308,8 +411,16 @@ export class WsPubSub {
     this.onclose({ code: 1000, reason: "closed by the page", wasClean: true });
   }
 
-  /** setURL changes the URL used by the next (re)connection. */
-  setURL(url) { this.url = url; }
+  /**
+   * setURL changes the URL used by the next (re)connection; a since= in it
+   * sets where that connection resumes.
+   */
+  setURL(url) {
+    if (!this._resume) { this.url = url; return; }
+    const [bare, since] = splitSince(url);
+    this.url = bare;
+    if (since !== null) this._save(since);
+  }
 
   /** getURL returns the URL in use. */
   getURL() { return this.url; }
@@ -320,8 +431,11 @@ WsPubSub.OPEN = OPEN;
 WsPubSub.CLOSING = CLOSING;
 WsPubSub.CLOSED = CLOSED;
 
-/** bullet mirrors $.bullet(url, options) of bullet.js. */
-export function bullet(url, options) { return new WsPubSub(url, options); }
+/**
+ * bullet mirrors $.bullet(url, options) of bullet.js. Old pages parse the
+ * original frames, so it resumes only when the page asks ({resume: true}).
+ */
+export function bullet(url, options) { return new WsPubSub(url, Object.assign({ resume: false }, options)); }
 
 globalThis.WsPubSub = WsPubSub;
 if (globalThis.jQuery) globalThis.jQuery.bullet = bullet;

@@ -2,7 +2,7 @@
 // transports and a fake clock: node --test internal/web/static/
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WsPubSub, backoffDelay, toHTTP } from "./wspubsub.js";
+import { WsPubSub, backoffDelay, toHTTP, bullet, parseFrame, splitSince } from "./wspubsub.js";
 
 // fakeClock runs timers when told to, in time order.
 function fakeClock() {
@@ -36,7 +36,8 @@ function fakeClock() {
 function fakeTransports() {
   const opened = [];
   const make = (name) => (url, env, cb) => {
-    const t = { name, url, cb, sent: [], closed: false };
+    // since: what the transport was told to resume from when it opened.
+    const t = { name, url, cb, since: cb.since(), sent: [], closed: false };
     opened.push(t);
     return { send: (d) => { t.sent.push(d); return true; }, close: () => { t.closed = true; } };
   };
@@ -55,6 +56,7 @@ function client(opts = {}) {
   c.onerror = (e) => log.push("error:" + e.code);
   c.onclose = (e) => log.push("close:" + e.code);
   c.onheartbeat = () => log.push("beat");
+  c.ongap = (e) => log.push("gap:" + e.since);
   return { c, clock, opened: ft.opened, log };
 }
 
@@ -172,4 +174,200 @@ test("the WebSocket factory maps browser events", () => {
   sockets[0].onclose({ code: 4401, reason: "unauthorized" });
   assert.equal(c.closeCode, 4401);
   assert.deepEqual(got, ["x"]);
+});
+
+// --- resume (issue 8) ---
+
+// FakeWS stands for the browser's WebSocket; FakeWS.last is the newest.
+class FakeWS {
+  constructor(url) { this.url = url; this.sent = []; FakeWS.last = this; }
+  send(d) { this.sent.push(d); }
+  close() { this.closed = true; }
+}
+
+test("parseFrame reads recorded, position, gap and plain frames", () => {
+  assert.deepEqual(parseFrame('{"id":"1.2-3","data":{"n":1}}'), { id: "1.2-3", data: '{"data":{"n":1}}' });
+  assert.deepEqual(parseFrame('{"id":"1.2-3","data":"x","extra":true}'), { id: "1.2-3", data: '{"data":"x","extra":true}' });
+  assert.deepEqual(parseFrame('{"id":"0"}'), { id: "0", position: true });
+  assert.deepEqual(parseFrame('{"gap":true}'), { gap: true });
+  assert.equal(parseFrame('{"data":{"id":"x"}}'), null, "live-only message");
+  assert.equal(parseFrame("heartbeat message"), null);
+  assert.equal(parseFrame('{"id":""}'), null);
+});
+
+test("splitSince takes a since= out of the URL", () => {
+  assert.deepEqual(splitSince("ws://gw/websocket?k&since=a.1-2&x=1"), ["ws://gw/websocket?k&x=1", "a.1-2"]);
+  assert.deepEqual(splitSince("ws://gw/websocket?k"), ["ws://gw/websocket?k", null]);
+  assert.deepEqual(splitSince("ws://gw/websocket?k&since="), ["ws://gw/websocket?k", ""]);
+});
+
+test("first connect asks for since= (from now) unless the page gives one", () => {
+  assert.equal(client().opened[0].since, "");
+  assert.equal(client({ since: "5.0-1" }).opened[0].since, "5.0-1");
+  const fromURL = new WsPubSub("ws://gw/websocket?k&since=7.0-2", { env: { WebSocket: FakeWS, random: () => 0.5, ...fakeClock() } });
+  assert.equal(FakeWS.last.url, "ws://gw/websocket?k&since=7.0-2", "one since=, the URL's");
+  assert.equal(fromURL.lastId, "7.0-2");
+});
+
+test("the position frame sets lastId and is not a message", () => {
+  const { c, opened, log } = client();
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"9.0-4"}');
+  assert.equal(c.lastId, "9.0-4");
+  assert.deepEqual(log, ["open"]);
+});
+
+test("messages carry their id; e.data is the original frame", () => {
+  const { c, opened } = client();
+  const got = [];
+  c.onmessage = (e) => got.push([e.data, e.id]);
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"9.0-5","data":{"n":1}}');
+  opened[0].cb.onmessage('{"data":{"live":true}}'); // PUBLISH my_channel: not recorded, no id
+  assert.deepEqual(got, [['{"data":{"n":1}}', "9.0-5"], ['{"data":{"live":true}}', undefined]]);
+  assert.equal(c.lastId, "9.0-5", "a message without id leaves lastId alone");
+});
+
+test("every reconnect resumes from the last id received", () => {
+  const { c, clock, opened } = client();
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"1"}');
+  opened[0].cb.onmessage('{"id":"2","data":1}');
+  opened[0].cb.onclose(1006, "", true);
+  clock.advance(100);
+  assert.equal(opened[1].name, "websocket");
+  assert.equal(opened[1].since, "2");
+  opened[1].cb.onopen();
+  opened[1].cb.onmessage('{"id":"3","data":2}');
+  opened[1].cb.onclose(1001, "going away", true);
+  clock.advance(1000);
+  assert.equal(opened[2].since, "3");
+  assert.equal(c.lastId, "3");
+});
+
+test("gap calls ongap, is not a message, and keeps lastId until the next id", () => {
+  const { c, clock, opened, log } = client();
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"4","data":1}');
+  opened[0].cb.onclose(1006, "", true);
+  clock.advance(100);
+  opened[1].cb.onopen();
+  opened[1].cb.onmessage('{"gap":true}');
+  assert.equal(c.lastId, "4");
+  opened[1].cb.onmessage('{"id":"9","data":2}');
+  assert.deepEqual(log, ["open", 'msg:{"data":1}', "disconnect", "open", "gap:4", 'msg:{"data":2}']);
+  assert.equal(c.lastId, "9");
+});
+
+test("fallback transports resume from the last id too", () => {
+  const { clock, opened } = client();
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"7","data":1}');
+  opened[0].cb.onclose(1006, "", true);
+  clock.advance(100);
+  opened[1].cb.onclose(1006, "", false); // WebSocket no longer connects
+  clock.advance(10000);
+  assert.deepEqual(opened.slice(2).map((t) => [t.name, t.since]), [["eventsource", "7"]]);
+  opened[2].cb.onclose(1006, "", false);
+  clock.advance(10000);
+  assert.deepEqual(opened.slice(3).map((t) => [t.name, t.since]), [["polling", "7"]]);
+});
+
+test("resume: false keeps the original frames and sends no since", () => {
+  const { c, opened, log } = client({ resume: false });
+  assert.equal(opened[0].since, null);
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"1"}');
+  assert.equal(c.lastId, "");
+  assert.deepEqual(log, ["open", 'msg:{"id":"1"}']);
+});
+
+test("storageKey keeps lastId in sessionStorage across page loads", () => {
+  const store = new Map();
+  const sessionStorage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) };
+  const mk = () => new WsPubSub("ws://gw/websocket?k", { storageKey: "feed", since: "1", env: { WebSocket: FakeWS, sessionStorage, random: () => 0.5, ...fakeClock() } });
+  const a = mk();
+  assert.equal(FakeWS.last.url, "ws://gw/websocket?k&since=1");
+  FakeWS.last.onopen();
+  FakeWS.last.onmessage({ data: '{"id":"8","data":0}' });
+  assert.equal(store.get("feed"), "8");
+  a.close();
+  mk(); // the reloaded page
+  assert.equal(FakeWS.last.url, "ws://gw/websocket?k&since=8", "the stored id wins over since");
+});
+
+test("the real WebSocket factory puts since= on each connect URL", () => {
+  const clock = fakeClock();
+  const urls = [];
+  class WS extends FakeWS { constructor(url) { super(url); urls.push(url); } }
+  const c = new WsPubSub("ws://gw/websocket?k", { env: Object.assign({ WebSocket: WS, random: () => 0.5 }, clock) });
+  FakeWS.last.onopen();
+  FakeWS.last.onmessage({ data: '{"id":"a.1-1"}' });
+  FakeWS.last.onclose({ code: 1006 });
+  clock.advance(100);
+  assert.deepEqual(urls, ["ws://gw/websocket?k&since=", "ws://gw/websocket?k&since=a.1-1"]);
+  c.close();
+});
+
+test("the real EventSource factory puts since= on each stream it opens", () => {
+  const clock = fakeClock();
+  const streams = [];
+  class ES {
+    constructor(url) { this.url = url; streams.push(this); this.listeners = {}; }
+    addEventListener(n, f) { this.listeners[n] = f; }
+    close() { this.closed = true; }
+  }
+  const c = new WsPubSub("ws://gw/websocket?k", { websocket: false, env: Object.assign({ EventSource: ES, fetch: () => new Promise(() => {}), random: () => 0.5 }, clock) });
+  const got = [];
+  c.onmessage = (e) => got.push(e.id);
+  streams[0].onopen();
+  streams[0].onmessage({ data: '{"id":"p"}' });
+  streams[0].onmessage({ data: '{"id":"q","data":1}' });
+  streams[0].onerror(); // the browser would retry with Last-Event-ID; the client reopens itself
+  clock.advance(100);
+  assert.equal(streams.length, 2);
+  assert.match(streams[0].url, /^http:\/\/gw\/websocket\?k&sid=[0-9a-z]+&since=$/);
+  assert.match(streams[1].url, /^http:\/\/gw\/websocket\?k&sid=[0-9a-z]+&since=q$/);
+  assert.deepEqual(got, ["q"]);
+  c.close();
+});
+
+test("long-polling sends since=<last id> on every poll", async () => {
+  const clock = fakeClock();
+  const answers = ['{"id":"p0"}', '{"id":"p1","data":1}', '{"data":"live"}', '{"id":"p2","data":2}'];
+  const polls = [];
+  let release;
+  const stalled = new Promise((r) => { release = r; });
+  const fetch = (url, init) => {
+    if (init && init.method === "POST") return new Promise(() => {});
+    polls.push(url);
+    const body = answers.shift();
+    if (body === undefined) return stalled.then(() => { throw new Error("aborted"); });
+    return Promise.resolve({ ok: true, status: 200, text: () => Promise.resolve(body), headers: new Map() });
+  };
+  const c = new WsPubSub("ws://gw/websocket?k", { websocket: false, eventsource: false, env: Object.assign({ fetch, random: () => 0.5 }, clock) });
+  const got = [];
+  c.onmessage = (e) => got.push(e.data);
+  for (let i = 0; i < 20 && polls.length < 5; i++) await new Promise((r) => setImmediate(r));
+  const since = polls.map((u) => new URL(u).searchParams.get("since"));
+  assert.deepEqual(since, ["", "p0", "p1", "p1", "p2"], "a message without id does not move since");
+  assert.deepEqual(got, ['{"data":1}', '{"data":"live"}', '{"data":2}']);
+  c.close();
+  release();
+});
+
+test("$.bullet keeps the original frames unless the page opts in", () => {
+  const clock = fakeClock();
+  const env = Object.assign({ WebSocket: FakeWS, random: () => 0.5 }, clock);
+  const b = bullet("ws://gw/websocket?k", { env });
+  assert.equal(FakeWS.last.url, "ws://gw/websocket?k");
+  const got = [];
+  b.onmessage = (e) => got.push(e.data);
+  FakeWS.last.onopen();
+  FakeWS.last.onmessage({ data: '{"data":1}' });
+  assert.deepEqual(got, ['{"data":1}']);
+  b.close();
+  const r = bullet("ws://gw/websocket?k", { env, resume: true });
+  assert.equal(FakeWS.last.url, "ws://gw/websocket?k&since=");
+  r.close();
 });
