@@ -124,7 +124,11 @@ local function publish(keys, args)
       return out
     end
   end
-  local p = payload(msg)
+  -- One recipient: the message is kept as it came (the gateway drops the
+  -- routing members on replay), sparing the walk over it; several: the
+  -- payload, so that a long list is not copied into every history.
+  local kind, p = 'm', msg
+  if #r > 1 then kind, p = 'p', payload(msg) end
   local t = redis.call('TIME')
   local minid = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - TTL
   local ids, seen = {}, {}
@@ -132,14 +136,15 @@ local function publish(keys, args)
     if seen[k] == nil then
       local sk = stream(k)
       local e, prev = last_of(sk, t)
-      local id = redis.call('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, 'p', p)
+      local id = redis.call('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, kind, p)
       redis.call('XTRIM', sk, 'MINID', string.format('%d', minid))
       redis.call('PEXPIRE', sk, TTL)
       seen[k] = e .. '.' .. id
     end
     ids[i] = seen[k]
   end
-  local list = cjson.encode(ids)
+  local list
+  if #ids == 1 then list = '["' .. ids[1] .. '"]' else list = cjson.encode(ids) end
   redis.call('PUBLISH', CHANNEL, '{"wspubsub_ids":' .. list .. ',' .. string.sub(msg, skip_ws(msg, 1) + 1))
   if ikey then redis.call('SET', ikey, list, 'PX', TTL) end
   table.insert(ids, 1, 0)
@@ -155,7 +160,8 @@ local function cmp(a, b)
   return 0
 end
 
--- since answers { gap, top, id1, payload1, id2, payload2, ... }: gap is 1
+-- since answers { gap, top, id1, kind1, value1, ... }: kind 'p' is the
+-- payload, 'm' the whole message as published (one recipient); gap is 1
 -- when the history no longer reaches back to `from`; top is the newest id
 -- held ('0' when none); the entries are those after `from` (all held on a
 -- gap). `from` '' asks for the position only; '0' for everything held.
@@ -184,6 +190,7 @@ local function since(keys, args)
   local out = { gap, top }
   for _, en in ipairs(redis.call('XRANGE', sk, start, '+')) do
     out[#out + 1] = e .. '.' .. en[1]
+    out[#out + 1] = en[2][5]
     out[#out + 1] = en[2][6]
   end
   return out
