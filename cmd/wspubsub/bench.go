@@ -22,7 +22,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	var sources, worker string
 	fs.StringVar(&c.Target, "target", "http://127.0.0.1:8088", "gateway base URL (the only host contacted besides Redis and MongoDB)")
 	fs.StringVar(&c.Path, "path", "/websocket", "client path")
-	fs.StringVar(&c.Scenario, "scenario", "idle", "idle, personal, broadcast, rate or churn")
+	fs.StringVar(&c.Scenario, "scenario", "idle", "idle, personal, broadcast, rate, churn or resume (clients away while --behind messages per key are published durably, then caught up from the history)")
 	fs.IntVar(&c.Conns, "conns", 1000, "client connections")
 	fs.IntVar(&c.Messages, "messages", 10000, "messages to publish (personal, broadcast; rate and churn: rate × duration)")
 	fs.IntVar(&c.Rate, "rate", 0, "messages per second (rate, churn)")
@@ -45,6 +45,10 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.PayloadBytes, "payload-bytes", 0, "pad each message to about this many bytes")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "stop waiting for deliveries after this long without progress")
 	fs.IntVar(&c.GatewayPID, "gateway-pid", 0, "read the gateway's RSS and CPU from /proc (default: its /metrics)")
+	fs.BoolVar(&c.Durable, "durable", false, "publish through the history: FCALL wspubsub_publish with --redis-url (one pipeline per batch), else POST /publish checked for ids; clients resume (see --resume); reports Redis memory per held message with --redis-url")
+	idem := fs.Bool("idempotency-keys", true, "with --durable, give every publish a (unique) idempotency key, as a retrying publisher would")
+	fs.BoolVar(&c.Resume, "resume", false, "clients connect with since= and follow the ids of the frames they get (default: on with --durable)")
+	fs.IntVar(&c.Behind, "behind", 100, "resume scenario: messages published per key while the clients are away")
 	fs.StringVar(&worker, "worker", "", "internal: run as a client process with this JSON configuration")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -52,6 +56,12 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if worker != "" {
 		return bench.RunWorker(worker, os.Stdin, os.Stdout)
 	}
+	resumeSet := false
+	fs.Visit(func(f *flag.Flag) { resumeSet = resumeSet || f.Name == "resume" })
+	if c.Durable && !resumeSet {
+		c.Resume = true
+	}
+	c.NoIdempotencyKeys = !*idem
 	if sources != "" {
 		c.Sources = strings.Split(sources, ",")
 	}

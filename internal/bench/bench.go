@@ -4,6 +4,12 @@
 // order, publish→receive latency — next to the gateway's memory and CPU and
 // its own CPU, so a reader can tell who was the bottleneck.
 //
+// With --durable it publishes through the gateways' history (FCALL
+// wspubsub_publish, or POST /publish), its clients resume (they connect with
+// since= and follow the ids of the frames they receive), and it reports the
+// Redis memory the history holds; the resume scenario takes every client
+// away while messages are published for it, then measures their catch-up.
+//
 // It only ever contacts the given target, Redis and MongoDB; every loop is
 // bounded in count and time. It must not import the gateway's packages: it
 // measures the gateway from outside, as a user's deployment would be.
@@ -19,6 +25,7 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -27,7 +34,7 @@ import (
 type Config struct {
 	Target                             string        // gateway base URL, http://127.0.0.1:8088
 	Path                               string        // client path, /websocket
-	Scenario                           string        // idle, personal, broadcast, rate, churn
+	Scenario                           string        // idle, personal, broadcast, rate, churn, resume
 	Conns                              int           // connections
 	Messages                           int           // messages to publish (personal, broadcast)
 	Rate                               int           // messages per second (rate, churn)
@@ -48,7 +55,16 @@ type Config struct {
 	SlowShare                          float64       // share of connections that never read (the last ones)
 	PayloadBytes                       int           // pad each message's data to about this size
 	GatewayPID                         int           // read RSS/CPU from /proc (else from /metrics)
-	Fault                              Fault         // for the tool's own tests
+	// Durable publishes through the history: FCALL wspubsub_publish over
+	// Redis (one pipeline per batch), or POST /publish checked for ids. It
+	// also reads Redis's memory and the history's length before and after.
+	Durable           bool
+	NoIdempotencyKeys bool // durable publishes without an idempotency key
+	// Resume makes the clients connect with since= (empty at first, then
+	// the last id received) and parse {"id":…,"data":…} frames.
+	Resume bool
+	Behind int   // resume scenario: messages per key published while the clients are away
+	Fault  Fault // for the tool's own tests
 	// WorkerCommand builds a client process's command (default: this
 	// executable with `bench --worker <json>`); tests substitute their own.
 	WorkerCommand func(workerJSON string) *exec.Cmd
@@ -63,33 +79,79 @@ type Fault struct {
 
 // Result is one run's outcome; it is printed as one JSON line.
 type Result struct {
-	Scenario         string  `json:"scenario"`
-	Transport        string  `json:"transport"`
-	Conns            int     `json:"conns"`
-	Connected        int     `json:"connected"`
-	ConnectFailures  int     `json:"connect_failures"`
-	ConnectRate      float64 `json:"connects_per_s"`
-	Procs            int     `json:"client_procs"`
-	Published        int64   `json:"published"`
-	PublishSeconds   float64 `json:"publish_s"`
-	Expected         int64   `json:"expected"`
-	Delivered        int64   `json:"delivered"`
-	Lost             int64   `json:"lost"`
-	Duplicates       int64   `json:"duplicated"`
-	OutOfOrder       int64   `json:"out_of_order"`
-	ServerClosed     int64   `json:"server_closed"`
-	DeliveredPerSec  float64 `json:"delivered_per_s"`
-	Latency          Latency `json:"latency"`
-	ChurnConnects    int64   `json:"churn_connects,omitempty"`
-	ChurnFailures    int64   `json:"churn_failures,omitempty"`
-	SlowConns        int     `json:"slow_conns,omitempty"`
-	SlowClosed       int64   `json:"slow_closed_4008,omitempty"`
-	GatewayRSSBefore int64   `json:"gateway_rss_before"`
-	GatewayRSSAfter  int64   `json:"gateway_rss_after"`
-	BytesPerConn     float64 `json:"gateway_bytes_per_conn,omitempty"`
-	GatewayCPU       float64 `json:"gateway_cpu_s"`
-	ClientCPU        float64 `json:"client_cpu_s"`
-	WallSeconds      float64 `json:"wall_s"`
+	Scenario         string        `json:"scenario"`
+	Transport        string        `json:"transport"`
+	Conns            int           `json:"conns"`
+	Connected        int           `json:"connected"`
+	ConnectFailures  int           `json:"connect_failures"`
+	ConnectRate      float64       `json:"connects_per_s"`
+	Procs            int           `json:"client_procs"`
+	Published        int64         `json:"published"`
+	PublishSeconds   float64       `json:"publish_s"`
+	Expected         int64         `json:"expected"`
+	Delivered        int64         `json:"delivered"`
+	Lost             int64         `json:"lost"`
+	Duplicates       int64         `json:"duplicated"`
+	OutOfOrder       int64         `json:"out_of_order"`
+	ServerClosed     int64         `json:"server_closed"`
+	Durable          bool          `json:"durable,omitempty"`
+	Resuming         bool          `json:"resuming_clients,omitempty"`
+	Positions        int64         `json:"positions,omitempty"`         // {"id":…} frames: clients told where "now" is
+	Gaps             int64         `json:"gaps,omitempty"`              // {"gap":true} frames
+	Unexpected       int64         `json:"unexpected_frames,omitempty"` // frames that are none of these (e.g. heartbeats)
+	DeliveredPerSec  float64       `json:"delivered_per_s"`
+	Latency          Latency       `json:"latency"`
+	ChurnConnects    int64         `json:"churn_connects,omitempty"`
+	ChurnFailures    int64         `json:"churn_failures,omitempty"`
+	SlowConns        int           `json:"slow_conns,omitempty"`
+	SlowClosed       int64         `json:"slow_closed_4008,omitempty"`
+	GatewayRSSBefore int64         `json:"gateway_rss_before"`
+	GatewayRSSAfter  int64         `json:"gateway_rss_after"`
+	BytesPerConn     float64       `json:"gateway_bytes_per_conn,omitempty"`
+	GatewayCPU       float64       `json:"gateway_cpu_s"`
+	ClientCPU        float64       `json:"client_cpu_s"`
+	WallSeconds      float64       `json:"wall_s"`
+	Resume           *ResumeResult `json:"resume,omitempty"`
+	Redis            *RedisStats   `json:"redis,omitempty"`
+}
+
+// ResumeResult is the resume scenario's catch-up: every client went away
+// after one message, BehindPerKey messages were published for each, then
+// all reconnected with since=<the last id they received>.
+type ResumeResult struct {
+	Clients            int     `json:"clients"`
+	BehindPerKey       int     `json:"behind_per_key"`
+	AwayPublished      int64   `json:"away_published"`
+	AwayPublishSeconds float64 `json:"away_publish_s"`
+	Reconnected        int     `json:"reconnected"`
+	ReconnectFailures  int     `json:"reconnect_failures"`
+	CatchupExpected    int64   `json:"catchup_expected"`
+	CatchupDelivered   int64   `json:"catchup_delivered"`
+	CatchupSeconds     float64 `json:"catchup_s"` // reconnect start → every message received (or the last one that came)
+	CatchupPerSec      float64 `json:"catchup_per_s"`
+	Gaps               int64   `json:"gaps"`
+}
+
+// RedisStats is what the history costs in Redis (durable runs with a
+// Redis URL): INFO memory's used_memory before and after the run, the
+// history's entries (Σ XLEN wspubsub:h:{<key>} over the run's keys) and
+// their streams' own size (Σ MEMORY USAGE), and Redis's CPU time over the
+// run (INFO cpu: the durable path runs a function per message there).
+type RedisStats struct {
+	CPUSeconds    float64 `json:"cpu_s"`
+	UsedBefore    int64   `json:"used_memory_before"`
+	UsedAfter     int64   `json:"used_memory_after"`
+	EntriesBefore int64   `json:"history_entries_before"`
+	Entries       int64   `json:"history_entries"`
+	StreamBytes   int64   `json:"history_stream_bytes"`
+	// StreamBytesPerHeld is Σ MEMORY USAGE / entries: the streams alone,
+	// key names and per-key overhead included.
+	StreamBytesPerHeld float64 `json:"bytes_per_held_msg"`
+	// UsedPerHeld is Δused_memory / Δentries: everything the run added to
+	// Redis per message it left held, idempotency keys included (one per
+	// durable publish, kept for --history-ttl) — when entries grew.
+	UsedPerHeld     float64 `json:"used_memory_per_held_msg,omitempty"`
+	IdempotencyKeys bool    `json:"idempotency_keys"`
 }
 
 func (c *Config) defaults() error {
@@ -128,8 +190,20 @@ func (c *Config) defaults() error {
 	}
 	switch c.Scenario {
 	case "idle", "personal", "broadcast", "rate", "churn":
+	case "resume":
+		c.Durable, c.Resume = true, true
+		if c.Behind <= 0 {
+			c.Behind = 100
+		}
+		if c.SlowShare > 0 {
+			return errors.New("--slow-share does not apply to the resume scenario")
+		}
+		c.Messages = c.Conns * (1 + c.Behind)
 	default:
-		return fmt.Errorf("unknown scenario %q (idle, personal, broadcast, rate, churn)", c.Scenario)
+		return fmt.Errorf("unknown scenario %q (idle, personal, broadcast, rate, churn, resume)", c.Scenario)
+	}
+	if c.Resume && c.Scenario == "churn" {
+		return errors.New("--resume does not apply to the churn scenario")
 	}
 	if (c.Scenario == "rate" || c.Scenario == "churn") && c.Rate <= 0 {
 		return errors.New("--rate must be positive for rate and churn")
@@ -163,7 +237,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		return Result{}, err
 	}
 	start := time.Now()
-	res := Result{Scenario: cfg.Scenario, Transport: cfg.Transport, Conns: cfg.Conns}
+	res := Result{Scenario: cfg.Scenario, Transport: cfg.Transport, Conns: cfg.Conns, Durable: cfg.Durable, Resuming: cfg.Resume}
 	g := newGatewayProbe(cfg)
 	rss0, cpu0 := g.read()
 	res.GatewayRSSBefore = rss0
@@ -203,6 +277,18 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		return res, err
 	}
 	defer pub.close()
+	var mem *redisProbe
+	if cfg.Durable && cfg.RedisURL != "" {
+		if mem, err = newRedisProbe(ctx, cfg); err != nil {
+			stopAll(workers)
+			return res, err
+		}
+		defer mem.close()
+		if res.Redis, err = mem.before(ctx); err != nil {
+			stopAll(workers)
+			return res, err
+		}
+	}
 	received := func() int64 {
 		var n int64
 		for _, w := range workers {
@@ -222,6 +308,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		res.Expected = res.Published * int64(res.Connected-res.SlowConns)
 	case "rate", "churn":
 		res.Published, res.Expected, err = publishAll(ctx, pub, cfg, stable, readers, cfg.Rate, received, 1)
+	case "resume":
+		err = runResume(ctx, pub, cfg, workers, received, &res)
 	}
 	res.PublishSeconds = time.Since(pubStart).Seconds()
 	if err != nil {
@@ -241,6 +329,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	res.GatewayRSSAfter = rss1
 	res.GatewayCPU = cpu1 - cpu0
 	res.SlowClosed = int64(g.metric("wspubsub_disconnects_total{reason=\"too_slow\"}") - slow0)
+	if mem != nil {
+		if err := mem.after(ctx, res.Redis); err != nil {
+			stopAll(workers)
+			return res, err
+		}
+	}
 
 	buckets := map[int]int64{}
 	for _, w := range workers {
@@ -249,6 +343,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		res.Duplicates += st.Duplicates
 		res.OutOfOrder += st.OutOfOrder
 		res.ServerClosed += st.ServerClosed
+		res.Positions += st.Positions
+		res.Gaps += st.Gaps
+		res.Unexpected += st.Unexpected
 		res.ChurnConnects += st.ChurnConnects
 		res.ChurnFailures += st.ChurnFailures
 		for k, v := range st.Latency {
@@ -256,6 +353,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 	}
 	res.Latency = summarize(buckets)
+	if res.Resume != nil {
+		res.Resume.Gaps = res.Gaps
+	}
 	res.Lost = max(0, res.Expected-(res.Delivered-res.Duplicates))
 	if d := deliverEnd.Sub(pubStart).Seconds(); d > 0 && res.Delivered > 0 {
 		res.DeliveredPerSec = float64(res.Delivered) / d
@@ -281,6 +381,19 @@ func report(out io.Writer, r Result) {
 			r.Published, r.PublishSeconds, r.Delivered, r.Expected, r.DeliveredPerSec, r.Lost, r.Duplicates, r.OutOfOrder, r.ServerClosed)
 		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
 			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
+	}
+	if rr := r.Resume; rr != nil {
+		fmt.Fprintf(out, "resume: %d clients away while %d messages (%d per key) were published in %.2fs; %d reconnected (%d failed), caught up %d of %d in %.2fs (%.0f/s), %d gaps\n",
+			rr.Clients, rr.AwayPublished, rr.BehindPerKey, rr.AwayPublishSeconds, rr.Reconnected, rr.ReconnectFailures,
+			rr.CatchupDelivered, rr.CatchupExpected, rr.CatchupSeconds, rr.CatchupPerSec, rr.Gaps)
+	}
+	if m := r.Redis; m != nil {
+		fmt.Fprintf(out, "redis: CPU %.2fs; used_memory %.1f MB → %.1f MB; history %d → %d entries, streams %.1f MB (%.0f bytes per held message)",
+			m.CPUSeconds, float64(m.UsedBefore)/1e6, float64(m.UsedAfter)/1e6, m.EntriesBefore, m.Entries, float64(m.StreamBytes)/1e6, m.StreamBytesPerHeld)
+		if m.UsedPerHeld > 0 {
+			fmt.Fprintf(out, "; used_memory grew %.0f bytes per new entry", m.UsedPerHeld)
+		}
+		fmt.Fprintln(out)
 	}
 	if r.ChurnConnects > 0 {
 		fmt.Fprintf(out, "churn: %d reconnects, %d failed\n", r.ChurnConnects, r.ChurnFailures)
@@ -330,10 +443,7 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 		}
 	}
 	broadcast := cfg.Scenario == "broadcast"
-	pad := ""
-	if cfg.PayloadBytes > 40 {
-		pad = strings.Repeat("x", cfg.PayloadBytes-40)
-	}
+	pad := padding(cfg)
 	batch := make([][]byte, 0, batchSize+4)
 	next := time.Now()
 	msg := func(seq int64) []byte {
@@ -392,6 +502,121 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 		}
 	}
 	return intended, toReaders, nil
+}
+
+func padding(cfg Config) string {
+	if cfg.PayloadBytes > 40 {
+		return strings.Repeat("x", cfg.PayloadBytes-40)
+	}
+	return ""
+}
+
+// runResume is the resume scenario: every client receives one message (so
+// that it holds the id of a message it got), goes away, Behind messages
+// per key are published durably meanwhile, then every client reconnects
+// with since=<its last id> and is caught up from the history.
+func runResume(ctx context.Context, pub publisher, cfg Config, workers []worker, received func() int64, res *Result) error {
+	n := int64(cfg.Conns)
+	rr := &ResumeResult{Clients: cfg.Conns, BehindPerKey: cfg.Behind}
+	res.Resume = rr
+	if err := publishPerKey(ctx, pub, cfg, 0, 1); err != nil {
+		return err
+	}
+	res.Published = n
+	waitReceived(received, n, cfg.Drain)
+
+	if err := eachWorker(workers, func(w worker) error { return w.disconnect() }); err != nil {
+		return err
+	}
+	away := time.Now()
+	if err := publishPerKey(ctx, pub, cfg, n, cfg.Behind); err != nil {
+		return err
+	}
+	rr.AwayPublished = n * int64(cfg.Behind)
+	rr.AwayPublishSeconds = time.Since(away).Seconds()
+	res.Published += rr.AwayPublished
+	res.Expected = res.Published
+	rr.CatchupExpected = rr.AwayPublished
+
+	before := received()
+	back := time.Now()
+	var failures int
+	var mu sync.Mutex
+	err := eachWorker(workers, func(w worker) error {
+		f, err := w.reconnect()
+		mu.Lock()
+		failures += f
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	rr.ReconnectFailures, rr.Reconnected = failures, cfg.Conns-failures
+	end := waitReceived(received, res.Expected, cfg.Drain)
+	rr.CatchupDelivered = received() - before
+	rr.CatchupSeconds = end.Sub(back).Seconds()
+	if rr.CatchupSeconds > 0 {
+		rr.CatchupPerSec = float64(rr.CatchupDelivered) / rr.CatchupSeconds
+	}
+	return nil
+}
+
+// eachWorker runs f on every worker at once and returns the first error.
+func eachWorker(workers []worker, f func(worker) error) error {
+	errs := make(chan error, len(workers))
+	for _, w := range workers {
+		go func() { errs <- f(w) }()
+	}
+	var first error
+	for range workers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// waitReceived waits until want deliveries arrived, or none has for
+// drain; it returns when the last one came.
+func waitReceived(received func() int64, want int64, drain time.Duration) time.Time {
+	last, lastChange := received(), time.Now()
+	for last < want && time.Since(lastChange) < drain {
+		time.Sleep(2 * time.Millisecond)
+		if n := received(); n != last {
+			last, lastChange = n, time.Now()
+		}
+	}
+	return lastChange
+}
+
+// publishPerKey publishes perKey messages to each key in turn (key i gets
+// sequence numbers seq0+i, seq0+n+i, …: each key's in order), in pipelined
+// batches; nobody is reading meanwhile, so without a window.
+func publishPerKey(ctx context.Context, pub publisher, cfg Config, seq0 int64, perKey int) error {
+	pad := padding(cfg)
+	batch := make([][]byte, 0, 256)
+	seq := seq0
+	for range perKey {
+		for i := range cfg.Conns {
+			batch = append(batch, fmt.Appendf(nil, `{"recipients":["%s%d"],"data":{"s":%d,"t":%d,"p":"%s"}}`,
+				cfg.KeyPrefix, i, seq, time.Now().UnixNano(), pad))
+			seq++
+			if len(batch) == cap(batch) {
+				if err := pub.publish(ctx, batch); err != nil {
+					return err
+				}
+				batch = batch[:0]
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if len(batch) > 0 {
+		return pub.publish(ctx, batch)
+	}
+	return nil
 }
 
 func ownCPU() float64 {

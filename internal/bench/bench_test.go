@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,6 +155,130 @@ func TestSeveralClientProcesses(t *testing.T) {
 	}
 	if res.Procs != 3 || res.Connected != 30 || res.Lost != 0 || res.Delivered != 500 {
 		t.Fatalf("got %+v", res)
+	}
+}
+
+// The durable path: FCALL wspubsub_publish over Redis, POST /publish over
+// HTTP; resuming clients get {"id":…,"data":…} frames and lose nothing.
+func TestDurablePersonalLosesNothing(t *testing.T) {
+	target, redisURL := gatewayFor(t, 50)
+	for _, sc := range []Config{
+		{Messages: 2000, RedisURL: redisURL},
+		{Messages: 2000, RedisURL: redisURL, NoIdempotencyKeys: true},
+		{Messages: 200}, // POST /publish
+		{Messages: 200, RedisURL: redisURL, Transport: "eventsource"},
+		{Messages: 100, RedisURL: redisURL, Transport: "polling"},
+	} {
+		sc.Target, sc.Scenario, sc.Conns, sc.Durable, sc.Resume, sc.Drain = target, "personal", 50, true, true, 2*time.Second
+		res, err := Run(context.Background(), sc, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Connected != 50 || res.Lost != 0 || res.Duplicates != 0 || res.OutOfOrder != 0 || res.Delivered != res.Expected ||
+			res.Positions != 50 || res.Gaps != 0 {
+			t.Fatalf("%s/%q: %+v", sc.Transport, sc.RedisURL, res)
+		}
+		if sc.RedisURL == "" {
+			if res.Redis != nil {
+				t.Fatalf("Redis memory read without --redis-url: %+v", res.Redis)
+			}
+			continue
+		}
+		if m := res.Redis; m == nil || m.Entries <= 0 || m.Entries > 50*100 || m.Entries < m.EntriesBefore || m.StreamBytes <= 0 || m.StreamBytesPerHeld <= 0 || m.UsedAfter <= 0 || m.IdempotencyKeys == sc.NoIdempotencyKeys {
+			t.Fatalf("redis memory: %+v", res.Redis)
+		}
+	}
+}
+
+func TestDurableNeedsTheHistoryFunctions(t *testing.T) {
+	r := testenv.Redis(t) // no gateway has loaded wspubsub_publish here
+	target, _ := gatewayFor(t, 1)
+	_, err := Run(context.Background(), Config{Target: target, Scenario: "personal", Conns: 1, Messages: 10,
+		RedisURL: r.URL(), Durable: true}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "history-size") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// The resume scenario: clients away while messages are published for them
+// come back to every one of them, once, in order.
+func TestResumeCatchesUp(t *testing.T) {
+	target, redisURL := gatewayFor(t, 20)
+	for _, sc := range []Config{
+		{Conns: 20, Behind: 30},
+		{Conns: 20, Behind: 30, PerProc: 10, WorkerCommand: func(js string) *exec.Cmd {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "WSPUBSUB_BENCH_WORKER="+js)
+			return cmd
+		}},
+		{Conns: 10, Behind: 10, Transport: "eventsource"},
+		{Conns: 5, Behind: 10, Transport: "polling"},
+		{Conns: 10, Behind: 10, RedisURL: "-"}, // POST /publish
+	} {
+		sc.Target, sc.Scenario, sc.Drain = target, "resume", 2*time.Second
+		if sc.RedisURL == "-" {
+			sc.RedisURL = ""
+		} else {
+			sc.RedisURL = redisURL
+		}
+		res, err := Run(context.Background(), sc, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rr := res.Resume
+		want := int64(sc.Conns * (1 + sc.Behind))
+		if res.Connected != sc.Conns || res.Expected != want || res.Delivered != want || res.Lost != 0 || res.Duplicates != 0 ||
+			res.OutOfOrder != 0 || res.ServerClosed != 0 || rr == nil || rr.Reconnected != sc.Conns || rr.ReconnectFailures != 0 ||
+			rr.CatchupDelivered != int64(sc.Conns*sc.Behind) || rr.CatchupExpected != rr.CatchupDelivered || rr.Gaps != 0 ||
+			rr.CatchupSeconds <= 0 || rr.CatchupPerSec <= 0 {
+			t.Fatalf("%s procs %d: %+v %+v", sc.Transport, res.Procs, res, rr)
+		}
+	}
+}
+
+// More published while away than the history holds (--history-size 100):
+// each client is told {"gap":true} and gets the 100 held.
+func TestResumeBeyondTheHistoryShowsTheGap(t *testing.T) {
+	target, redisURL := gatewayFor(t, 5)
+	res, err := Run(context.Background(), Config{Target: target, Scenario: "resume", Conns: 5, Behind: 103,
+		RedisURL: redisURL, Drain: time.Second}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Gaps != 5 || res.Resume.CatchupDelivered != 5*100 || res.Lost != 5*3 || res.Duplicates != 0 || res.OutOfOrder != 0 {
+		t.Fatalf("%+v %+v", res, res.Resume)
+	}
+}
+
+func TestParseID(t *testing.T) {
+	for _, c := range []struct {
+		frame          string
+		id             string
+		position, ok   bool
+		seq            int64
+		seqOK, counted bool
+	}{
+		{`{"id":"mq1x.1700000000000-0","data":{"s":7,"t":1}}`, "mq1x.1700000000000-0", false, true, 7, true, true},
+		{`{"id":"mq1x.1700000000000-3"}`, "mq1x.1700000000000-3", true, true, 0, false, false},
+		{`{"id":"0"}`, "0", true, true, 0, false, false},
+		{`{"gap":true}`, "", false, false, 0, false, false},
+		{`{"data":{"s":3,"t":2}}`, "", false, false, 3, true, true},
+	} {
+		id, pos, ok := parseID([]byte(c.frame))
+		if string(id) != c.id || pos != c.position || ok != c.ok {
+			t.Errorf("%s: %q %v %v", c.frame, id, pos, ok)
+		}
+		seq, _, ok := parseSeq([]byte(c.frame))
+		if ok != c.seqOK || seq != c.seq {
+			t.Errorf("%s: seq %d %v", c.frame, seq, ok)
+		}
+		w := NewWorker(WorkerConfig{Messages: 10, Resume: true})
+		conn := &wconn{}
+		conn.last.Store(-1)
+		w.onMessage(conn, []byte(c.frame), time.Now())
+		if (w.Received() == 1) != c.counted || (c.ok && string(conn.lastID) != c.id) || w.unexpected.Load() != 0 {
+			t.Errorf("%s: received %d, last id %q, unexpected %d", c.frame, w.Received(), conn.lastID, w.unexpected.Load())
+		}
 	}
 }
 

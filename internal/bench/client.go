@@ -32,21 +32,25 @@ type WorkerConfig struct {
 	SlowFrom   int           `json:"slowFrom"`  // keys from this index on never read (0: none)
 	ChurnShare float64       `json:"churn"`     // share of connections that reconnect in a loop
 	ChurnFor   time.Duration `json:"churnFor"`
+	Resume     bool          `json:"resume"` // connect with since= (the last id received), parse ids
 }
 
 // WorkerStats is what a worker reports at the end.
 type WorkerStats struct {
-	Connected       int           `json:"connected"`
-	ConnectFailures int           `json:"connectFailures"`
-	ConnectSeconds  float64       `json:"connectSeconds"`
-	Received        int64         `json:"received"`
-	Duplicates      int64         `json:"duplicates"`
-	OutOfOrder      int64         `json:"outOfOrder"`
-	Unexpected      int64         `json:"unexpected"`
-	ServerClosed    int64         `json:"serverClosed"`
-	ChurnConnects   int64         `json:"churnConnects"`
-	ChurnFailures   int64         `json:"churnFailures"`
-	Latency         map[int]int64 `json:"latency"`
+	Connected         int           `json:"connected"`
+	ConnectFailures   int           `json:"connectFailures"`
+	ConnectSeconds    float64       `json:"connectSeconds"`
+	Received          int64         `json:"received"`
+	Duplicates        int64         `json:"duplicates"`
+	OutOfOrder        int64         `json:"outOfOrder"`
+	Unexpected        int64         `json:"unexpected"`
+	ServerClosed      int64         `json:"serverClosed"`
+	Positions         int64         `json:"positions"` // {"id":…} frames (resume from now)
+	Gaps              int64         `json:"gaps"`      // {"gap":true} frames
+	ReconnectFailures int           `json:"reconnectFailures"`
+	ChurnConnects     int64         `json:"churnConnects"`
+	ChurnFailures     int64         `json:"churnFailures"`
+	Latency           map[int]int64 `json:"latency"`
 }
 
 // Worker holds connections and counts what they receive. Its reader does
@@ -60,8 +64,9 @@ type Worker struct {
 	conns []*wconn
 
 	received, dups, ooo, unexpected, serverClosed atomic.Int64
+	positions, gaps                               atomic.Int64
 	churnConnects, churnFailures                  atomic.Int64
-	connectFailures                               int
+	connectFailures, reconnectFailures            int
 	connectTime                                   time.Duration
 
 	ctx    context.Context
@@ -71,11 +76,17 @@ type Worker struct {
 }
 
 type wconn struct {
-	idx  int
-	mu   sync.Mutex
-	nc   net.Conn
-	body io.Closer
-	last atomic.Int64 // highest sequence number seen
+	idx    int
+	mu     sync.Mutex
+	nc     net.Conn
+	body   io.Closer
+	cancel context.CancelFunc // stops its reader (polling)
+	done   chan struct{}      // closed when its reader returns
+	last   atomic.Int64       // highest sequence number seen
+	// lastID is the id of the last frame that carried one (resume). Only
+	// its reader writes it; open reads it once that reader has returned.
+	lastID []byte
+	gen    int // reconnects so far (polling: a fresh sid each time)
 }
 
 // NewWorker prepares a worker; Connect opens its connections.
@@ -110,13 +121,38 @@ func (w *Worker) key(i int) string { return fmt.Sprintf("%s%d", w.cfg.KeyPrefix,
 func (w *Worker) Connect() int {
 	start := time.Now()
 	w.conns = make([]*wconn, w.cfg.Count)
-	sem := make(chan struct{}, w.cfg.Batch)
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	for i := range w.conns {
 		c := &wconn{idx: w.cfg.First + i}
 		c.last.Store(-1)
 		w.conns[i] = c
+	}
+	w.connectFailures, w.connectTime = w.openAll()
+	if w.cfg.Resume {
+		// Resuming from now, a client is subscribed once told its position:
+		// the gateway reads it from the history after the handshake, and a
+		// message recorded before that read is before the client's "now".
+		want := int64(w.cfg.Count - w.connectFailures)
+		if w.cfg.SlowFrom > 0 { // those never read
+			want -= int64(max(0, w.cfg.First+w.cfg.Count-max(w.cfg.SlowFrom, w.cfg.First)))
+		}
+		for deadline := time.Now().Add(10 * time.Second); w.positions.Load() < want && time.Now().Before(deadline); {
+			time.Sleep(2 * time.Millisecond)
+		}
+		w.connectTime = time.Since(start)
+	}
+	if w.cfg.ChurnShare > 0 {
+		w.startChurn()
+	}
+	return w.connectFailures
+}
+
+// openAll opens every connection, cfg.Batch at a time.
+func (w *Worker) openAll() (failures int, took time.Duration) {
+	start := time.Now()
+	sem := make(chan struct{}, w.cfg.Batch)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range w.conns {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -124,21 +160,51 @@ func (w *Worker) Connect() int {
 			defer func() { <-sem }()
 			if err := w.open(c); err != nil {
 				mu.Lock()
-				w.connectFailures++
+				failures++
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	w.connectTime = time.Since(start)
-	if w.cfg.ChurnShare > 0 {
-		w.startChurn()
+	return failures, time.Since(start)
+}
+
+// Disconnect closes every connection (the client goes away) and waits
+// until their readers have returned.
+func (w *Worker) Disconnect() {
+	var dones []chan struct{}
+	for _, c := range w.conns {
+		if d := w.closeConn(c); d != nil {
+			dones = append(dones, d)
+		}
 	}
-	return w.connectFailures
+	timeout := time.After(30 * time.Second)
+	for _, d := range dones {
+		select {
+		case <-d:
+		case <-timeout:
+			return
+		}
+	}
+}
+
+// Reconnect opens every connection again (with since=<the last id each
+// received>, when resuming) and returns how many failed.
+func (w *Worker) Reconnect() int {
+	for _, c := range w.conns {
+		c.gen++
+	}
+	f, _ := w.openAll()
+	w.reconnectFailures += f
+	return f
 }
 
 func (w *Worker) open(c *wconn) error {
 	url := w.cfg.URL + "?" + w.key(c.idx)
+	if w.cfg.Resume {
+		url += "&since=" + string(c.lastID) // ids are [0-9a-z.-]: nothing to escape
+	}
+	done := make(chan struct{})
 	switch w.cfg.Transport {
 	case "websocket":
 		nd := w.dialer()
@@ -164,12 +230,14 @@ func (w *Worker) open(c *wconn) error {
 		}
 		c.mu.Lock()
 		c.nc = nc
-		c.mu.Unlock()
 		if w.cfg.SlowFrom > 0 && c.idx >= w.cfg.SlowFrom {
+			c.mu.Unlock()
 			return nil // never read
 		}
+		c.done = done
+		c.mu.Unlock()
 		w.wg.Add(1)
-		go w.readWS(c, nc, r)
+		go w.readWS(c, nc, r, done)
 		return nil
 	case "eventsource":
 		req, _ := http.NewRequestWithContext(w.ctx, "GET", toHTTP(url), nil)
@@ -183,15 +251,27 @@ func (w *Worker) open(c *wconn) error {
 			return fmt.Errorf("HTTP %d", resp.StatusCode)
 		}
 		c.mu.Lock()
-		c.body = resp.Body
+		c.body, c.done = resp.Body, done
 		c.mu.Unlock()
 		w.wg.Add(1)
-		go w.readSSE(c, resp.Body)
+		go w.readSSE(c, resp.Body, done)
 		return nil
 	case "polling":
-		purl := toHTTP(url) + "&sid=b" + fmt.Sprint(c.idx)
+		// The sid names the connection: a reconnect is a new one.
+		base := toHTTP(w.cfg.URL) + "?" + w.key(c.idx) + "&sid=b" + fmt.Sprint(c.idx)
+		if c.gen > 0 {
+			base += "r" + fmt.Sprint(c.gen)
+		}
+		purl := base
+		if w.cfg.Resume {
+			purl += "&since=" + string(c.lastID)
+		}
+		ctx, cancel := context.WithCancel(w.ctx)
+		c.mu.Lock()
+		c.cancel, c.done = cancel, done
+		c.mu.Unlock()
 		w.wg.Add(1)
-		go w.poll(c, purl)
+		go w.poll(ctx, c, base, done)
 		// The first poll is held by the gateway; the connection is open
 		// once a POSTed ping on it is answered.
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -214,15 +294,27 @@ func toHTTP(u string) string {
 	return strings.Replace(strings.Replace(u, "wss://", "https://", 1), "ws://", "http://", 1)
 }
 
+// byServer reports whether a connection that ended was closed by the
+// server: not by Stop, nor by closeConn (which clears c.nc and c.body).
+func (w *Worker) byServer(c *wconn, nc net.Conn, body io.Closer) bool {
+	if w.ctx.Err() != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return (nc != nil && c.nc == nc) || (body != nil && c.body == body)
+}
+
 // readWS parses server frames straight out of large reads.
-func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader) {
+func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, done chan struct{}) {
 	defer w.wg.Done()
+	defer close(done)
 	buf := make([]byte, 16<<10)
 	n := 0
 	for {
 		m, err := r.Read(buf[n:])
 		if err != nil {
-			if w.ctx.Err() == nil {
+			if w.byServer(c, nc, nil) {
 				w.serverClosed.Add(1)
 			}
 			return
@@ -260,7 +352,7 @@ func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader) {
 			case 1, 2:
 				w.onMessage(c, payload, now)
 			case 8:
-				if w.ctx.Err() == nil {
+				if w.byServer(c, nc, nil) {
 					w.serverClosed.Add(1)
 				}
 				return
@@ -274,13 +366,14 @@ func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader) {
 	}
 }
 
-func (w *Worker) readSSE(c *wconn, body io.ReadCloser) {
+func (w *Worker) readSSE(c *wconn, body io.ReadCloser, done chan struct{}) {
 	defer w.wg.Done()
+	defer close(done)
 	br := bufio.NewReaderSize(body, 16<<10)
 	for {
 		line, err := br.ReadSlice('\n')
 		if err != nil {
-			if w.ctx.Err() == nil {
+			if w.byServer(c, nil, body) {
 				w.serverClosed.Add(1)
 			}
 			return
@@ -288,7 +381,7 @@ func (w *Worker) readSSE(c *wconn, body io.ReadCloser) {
 		if p, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
 			w.onMessage(c, p, time.Now())
 		} else if bytes.HasPrefix(line, []byte("event: close")) {
-			if w.ctx.Err() == nil {
+			if w.byServer(c, nil, body) {
 				w.serverClosed.Add(1)
 			}
 			return
@@ -296,14 +389,22 @@ func (w *Worker) readSSE(c *wconn, body io.ReadCloser) {
 	}
 }
 
-func (w *Worker) poll(c *wconn, url string) {
+// poll polls base (the key and sid) until ctx ends; when resuming, every
+// poll names the last id received (the gateway answers one message per
+// poll, and sends it again to a poll naming the same since).
+func (w *Worker) poll(ctx context.Context, c *wconn, base string, done chan struct{}) {
 	defer w.wg.Done()
-	for w.ctx.Err() == nil {
-		req, _ := http.NewRequestWithContext(w.ctx, "GET", url, nil)
+	defer close(done)
+	for ctx.Err() == nil {
+		url := base
+		if w.cfg.Resume {
+			url += "&since=" + string(c.lastID)
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 		req.Header.Set("X-Socket-Transport", "xhrPolling")
 		resp, err := w.http.Do(req)
 		if err != nil {
-			if w.ctx.Err() == nil {
+			if ctx.Err() == nil {
 				w.serverClosed.Add(1)
 			}
 			return
@@ -311,7 +412,9 @@ func (w *Worker) poll(c *wconn, url string) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
-			w.serverClosed.Add(1)
+			if ctx.Err() == nil {
+				w.serverClosed.Add(1)
+			}
 			return
 		}
 		if len(body) > 0 {
@@ -320,8 +423,23 @@ func (w *Worker) poll(c *wconn, url string) {
 	}
 }
 
-// onMessage records one delivery: {"data":{"s":<seq>,"t":<unix ns>}}.
+// onMessage records one delivery: {"data":{"s":<seq>,"t":<unix ns>}}, or
+// for a resuming client {"id":"<id>","data":{…}}; {"id":"<id>"} (the
+// position of a client resuming from now) and {"gap":true} are not
+// messages.
 func (w *Worker) onMessage(c *wconn, p []byte, now time.Time) {
+	if w.cfg.Resume {
+		if id, position, ok := parseID(p); ok {
+			c.lastID = append(c.lastID[:0], id...)
+			if position {
+				w.positions.Add(1)
+				return
+			}
+		} else if bytes.HasPrefix(p, gapFrame) {
+			w.gaps.Add(1)
+			return
+		}
+	}
 	seq, sent, ok := parseSeq(p)
 	if !ok {
 		w.unexpected.Add(1) // e.g. a heartbeat
@@ -347,6 +465,25 @@ func (w *Worker) onMessage(c *wconn, p []byte, now time.Time) {
 }
 
 var prefix = []byte(`{"data":{"s":`)
+
+var (
+	idPrefix = []byte(`{"id":"`)
+	gapFrame = []byte(`{"gap":true}`)
+)
+
+// parseID reads the id of a frame for a resuming client, and whether the
+// frame is only a position ({"id":"<id>"}, no data).
+func parseID(p []byte) (id []byte, position, ok bool) {
+	if !bytes.HasPrefix(p, idPrefix) {
+		return nil, false, false
+	}
+	rest := p[len(idPrefix):]
+	j := bytes.IndexByte(rest, '"')
+	if j <= 0 || j > 64 {
+		return nil, false, false
+	}
+	return rest[:j], j+1 < len(rest) && rest[j+1] == '}', true
+}
 
 // parseSeq reads the sequence number and send time without a JSON decoder.
 func parseSeq(p []byte) (seq, sent int64, ok bool) {
@@ -402,9 +539,17 @@ func (w *Worker) startChurn() {
 	}
 }
 
-func (w *Worker) closeConn(c *wconn) {
+// closeConn closes c (from the client's side) and returns the channel its
+// reader closes on return (nil when it has none).
+func (w *Worker) closeConn(c *wconn) chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	done := c.done
+	c.done = nil
+	if c.cancel != nil {
+		c.cancel()
+		c.cancel = nil
+	}
 	if c.nc != nil {
 		_ = ws.WriteFrame(c.nc, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))))
 		_ = c.nc.Close()
@@ -414,6 +559,7 @@ func (w *Worker) closeConn(c *wconn) {
 		_ = c.body.Close()
 		c.body = nil
 	}
+	return done
 }
 
 // Received returns deliveries so far.
@@ -431,6 +577,7 @@ func (w *Worker) Stop() WorkerStats {
 		ConnectSeconds: w.connectTime.Seconds(),
 		Received:       w.received.Load(), Duplicates: w.dups.Load(), OutOfOrder: w.ooo.Load(),
 		Unexpected: w.unexpected.Load(), ServerClosed: w.serverClosed.Load(),
+		Positions: w.positions.Load(), Gaps: w.gaps.Load(), ReconnectFailures: w.reconnectFailures,
 		ChurnConnects: w.churnConnects.Load(), ChurnFailures: w.churnFailures.Load(),
 		Latency: w.hist.snapshot(),
 	}

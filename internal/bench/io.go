@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,38 +29,76 @@ type publisher interface {
 }
 
 func newPublisher(ctx context.Context, cfg Config) (publisher, error) {
-	if cfg.RedisURL == "" {
-		return &httpPublisher{url: strings.TrimSuffix(cfg.Target, "/") + "/publish", token: cfg.Token}, nil
+	idem := ""
+	if cfg.Durable && !cfg.NoIdempotencyKeys {
+		// Unique per run and message: the bench never retries, so no
+		// repeat is ever dropped; the gateway still stores each key.
+		idem = fmt.Sprintf("bench-%s-", strconv.FormatInt(time.Now().UnixNano(), 36))
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	if cfg.RedisURL == "" {
+		return &httpPublisher{url: strings.TrimSuffix(cfg.Target, "/") + "/publish", token: cfg.Token,
+			durable: cfg.Durable, idem: idem}, nil
+	}
+	c, err := redisClient(ctx, cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	return &redisPublisher{c: c, channel: cfg.Channel, durable: cfg.Durable, idem: idem}, nil
+}
+
+func redisClient(ctx context.Context, redisURL string) (*redis.Client, error) {
+	opt, err := redis.ParseURL(redisURL)
 	if err != nil {
 		return nil, fmt.Errorf("parsing --redis-url: %w", err)
 	}
 	c := redis.NewClient(opt)
 	if err := c.Ping(ctx).Err(); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("connecting to Redis: %w", err)
 	}
-	return &redisPublisher{c: c, channel: cfg.Channel}, nil
+	return c, nil
 }
 
 type redisPublisher struct {
 	c       *redis.Client
 	channel string
+	durable bool   // FCALL wspubsub_publish instead of PUBLISH
+	idem    string // idempotency-key prefix ("" = none)
+	n       uint64 // messages published (idempotency-key suffix)
 }
 
-// publish sends the batch as one pipeline: one round trip.
+// publish sends the batch as one pipeline: one round trip. Durable, each
+// message is FCALL wspubsub_publish 0 <envelope> [<idempotency-key>]: the
+// gateways' Redis function records it in every recipient's history and
+// publishes it, atomically.
 func (p *redisPublisher) publish(ctx context.Context, msgs [][]byte) error {
 	pipe := p.c.Pipeline()
 	for _, m := range msgs {
-		pipe.Publish(ctx, p.channel, m)
+		switch {
+		case !p.durable:
+			pipe.Publish(ctx, p.channel, m)
+		case p.idem != "":
+			p.n++
+			pipe.FCall(ctx, "wspubsub_publish", nil, m, p.idem+strconv.FormatUint(p.n, 36))
+		default:
+			pipe.FCall(ctx, "wspubsub_publish", nil, m)
+		}
 	}
 	_, err := pipe.Exec(ctx)
+	if err != nil && p.durable && strings.Contains(err.Error(), "Function not found") {
+		return fmt.Errorf("FCALL wspubsub_publish: %w (no gateway with --history-size > 0 has loaded its functions into this Redis)", err)
+	}
 	return err
 }
 
 func (p *redisPublisher) close() { p.c.Close() }
 
-type httpPublisher struct{ url, token string }
+type httpPublisher struct {
+	url, token string
+	durable    bool   // check that the gateway recorded each message
+	idem       string // Idempotency-Key prefix ("" = none)
+	n          uint64
+}
 
 func (p *httpPublisher) publish(ctx context.Context, msgs [][]byte) error {
 	for _, m := range msgs {
@@ -67,13 +107,26 @@ func (p *httpPublisher) publish(ctx context.Context, msgs [][]byte) error {
 		if p.token != "" {
 			req.Header.Set("Authorization", "Bearer "+p.token)
 		}
+		if p.idem != "" {
+			p.n++
+			req.Header.Set("Idempotency-Key", p.idem+strconv.FormatUint(p.n, 36))
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return fmt.Errorf("POST /publish: %w", err)
 		}
+		var body []byte
+		if p.durable {
+			body, _ = io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusAccepted {
 			return fmt.Errorf("POST /publish: %s", resp.Status)
+		}
+		// With history on the gateway answers 202 once recorded, with the
+		// ids: without them it only published (history off).
+		if p.durable && !bytes.Contains(body, []byte(`"ids":[`)) {
+			return fmt.Errorf("POST /publish answered %s without ids: is the gateway's history on (--history-size)?", bytes.TrimSpace(body))
 		}
 	}
 	return nil
@@ -216,6 +269,10 @@ func (g *gatewayProbe) read() (rss int64, cpu float64) {
 type worker interface {
 	ready() (failures int, err error)
 	received() int64
+	// disconnect closes every connection; reconnect opens them again
+	// (resuming from the last id each received) and returns the failures.
+	disconnect() error
+	reconnect() (failures int, err error)
 	stop() WorkerStats
 }
 
@@ -224,19 +281,43 @@ type localWorker struct {
 	done chan int
 }
 
-func (l *localWorker) ready() (int, error) { return <-l.done, nil }
-func (l *localWorker) received() int64     { return l.w.Received() }
-func (l *localWorker) stop() WorkerStats   { return l.w.Stop() }
+func (l *localWorker) ready() (int, error)     { return <-l.done, nil }
+func (l *localWorker) received() int64         { return l.w.Received() }
+func (l *localWorker) disconnect() error       { l.w.Disconnect(); return nil }
+func (l *localWorker) reconnect() (int, error) { return l.w.Reconnect(), nil }
+func (l *localWorker) stop() WorkerStats       { return l.w.Stop() }
 
 type childWorker struct {
 	cmd   *exec.Cmd
-	in    *bufio.Writer
-	stdin interface{ Close() error }
-	lines chan string
+	stdin io.WriteCloser
 	recv  atomic.Int64
 	final chan WorkerStats
 	fail  chan int
+	acks  chan int // answers to DISCONNECT (0) and RECONNECT (failures)
 }
+
+// command sends one line to the child and waits for its answer.
+func (c *childWorker) command(line string) (int, error) {
+	if _, err := io.WriteString(c.stdin, line+"\n"); err != nil {
+		return 0, fmt.Errorf("bench worker: %w", err)
+	}
+	select {
+	case n, ok := <-c.acks:
+		if !ok {
+			return 0, fmt.Errorf("bench worker exited during %s", line)
+		}
+		return n, nil
+	case <-time.After(10 * time.Minute):
+		return 0, fmt.Errorf("bench worker: no answer to %s after 10 minutes", line)
+	}
+}
+
+func (c *childWorker) disconnect() error {
+	_, err := c.command("DISCONNECT")
+	return err
+}
+
+func (c *childWorker) reconnect() (int, error) { return c.command("RECONNECT") }
 
 func (c *childWorker) ready() (int, error) {
 	select {
@@ -274,7 +355,8 @@ func startWorkers(cfg Config) ([]worker, error) {
 		first := i * cfg.PerProc
 		wc := WorkerConfig{URL: cfg.wsURL(), KeyPrefix: cfg.KeyPrefix, First: first, Count: min(cfg.PerProc, cfg.Conns-first),
 			Source: sources[i], Transport: cfg.Transport, Batch: cfg.Batch, Messages: cfg.Messages,
-			Broadcast: cfg.Scenario == "broadcast", SlowFrom: cfg.Conns - int(float64(cfg.Conns)*cfg.SlowShare)}
+			Broadcast: cfg.Scenario == "broadcast", SlowFrom: cfg.Conns - int(float64(cfg.Conns)*cfg.SlowShare),
+			Resume: cfg.Resume}
 		if cfg.Scenario == "churn" {
 			wc.ChurnShare, wc.ChurnFor = churnShare, cfg.Duration
 		}
@@ -318,9 +400,10 @@ func startChild(cfg Config, wc WorkerConfig) (*childWorker, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting bench worker: %w", err)
 	}
-	c := &childWorker{cmd: cmd, stdin: stdin, final: make(chan WorkerStats, 1), fail: make(chan int, 1)}
+	c := &childWorker{cmd: cmd, stdin: stdin, final: make(chan WorkerStats, 1), fail: make(chan int, 1), acks: make(chan int, 1)}
 	go func() {
 		defer close(c.fail)
+		defer close(c.acks)
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 1<<20), 16<<20)
 		for sc.Scan() {
@@ -329,6 +412,11 @@ func startChild(cfg Config, wc WorkerConfig) (*childWorker, error) {
 			case "READY":
 				n, _ := strconv.Atoi(body)
 				c.fail <- n
+			case "DISCONNECTED":
+				c.acks <- 0
+			case "RECONNECTED":
+				n, _ := strconv.Atoi(body)
+				c.acks <- n
 			case "PROGRESS":
 				n, _ := strconv.ParseInt(body, 10, 64)
 				c.recv.Store(n)
@@ -342,8 +430,8 @@ func startChild(cfg Config, wc WorkerConfig) (*childWorker, error) {
 	return c, nil
 }
 
-// RunWorker is the child side: connect, report progress until stdin
-// closes, then report the counts.
+// RunWorker is the child side: connect, report progress, obey DISCONNECT
+// and RECONNECT lines until stdin closes, then report the counts.
 func RunWorker(cfgJSON string, stdin *os.File, stdout *os.File) error {
 	var wc WorkerConfig
 	if err := json.Unmarshal([]byte(cfgJSON), &wc); err != nil {
@@ -351,22 +439,37 @@ func RunWorker(cfgJSON string, stdin *os.File, stdout *os.File) error {
 	}
 	w := NewWorker(wc)
 	failures := w.Connect()
-	fmt.Fprintf(stdout, "READY %d\n", failures)
+	var mu sync.Mutex // one line at a time on stdout
+	say := func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(stdout, format, a...)
+	}
+	say("READY %d\n", failures)
 	done := make(chan struct{})
 	go func() {
-		_, _ = bufio.NewReader(stdin).ReadString('\n') // EOF when the parent closes it
-		close(done)
+		defer close(done) // EOF when the parent closes stdin
+		sc := bufio.NewScanner(stdin)
+		for sc.Scan() {
+			switch sc.Text() {
+			case "DISCONNECT":
+				w.Disconnect()
+				say("DISCONNECTED\n")
+			case "RECONNECT":
+				say("RECONNECTED %d\n", w.Reconnect())
+			}
+		}
 	}()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
-			fmt.Fprintf(stdout, "PROGRESS %d\n", w.Received())
+			say("PROGRESS %d\n", w.Received())
 		case <-done:
 			st := w.Stop()
 			b, _ := json.Marshal(st)
-			fmt.Fprintf(stdout, "STATS %s\n", b)
+			say("STATS %s\n", b)
 			return nil
 		}
 	}
