@@ -1,0 +1,118 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+)
+
+// Result is one run's outcome; it is printed as one JSON line.
+type Result struct {
+	Scenario         string        `json:"scenario"`
+	Transport        string        `json:"transport"`
+	Conns            int           `json:"conns"`
+	Connected        int           `json:"connected"`
+	ConnectFailures  int           `json:"connect_failures"`
+	ConnectRate      float64       `json:"connects_per_s"`
+	Procs            int           `json:"client_procs"`
+	Published        int64         `json:"published"`
+	PublishSeconds   float64       `json:"publish_s"`
+	Expected         int64         `json:"expected"`
+	Delivered        int64         `json:"delivered"`
+	Lost             int64         `json:"lost"`
+	Duplicates       int64         `json:"duplicated"`
+	OutOfOrder       int64         `json:"out_of_order"`
+	ServerClosed     int64         `json:"server_closed"`
+	Durable          bool          `json:"durable,omitempty"`
+	Resuming         bool          `json:"resuming_clients,omitempty"`
+	Positions        int64         `json:"positions,omitempty"`         // {"id":…} frames: clients told where "now" is
+	Gaps             int64         `json:"gaps,omitempty"`              // {"gap":true} frames
+	Unexpected       int64         `json:"unexpected_frames,omitempty"` // frames that are none of these (e.g. heartbeats)
+	DeliveredPerSec  float64       `json:"delivered_per_s"`
+	Latency          Latency       `json:"latency"`
+	ChurnConnects    int64         `json:"churn_connects,omitempty"`
+	ChurnFailures    int64         `json:"churn_failures,omitempty"`
+	SlowConns        int           `json:"slow_conns,omitempty"`
+	SlowClosed       int64         `json:"slow_closed_4008,omitempty"`
+	GatewayRSSBefore int64         `json:"gateway_rss_before"`
+	GatewayRSSAfter  int64         `json:"gateway_rss_after"`
+	BytesPerConn     float64       `json:"gateway_bytes_per_conn,omitempty"`
+	GatewayCPU       float64       `json:"gateway_cpu_s"`
+	ClientCPU        float64       `json:"client_cpu_s"`
+	WallSeconds      float64       `json:"wall_s"`
+	Resume           *ResumeResult `json:"resume,omitempty"`
+	Redis            *RedisStats   `json:"redis,omitempty"`
+}
+
+// ResumeResult is the resume scenario's catch-up: every client went away
+// after one message, BehindPerKey messages were published for each, then
+// all reconnected with since=<the last id they received>.
+type ResumeResult struct {
+	Clients            int     `json:"clients"`
+	BehindPerKey       int     `json:"behind_per_key"`
+	AwayPublished      int64   `json:"away_published"`
+	AwayPublishSeconds float64 `json:"away_publish_s"`
+	Reconnected        int     `json:"reconnected"`
+	ReconnectFailures  int     `json:"reconnect_failures"`
+	CatchupExpected    int64   `json:"catchup_expected"`
+	CatchupDelivered   int64   `json:"catchup_delivered"`
+	CatchupSeconds     float64 `json:"catchup_s"` // reconnect start → every message received (or the last one that came)
+	CatchupPerSec      float64 `json:"catchup_per_s"`
+	Gaps               int64   `json:"gaps"`
+}
+
+// RedisStats is what the history costs in Redis (durable runs with a
+// Redis URL): INFO memory's used_memory before and after the run, the
+// history's entries (Σ XLEN wspubsub:h:{<key>} over the run's keys) and
+// their streams' own size (Σ MEMORY USAGE), and Redis's CPU time over the
+// run (INFO cpu: the durable path runs a function per message there).
+type RedisStats struct {
+	CPUSeconds    float64 `json:"cpu_s"`
+	UsedBefore    int64   `json:"used_memory_before"`
+	UsedAfter     int64   `json:"used_memory_after"`
+	EntriesBefore int64   `json:"history_entries_before"`
+	Entries       int64   `json:"history_entries"`
+	StreamBytes   int64   `json:"history_stream_bytes"`
+	// StreamBytesPerHeld is Σ MEMORY USAGE / entries: the streams alone,
+	// key names and per-key overhead included.
+	StreamBytesPerHeld float64 `json:"bytes_per_held_msg"`
+	// UsedPerHeld is Δused_memory / Δentries: everything the run added to
+	// Redis per message it left held, idempotency keys included (one per
+	// durable publish, kept for --history-ttl) — when entries grew.
+	UsedPerHeld     float64 `json:"used_memory_per_held_msg,omitempty"`
+	IdempotencyKeys bool    `json:"idempotency_keys"`
+}
+
+func report(out io.Writer, r Result) {
+	fmt.Fprintf(out, "scenario %s over %s: %d/%d connected (%d failed) at %.0f/s from %d process(es)\n",
+		r.Scenario, r.Transport, r.Connected, r.Conns, r.ConnectFailures, r.ConnectRate, r.Procs)
+	if r.Published > 0 {
+		fmt.Fprintf(out, "published %d in %.2fs; delivered %d of %d expected (%.0f/s): lost %d, duplicated %d, out of order %d, closed by server %d\n",
+			r.Published, r.PublishSeconds, r.Delivered, r.Expected, r.DeliveredPerSec, r.Lost, r.Duplicates, r.OutOfOrder, r.ServerClosed)
+		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
+			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
+	}
+	if rr := r.Resume; rr != nil {
+		fmt.Fprintf(out, "resume: %d clients away while %d messages (%d per key) were published in %.2fs; %d reconnected (%d failed), caught up %d of %d in %.2fs (%.0f/s), %d gaps\n",
+			rr.Clients, rr.AwayPublished, rr.BehindPerKey, rr.AwayPublishSeconds, rr.Reconnected, rr.ReconnectFailures,
+			rr.CatchupDelivered, rr.CatchupExpected, rr.CatchupSeconds, rr.CatchupPerSec, rr.Gaps)
+	}
+	if m := r.Redis; m != nil {
+		fmt.Fprintf(out, "redis: CPU %.2fs; used_memory %.1f MB → %.1f MB; history %d → %d entries, streams %.1f MB (%.0f bytes per held message)",
+			m.CPUSeconds, float64(m.UsedBefore)/1e6, float64(m.UsedAfter)/1e6, m.EntriesBefore, m.Entries, float64(m.StreamBytes)/1e6, m.StreamBytesPerHeld)
+		if m.UsedPerHeld > 0 {
+			fmt.Fprintf(out, "; used_memory grew %.0f bytes per new entry", m.UsedPerHeld)
+		}
+		fmt.Fprintln(out)
+	}
+	if r.ChurnConnects > 0 {
+		fmt.Fprintf(out, "churn: %d reconnects, %d failed\n", r.ChurnConnects, r.ChurnFailures)
+	}
+	fmt.Fprintf(out, "gateway RSS %.1f MB → %.1f MB", float64(r.GatewayRSSBefore)/1e6, float64(r.GatewayRSSAfter)/1e6)
+	if r.BytesPerConn > 0 {
+		fmt.Fprintf(out, " (%.0f bytes per connection)", r.BytesPerConn)
+	}
+	fmt.Fprintf(out, "; CPU gateway %.2fs, load tool %.2fs, wall %.1fs\n", r.GatewayCPU, r.ClientCPU, r.WallSeconds)
+	b, _ := json.Marshal(r)
+	fmt.Fprintf(out, "%s\n", b)
+}
