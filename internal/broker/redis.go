@@ -27,7 +27,8 @@ type RedisConfig struct {
 	OnReady func(bool)
 	// OnResubscribe is called when the subscription is back after a loss:
 	// messages published meanwhile were missed, and only the history has
-	// them.
+	// them. It runs on Run's goroutine, before any message received
+	// after the subscription is dispatched.
 	OnResubscribe func()
 	// History turns on the per-key history (Size > 0).
 	History HistoryConfig

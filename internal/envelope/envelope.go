@@ -118,7 +118,11 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 		case "broadcast":
 			broadcast, bcastVal = memberStart, val
 		case IDsMember:
-			ids, idsVal = memberStart, val
+			// The first one counts: the history functions put theirs
+			// first, ahead of any a publisher sent along.
+			if ids < 0 {
+				ids, idsVal = memberStart, val
+			}
 		default:
 			if string(key) == "data" {
 				data = true

@@ -87,7 +87,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		log.Info("demo mode: serving loopback host names only (set --allowed-hosts to widen)", "allowed_hosts", strings.Join(loopbackHosts, ","))
 	}
 	if g.broker = opt.Broker; g.broker == nil {
-		g.broker, err = newBroker(cfg, log, g.metrics, func() { go g.hub.Resync(g.ctx) })
+		g.broker, err = newBroker(cfg, log, g.metrics, func() { g.hub.Resync(g.ctx) })
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +223,8 @@ func historyConfig(cfg config.Serve) broker.HistoryConfig {
 }
 
 // newBroker builds the configured broker; resync is called when a lost
-// subscription is back (clients that resume must catch up from history).
+// subscription is back (clients that resume must catch up from history),
+// before any message received after it is dispatched.
 func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync func()) (broker.Broker, error) {
 	if cfg.RedisURL == "" {
 		log.Warn("broker: in-process (no --redis-url); publish with POST /publish or `wspubsub publish`")

@@ -98,7 +98,7 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 // is unregistered again and refused with CloseTryAgain (its client retries
 // with the same id: nothing is lost).
 func (h *Hub) resume(ctx context.Context, s *session.Session) error {
-	if _, err := h.replay(ctx, s, s.Since, true, true); err != nil {
+	if err := h.replay(ctx, s, s.Since, true); err != nil {
 		h.unregister(s)
 		h.reject(metrics.RejectHistory)
 		return &ErrRejected{session.CloseTryAgain, "try again later"}

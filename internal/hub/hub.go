@@ -80,11 +80,10 @@ type Hub struct {
 	slots      map[string]*slot // key lookups running per client address (under amu)
 	slotPool   sync.Pool        // of *slot
 
-	resyncMu sync.Mutex // one Resync at a time
-	live     atomic.Int64
-	closing  atomic.Bool
-	nextID   atomic.Uint64
-	seq      uint64 // Dispatch's message number (Dispatch's goroutine only)
+	live    atomic.Int64
+	closing atomic.Bool
+	nextID  atomic.Uint64
+	seq     uint64 // Dispatch's message number (Dispatch's goroutine only)
 }
 
 // New builds a hub; call Run to start its background work.

@@ -13,15 +13,23 @@ import (
 )
 
 // replay catches a resuming session up from its key's history: live
-// messages are held back while the history is read, then both are queued
-// in order, each once. position: a client that asked to start from now
-// (since empty) is told its position. held: the caller has called s.Hold
-// already. It reports false when the session was already being caught up
-// (nothing to do).
-func (h *Hub) replay(ctx context.Context, s *session.Session, since string, position, held bool) (bool, error) {
-	if !held && !s.Hold() {
-		return false, nil
+// messages are held back (the caller has held s) while the history is
+// read, then both are queued in order, each once. position: a client that
+// asked to start from now (since empty) is told its position. When a
+// resync was asked for meanwhile, the history is read again from where s
+// now is.
+func (h *Hub) replay(ctx context.Context, s *session.Session, since string, position bool) error {
+	for {
+		again, err := h.replayOnce(ctx, s, since, position)
+		if err != nil || !again {
+			return err
+		}
+		since, position = s.LastID(), false
 	}
+}
+
+// replayOnce is one history read and Replay; again: see Session.Replay.
+func (h *Hub) replayOnce(ctx context.Context, s *session.Session, since string, position bool) (again bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
 	defer cancel()
 	rp, err := h.cfg.History.Since(cctx, s.Key, since)
@@ -29,7 +37,7 @@ func (h *Hub) replay(ctx context.Context, s *session.Session, since string, posi
 		s.Replay(false, "", nil) // let go of what was held; the caller closes s
 		h.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
 		h.sampled.Log(slog.LevelWarn, "resume failed: history unavailable", "key", keystore.Redact(s.Key), "conn", s.ID, "err", err)
-		return true, err
+		return false, err
 	}
 	msgs := make([]*session.Message, 0, len(rp.Entries))
 	for _, e := range rp.Entries {
@@ -46,7 +54,7 @@ func (h *Hub) replay(ctx context.Context, s *session.Session, since string, posi
 	if position && since == "" {
 		pos = rp.Top
 	}
-	s.Replay(rp.Gap, pos, msgs)
+	again = s.Replay(rp.Gap, pos, msgs)
 	h.m.Replayed.Add(float64(len(msgs)))
 	switch {
 	case !position:
@@ -58,33 +66,45 @@ func (h *Hub) replay(ctx context.Context, s *session.Session, since string, posi
 	default:
 		h.m.Resumes.WithLabelValues(metrics.ResumeComplete).Inc()
 	}
-	return true, nil
+	return again, nil
 }
 
 // Resync catches every resuming session up after the broker's subscription
 // came back: what was published while it was down reached no one live, but
-// the history has it. A session whose history cannot be read is closed with
-// CloseTryAgain, so its client resumes from another attempt.
-func (h *Hub) Resync(ctx context.Context) {
+// the history has it. The broker calls it from its receiving goroutine
+// before it dispatches anything newer: every session is held at once, so
+// no live message can overtake what it missed. A session held already
+// (being admitted, or caught up by an earlier resync) is marked, and that
+// catch-up reads the history once more. The histories are read in the
+// background; done is closed when all are caught up. A session whose
+// history cannot be read is closed with CloseTryAgain, so its client
+// resumes from another attempt.
+func (h *Hub) Resync(ctx context.Context) (done <-chan struct{}) {
+	ch := make(chan struct{})
 	if h.cfg.History == nil {
-		return
+		close(ch)
+		return ch
 	}
-	h.resyncMu.Lock()
-	defer h.resyncMu.Unlock()
 	var list []*session.Session
 	h.each(func(s *session.Session) {
-		if s.Resumes() && !s.IsClosed() {
+		if s.Resumes() && !s.IsClosed() && s.HoldForResync() {
 			list = append(list, s)
 		}
 	})
-	for _, s := range list {
-		if _, err := h.replay(ctx, s, s.LastID(), false, false); err != nil {
-			s.Close(session.CloseTryAgain, "history unavailable")
+	go func() {
+		defer close(ch)
+		for _, s := range list {
+			// The last id is read once held: a message delivered live just
+			// before would otherwise be replayed again after a gap.
+			if err := h.replay(ctx, s, s.LastID(), false); err != nil {
+				s.Close(session.CloseTryAgain, "history unavailable")
+			}
 		}
-	}
-	if len(list) > 0 {
-		h.log.Info("resuming clients caught up after the broker came back", "sessions", len(list))
-	}
+		if len(list) > 0 {
+			h.log.Info("resuming clients caught up after the broker came back", "sessions", len(list))
+		}
+	}()
+	return ch
 }
 
 // recorded is the message each resuming session of one recipient gets,

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/hub"
 	"github.com/wspubsub/wspubsub/internal/metrics"
 	"github.com/wspubsub/wspubsub/internal/session"
@@ -116,33 +117,46 @@ type poller struct {
 
 	// A resuming client names, on each poll, the id of the last message it
 	// got: until a poll names the one answered last, that answer may have
-	// been lost on the way and is given again.
+	// been lost on the way and is given again (see next).
 	mu       sync.Mutex
 	inflight *session.Message // the last message answered (resuming clients)
 	sentFor  string           // the since of the poll it answered
 }
 
-// again returns the message to answer a resuming client's poll with once
-// more (its previous answer did not arrive), or nil; the in-flight message
-// is forgotten once a poll names a newer position.
-func (p *poller) again(since string) *session.Message {
+// next returns the message to answer a poll with, or nil. A resuming
+// client (resuming) whose poll names the same since as the poll answered
+// last did not get that answer: it is given again. Otherwise the next
+// queued message, skipping those not after the poll's since (after, when
+// afterOK): the since, not what this connection gave before, says where the
+// client is — its polls may have reached another gateway meanwhile (a load
+// balancer without stickiness, or a reconnect), which gave it what this
+// queue still holds. Under p.mu, so that two polls held at once (one of
+// them given up on by the client) cannot take two messages for one since:
+// the second gets the first's again.
+func (p *poller) next(resuming bool, since string, after envelope.ID, afterOK bool) *session.Message {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.inflight != nil && since == p.sentFor {
-		return p.inflight
+	if resuming {
+		if p.inflight != nil && since == p.sentFor {
+			return p.inflight
+		}
+		p.inflight = nil
 	}
-	p.inflight = nil
-	return nil
-}
-
-// sent records m as answered to a poll that named since.
-func (p *poller) sent(m *session.Message, since string) {
-	if m.ID == "" || !p.sess.Resumes() {
-		return
+	for {
+		m := p.sess.Pop()
+		if m == nil {
+			return nil
+		}
+		if afterOK && m.ID != "" {
+			if id, ok := envelope.ParseID(m.ID); ok && !id.After(after) {
+				continue // the client has it
+			}
+		}
+		if m.ID != "" && p.sess.Resumes() {
+			p.inflight, p.sentFor = m, since
+		}
+		return m
 	}
-	p.mu.Lock()
-	p.inflight, p.sentFor = m, since
-	p.mu.Unlock()
 }
 
 type closeInfo struct {
@@ -240,18 +254,17 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 		p.active.Add(-1)
 	}()
 	w.Header().Set("Cache-Control", "no-store")
-	if p.sess.Resumes() && peer.Resume {
-		if m := p.again(peer.Since); m != nil {
-			writeMessage(w, m)
-			return
-		}
+	resuming := p.sess.Resumes() && peer.Resume
+	var after envelope.ID
+	afterOK := false
+	if resuming {
+		after, afterOK = envelope.ParseID(peer.Since)
 	}
 	timer := time.NewTimer(s.cfg.PollTimeout)
 	defer timer.Stop()
 	for {
-		if m := p.sess.Pop(); m != nil {
+		if m := p.next(resuming, peer.Since, after, afterOK); m != nil {
 			p.answered.Store(true)
-			p.sent(m, peer.Since)
 			writeMessage(w, m)
 			return
 		}

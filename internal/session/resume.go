@@ -16,6 +16,9 @@ type resume struct {
 	holding   bool
 	held      []*Message
 	heldBytes int
+	// pending: a resync was asked for while the session was held (see
+	// HoldForResync).
+	pending bool
 }
 
 // GapFrame is the first frame a resuming client gets when its history no
@@ -47,17 +50,41 @@ func (s *Session) Hold() bool {
 	return true
 }
 
+// HoldForResync is Hold for a catch-up after the broker's subscription
+// came back. When the session is held already (being admitted, or caught
+// up by an earlier resync), that catch-up's history read may predate what
+// was missed: it is marked instead, and its Replay reports that the
+// history must be read once more.
+func (s *Session) HoldForResync() bool {
+	s.res.mu.Lock()
+	defer s.res.mu.Unlock()
+	if s.res.holding {
+		s.res.pending = true
+		return false
+	}
+	s.res.holding = true
+	return true
+}
+
 // Replay queues what the history held for this client, then the messages
 // held back since Hold, each only if it comes after the last one given.
 // gap queues the gap frame first and forgets the last id; a non-empty
 // position (a client that asked to start from now) queues {"id":position}
-// and starts from there.
-func (s *Session) Replay(gap bool, position string, history []*Message) {
+// and starts from there. It reports again when a resync was asked for
+// meanwhile (HoldForResync): the session then stays held, with what it
+// held, and the caller must read the history from LastID and Replay again.
+func (s *Session) Replay(gap bool, position string, history []*Message) (again bool) {
 	r := s.res
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	held := r.held
-	r.held, r.heldBytes, r.holding = nil, 0, false
+	if r.pending {
+		// What is held may be newer than what the resync will find
+		// missing: it waits for that replay.
+		r.pending, again, held = false, true, nil
+	} else {
+		r.held, r.heldBytes, r.holding = nil, 0, false
+	}
 	if gap {
 		r.last = envelope.ID{}
 		s.push(NewMessage(GapFrame))
@@ -80,6 +107,7 @@ func (s *Session) Replay(gap bool, position string, history []*Message) {
 			}
 		}
 	}
+	return again
 }
 
 // deliverRecorded is Deliver for a message with an id to a resuming client.

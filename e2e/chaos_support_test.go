@@ -1,0 +1,668 @@
+package e2e
+
+// Support for the chaos tests (chaos_test.go): gateway processes that can
+// be SIGKILLed and restarted on their port, a publisher that retries with
+// the same idempotency key until acknowledged, and resuming clients over
+// the three transports that drop their connection at random moments and
+// resume with the last id they received.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wspubsub/wspubsub/internal/testenv"
+)
+
+// chaosGateway is one gateway process on a fixed port: Kill is SIGKILL,
+// Start (re)starts it on the same port.
+type chaosGateway struct {
+	t      *testing.T
+	name   string
+	addr   string
+	args   []string
+	logs   *lockedBuffer
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// newChaosGateway starts the gateway binary on a free port with a key file
+// holding keys and args, and waits until it is ready.
+func newChaosGateway(t *testing.T, name string, keys []string, args ...string) *chaosGateway {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keyFile, []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &chaosGateway{t: t, name: name, logs: &lockedBuffer{},
+		addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
+	g.args = append([]string{"--listen", g.addr, "--keys-file", keyFile, "--log-level", "warn"}, args...)
+	t.Cleanup(func() {
+		g.Kill()
+		if t.Failed() {
+			t.Logf("%s log (last 8 KiB):\n%s", g.name, chaosTail(g.logs.String(), 8<<10))
+		}
+	})
+	g.Start()
+	g.waitReady(20 * time.Second)
+	return g
+}
+
+func chaosTail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+// Start starts the process (if not running) and waits until it answers
+// /healthz; only call it from the test's goroutine.
+func (g *chaosGateway) Start() {
+	g.t.Helper()
+	g.mu.Lock()
+	if g.cmd != nil {
+		g.mu.Unlock()
+		return
+	}
+	cmd := exec.Command(binary(g.t), g.args...)
+	cmd.Env = os.Environ()
+	cmd.Stdout, cmd.Stderr = g.logs, g.logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		g.mu.Unlock()
+		g.t.Fatalf("starting %s: %v", g.name, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	g.cmd, g.exited = cmd, exited
+	g.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for !g.get("/healthz") {
+		select {
+		case <-exited:
+			g.t.Fatalf("%s exited at start: %v\n%s", g.name, cmd.ProcessState, chaosTail(g.logs.String(), 4<<10))
+		default:
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("%s not healthy within 20s", g.name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill SIGKILLs the process and waits for it to be gone.
+func (g *chaosGateway) Kill() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cmd == nil {
+		return
+	}
+	_ = g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.exited
+	g.cmd = nil
+}
+
+// running reports whether the process is alive (false once it exited by
+// itself, which no gateway should do during the test).
+func (g *chaosGateway) running() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cmd == nil {
+		return false
+	}
+	select {
+	case <-g.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+func (g *chaosGateway) get(path string) bool {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + g.addr + path)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// waitReady waits until /readyz answers 200 (broker and store reachable).
+func (g *chaosGateway) waitReady(d time.Duration) {
+	g.t.Helper()
+	deadline := time.Now().Add(d)
+	for !g.get("/readyz") {
+		if time.Now().After(deadline) {
+			g.t.Fatalf("%s not ready within %v", g.name, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// metricLines returns the lines of the gateway's /metrics starting with
+// one of prefixes.
+func (g *chaosGateway) metricLines(prefixes ...string) []string {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + g.addr + "/metrics")
+	if err != nil {
+		return []string{"/metrics: " + err.Error()}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		for _, p := range prefixes {
+			if strings.HasPrefix(line, p) {
+				out = append(out, line)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// chaosHTTP is the HTTP client of publishers and HTTP transports; requests
+// carry their own deadlines.
+var chaosHTTP = &http.Client{Transport: &http.Transport{
+	DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+	MaxIdleConns:        256,
+	MaxIdleConnsPerHost: 128,
+	IdleConnTimeout:     30 * time.Second,
+}}
+
+// chaosPublisher publishes numbered messages to keys[n%len(keys)] through
+// POST /publish of a random gateway, retrying with the same idempotency key
+// until it is acknowledged.
+type chaosPublisher struct {
+	gws     []*chaosGateway
+	keys    []string
+	timeout time.Duration // of one attempt
+	giveUp  time.Duration // per message
+	// impatience is the share of attempts given a timeout of 0-3 ms.
+	impatience float64
+
+	acked   atomic.Int64 // messages acknowledged
+	retries atomic.Int64 // attempts beyond the first
+	dupAcks atomic.Int64 // acknowledged as "duplicate" (an earlier attempt had recorded it)
+	mu      sync.Mutex
+	ids     map[int]string // the id acknowledged for n
+	failed  []string       // why attempts failed, first few
+	fails   map[string]int // attempts failed, by cause
+}
+
+func newChaosPublisher(gws []*chaosGateway, keys []string) *chaosPublisher {
+	return &chaosPublisher{gws: gws, keys: keys, timeout: 2 * time.Second, giveUp: 60 * time.Second,
+		ids: map[int]string{}, fails: map[string]int{}}
+}
+
+func (p *chaosPublisher) fail(cause string, detail string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fails[cause]++
+	if len(p.failed) < 10 {
+		p.failed = append(p.failed, detail)
+	}
+}
+
+// publish sends message n to keys[n%len(keys)] until acknowledged; ctx
+// ends it early.
+func (p *chaosPublisher) publish(ctx context.Context, rng *rand.Rand, n int) error {
+	return p.publishTo(ctx, rng, p.keys[n%len(p.keys)], n)
+}
+
+// publishTo sends {"n":n} to key until acknowledged, every attempt with the
+// idempotency key chaos-<n>.
+func (p *chaosPublisher) publishTo(ctx context.Context, rng *rand.Rand, key string, n int) error {
+	body := fmt.Sprintf(`{"recipients":[%q],"data":{"n":%d}}`, key, n)
+	idem := fmt.Sprintf("chaos-%d", n)
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			p.retries.Add(1)
+			if time.Since(start) > p.giveUp {
+				return fmt.Errorf("message %d not acknowledged within %v", n, p.giveUp)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(10+rng.Intn(10*min(attempt, 10))) * time.Millisecond):
+			}
+		}
+		g := p.gws[rng.Intn(len(p.gws))]
+		timeout := p.timeout
+		if p.impatience > 0 && rng.Float64() < p.impatience {
+			// A publisher giving up early: the gateway may well record
+			// the message after all, and the retry must not record it
+			// again.
+			timeout = time.Duration(rng.Intn(3000)) * time.Microsecond
+		}
+		status, ids, err := p.attempt(ctx, g, body, idem, timeout)
+		switch {
+		case err != nil:
+			cause := "error"
+			var ne net.Error
+			switch {
+			case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+				cause = "timeout"
+			case errors.Is(err, syscall.ECONNREFUSED):
+				cause = "refused"
+			case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+				cause = "reset"
+			}
+			p.fail(cause, fmt.Sprintf("n=%d via %s: %v", n, g.name, err))
+			continue
+		case status == "accepted" || status == "duplicate":
+			if len(ids) != 1 {
+				return fmt.Errorf("message %d acknowledged with ids %v, want one", n, ids)
+			}
+			if status == "duplicate" {
+				p.dupAcks.Add(1)
+			}
+			p.mu.Lock()
+			p.ids[n] = ids[0]
+			p.mu.Unlock()
+			p.acked.Add(1)
+			return nil
+		default:
+			p.fail(status, fmt.Sprintf("n=%d via %s: %s", n, g.name, status))
+		}
+	}
+}
+
+// attempt is one POST; status is the acknowledgement's status, or the
+// HTTP status and body when it was not 202.
+func (p *chaosPublisher) attempt(ctx context.Context, g *chaosGateway, body, idem string, timeout time.Duration) (string, []string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+g.addr+"/publish", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", idem)
+	resp, err := chaosHTTP.Do(req)
+	if err != nil {
+		return "", nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", nil, err
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Sprintf("HTTP %d", resp.StatusCode), nil, nil
+	}
+	var ack struct {
+		Status string   `json:"status"`
+		IDs    []string `json:"ids"`
+	}
+	if err := json.Unmarshal(b, &ack); err != nil {
+		return "", nil, fmt.Errorf("202 with %q: %v", b, err)
+	}
+	return ack.Status, ack.IDs, nil
+}
+
+// idOf returns the id acknowledged for n.
+func (p *chaosPublisher) idOf(n int) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ids[n]
+}
+
+// Transports of chaos clients.
+const (
+	chaosWS      = "websocket"
+	chaosSSE     = "eventsource"
+	chaosPolling = "polling"
+)
+
+var chaosTransports = []string{chaosWS, chaosSSE, chaosPolling}
+
+// chaosGapMark stands for a {"gap":true} frame in a client's log.
+const chaosGapMark = -1
+
+// chaosClient is one resuming client of one key.
+type chaosClient struct {
+	key       string
+	transport string
+	sid       string     // polling and EventSource: one per client, as wspubsub.js does
+	rng       *rand.Rand // used by the client's goroutine only
+	// lastEventID: EventSource resumes with the Last-Event-ID header
+	// (always when set, else on every other connection) instead of since=.
+	lastEventID bool
+
+	mu         sync.Mutex
+	log        []int    // n of each message received, chaosGapMark for a gap frame
+	ids        []string // the id each message came with
+	lastID     string   // "" until the first position frame
+	lastN      int
+	positions  int
+	connects   int // connections attempted
+	refusals   map[string]int
+	unexpected []string // frames that should not have come, first few
+	badFrames  int
+	sseIDDiff  int // EventSource: id: line differing from the id in the data
+}
+
+func newChaosClient(key, transport string, seed int64) *chaosClient {
+	return &chaosClient{key: key, transport: transport, rng: rand.New(rand.NewSource(seed)),
+		sid: "chaos" + strconv.FormatInt(seed&0xffffff, 36), lastN: -1, refusals: map[string]int{}}
+}
+
+func (c *chaosClient) state() (lastID string, lastN int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastID, c.lastN
+}
+
+func (c *chaosClient) refused(why string) {
+	c.mu.Lock()
+	c.refusals[why]++
+	c.mu.Unlock()
+}
+
+func (c *chaosClient) bad(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.badFrames++
+	if len(c.unexpected) < 5 {
+		c.unexpected = append(c.unexpected, fmt.Sprintf(format, args...))
+	}
+}
+
+// handle takes one frame; sseID is the EventSource id: line ("" otherwise).
+func (c *chaosClient) handle(frame, sseID string) {
+	if why := c.take(frame, sseID); why != "" {
+		c.bad("%s: %q", why, frame)
+	}
+}
+
+// take records frame; it returns why the frame is wrong, or "".
+func (c *chaosClient) take(frame, sseID string) string {
+	var f struct {
+		ID   *string         `json:"id"`
+		Gap  bool            `json:"gap"`
+		Data json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(frame), &f); err != nil {
+		return "not JSON"
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.transport == chaosSSE && f.ID != nil && sseID != *f.ID {
+		c.sseIDDiff++
+	}
+	switch {
+	case f.Gap && f.ID == nil && f.Data == nil:
+		c.log = append(c.log, chaosGapMark)
+	case f.ID != nil && f.Data == nil:
+		c.positions++
+		c.lastID = *f.ID
+	case f.ID != nil:
+		var d struct {
+			N *int `json:"n"`
+		}
+		if err := json.Unmarshal(f.Data, &d); err != nil || d.N == nil {
+			return "data without n"
+		}
+		c.log = append(c.log, *d.N)
+		c.ids = append(c.ids, *f.ID)
+		c.lastID, c.lastN = *f.ID, *d.N
+	default:
+		return "frame without id"
+	}
+	return ""
+}
+
+// run connects to random gateways until ctx ends; each connection lives a
+// random time (hold) and is then dropped, and the next one resumes from the
+// last id received. Refusals and failures are retried after a short pause.
+func (c *chaosClient) run(ctx context.Context, gws []*chaosGateway, hold func(*rand.Rand) time.Duration) {
+	for ctx.Err() == nil {
+		g := gws[c.rng.Intn(len(gws))]
+		cctx, cancel := context.WithTimeout(ctx, hold(c.rng))
+		err := c.connect(cctx, g.addr)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.refused(chaosCause(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(20+c.rng.Intn(80)) * time.Millisecond):
+			}
+		}
+	}
+}
+
+// chaosRefusal is a connection ended by the server (a close code) or
+// refused before it started.
+type chaosRefusal struct{ what string }
+
+func (r *chaosRefusal) Error() string { return r.what }
+
+func chaosCause(err error) string {
+	var r *chaosRefusal
+	var ne net.Error
+	switch {
+	case errors.As(err, &r):
+		return r.what
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "conn refused"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return "conn lost"
+	}
+	return "other: " + err.Error()
+}
+
+// connect makes one connection and reads it until ctx ends (nil: dropped
+// by the client as planned) or it ends otherwise (the error says how).
+func (c *chaosClient) connect(ctx context.Context, addr string) error {
+	c.mu.Lock()
+	c.connects++
+	c.mu.Unlock()
+	var err error
+	switch c.transport {
+	case chaosWS:
+		err = c.connectWS(ctx, addr)
+	case chaosSSE:
+		err = c.connectSSE(ctx, addr)
+	default:
+		err = c.connectPolling(ctx, addr)
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("connection ended")
+	}
+	return err
+}
+
+func (c *chaosClient) connectWS(ctx context.Context, addr string) error {
+	since, _ := c.state()
+	d := ws.Dialer{Timeout: 2 * time.Second}
+	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/websocket?"+c.key+"&since="+since)
+	if err != nil {
+		var se ws.StatusError
+		if errors.As(err, &se) {
+			return &chaosRefusal{fmt.Sprintf("HTTP %d", int(se))}
+		}
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	r := io.Reader(conn)
+	if br != nil {
+		r = io.MultiReader(br, conn)
+	}
+	for {
+		f, err := ws.ReadFrame(r)
+		if err != nil {
+			return err
+		}
+		switch f.Header.OpCode {
+		case ws.OpText, ws.OpBinary:
+			c.handle(string(f.Payload), "")
+		case ws.OpPing:
+			_ = wsutil.WriteClientMessage(conn, ws.OpPong, f.Payload)
+		case ws.OpClose:
+			code, _ := ws.ParseCloseFrameData(f.Payload)
+			_ = wsutil.WriteClientMessage(conn, ws.OpClose, ws.NewCloseFrameBody(code, ""))
+			return &chaosRefusal{fmt.Sprintf("close %d", code)}
+		}
+	}
+}
+
+func (c *chaosClient) connectSSE(ctx context.Context, addr string) error {
+	since, _ := c.state()
+	c.mu.Lock()
+	header := since != "" && (c.lastEventID || c.connects%2 == 0)
+	c.mu.Unlock()
+	u := "http://" + addr + "/websocket?" + c.key + "&sid=" + c.sid
+	if !header {
+		u += "&since=" + since
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	if header {
+		req.Header.Set("Last-Event-ID", since)
+	}
+	resp, err := chaosHTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return &chaosRefusal{fmt.Sprintf("HTTP %d", resp.StatusCode)}
+	}
+	br := bufio.NewReader(resp.Body)
+	typ, id, data := "message", "", []string(nil)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		line = strings.TrimSuffix(line, "\n")
+		switch {
+		case line == "":
+			if data != nil {
+				if typ == "close" {
+					var cl struct{ Code int }
+					_ = json.Unmarshal([]byte(strings.Join(data, "\n")), &cl)
+					return &chaosRefusal{fmt.Sprintf("close %d", cl.Code)}
+				}
+				c.handle(strings.Join(data, "\n"), id)
+			}
+			typ, id, data = "message", "", nil
+		case strings.HasPrefix(line, "event: "):
+			typ = line[len("event: "):]
+		case strings.HasPrefix(line, "id: "):
+			id = line[len("id: "):]
+		case strings.HasPrefix(line, "data: "):
+			data = append(data, line[len("data: "):])
+		}
+	}
+}
+
+// connectPolling polls until ctx ends, naming the last id received on every
+// poll.
+func (c *chaosClient) connectPolling(ctx context.Context, addr string) error {
+	for {
+		since, _ := c.state()
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		req, _ := http.NewRequestWithContext(pctx, http.MethodGet,
+			"http://"+addr+"/websocket?"+c.key+"&sid="+c.sid+"&since="+since, nil)
+		req.Header.Set("X-Socket-Transport", "xhrPolling")
+		resp, err := chaosHTTP.Do(req)
+		if err != nil {
+			cancel()
+			return err
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			if code := resp.Header.Get("X-Wspubsub-Close-Code"); code != "" {
+				return &chaosRefusal{"close " + code}
+			}
+			return &chaosRefusal{fmt.Sprintf("HTTP %d", resp.StatusCode)}
+		}
+		if len(body) > 0 {
+			c.handle(string(body), "")
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// chaosTally is what one client's log says about the messages of its key,
+// expected in order want[0], want[1], ….
+type chaosTally struct {
+	received, lost, duplicated, outOfOrder, gaps, longestGap int
+}
+
+func tallyChaos(log []int, want []int) chaosTally {
+	var t chaosTally
+	pos := make(map[int]int, len(want))
+	for i, n := range want {
+		pos[n] = i
+	}
+	seen := make(map[int]int, len(want))
+	last := -1 // index in want of the newest message received so far
+	for _, n := range log {
+		if n == chaosGapMark {
+			t.gaps++
+			continue
+		}
+		t.received++
+		i, ok := pos[n]
+		if !ok {
+			t.outOfOrder++ // not a message of this key at all
+			continue
+		}
+		seen[n]++
+		if seen[n] > 1 {
+			t.duplicated++
+			continue
+		}
+		if i < last {
+			t.outOfOrder++
+		}
+		last = max(last, i)
+	}
+	run := 0
+	for _, n := range want {
+		if seen[n] == 0 {
+			t.lost++
+			run++
+			t.longestGap = max(t.longestGap, run)
+		} else {
+			run = 0
+		}
+	}
+	return t
+}

@@ -1,0 +1,430 @@
+package e2e
+
+// The proof of issue 8: exactly once, in order, per key, for every
+// acknowledged publish — with clients dropping and resuming at random on
+// every transport, a gateway SIGKILLed and Redis SIGKILLed meanwhile. And,
+// with a history too small for an outage, the gap signal instead of silent
+// loss.
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/testenv"
+)
+
+// chaosSeed is $WSPUBSUB_CHAOS_SEED, or a new seed; it is logged so that a
+// failing run's schedule (not its timing) can be replayed.
+func chaosSeed(t *testing.T) int64 {
+	seed := time.Now().UnixNano()
+	if v, err := strconv.ParseInt(os.Getenv("WSPUBSUB_CHAOS_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("seed %d (set WSPUBSUB_CHAOS_SEED=%d to replay the schedule)", seed, seed)
+	return seed
+}
+
+func TestChaosExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test skipped in -short mode")
+	}
+	const (
+		nKeys      = 50
+		nMsgs      = 10000
+		rate       = 1000 // messages per second at most, so the chaos spans the run
+		publishers = 10   // each owns the keys k with k%publishers == its index: per-key order holds
+	)
+	began := time.Now()
+	seed := chaosSeed(t)
+	rng := rand.New(rand.NewSource(seed))
+
+	redis := testenv.DurableRedis(t)
+	keys := make([]string, nKeys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("chaos-key-%02d", i)
+	}
+	args := []string{"--redis-url", redis.URL(), "--history-size", "10000", "--history-ttl", "5m",
+		"--max-sessions-per-addr", "0", "--max-sessions-per-key", "0", "--poll-timeout", "2s"}
+	gws := []*chaosGateway{newChaosGateway(t, "gw0", keys, args...), newChaosGateway(t, "gw1", keys, args...)}
+
+	// 50 clients, the transports in turn, each dropping its connection after
+	// 50 ms to 1.5 s (one in five: up to 5 s, so that some live through an
+	// outage) and resuming on a random gateway.
+	clients := make([]*chaosClient, nKeys)
+	for i := range clients {
+		clients[i] = newChaosClient(keys[i], chaosTransports[i%len(chaosTransports)], seed+int64(i)+1)
+	}
+	hold := func(r *rand.Rand) time.Duration {
+		if r.Intn(5) == 0 {
+			return time.Duration(1500+r.Intn(3500)) * time.Millisecond
+		}
+		return time.Duration(50+r.Intn(1450)) * time.Millisecond
+	}
+	// Every wait below ends by this deadline: a run that goes wrong fails
+	// within the 2 minutes the issue allows, it does not hang.
+	end := time.Now().Add(90 * time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), end)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.run(ctx, gws, hold) }()
+	}
+	stopClients := func() {
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Errorf("clients did not stop within 15s")
+		}
+	}
+	defer stopClients()
+	eventually(t, 30*time.Second, "every client's starting position", func() bool {
+		for _, c := range clients {
+			if id, _ := c.state(); id == "" {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("setup %v; 50 clients have their position", time.Since(began).Round(time.Millisecond))
+
+	// The publisher.
+	pub := newChaosPublisher(gws, keys)
+	pub.impatience = 0.02
+	pubDone := make(chan error, publishers)
+	pubStart := time.Now()
+	for g := range publishers {
+		prng := rand.New(rand.NewSource(seed + 1000 + int64(g)))
+		go func() {
+			for n := range nMsgs {
+				if (n%nKeys)%publishers != g {
+					continue
+				}
+				if d := time.Until(pubStart.Add(time.Duration(n) * time.Second / rate)); d > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(d):
+					}
+				}
+				if err := pub.publish(ctx, prng, n); err != nil {
+					pubDone <- err
+					return
+				}
+			}
+			pubDone <- nil
+		}()
+	}
+	pubErrs := 0
+	waitPub := func(d time.Duration) bool { // false: a publisher failed
+		select {
+		case err := <-pubDone:
+			pubErrs++
+			if err != nil {
+				t.Errorf("publisher: %v", err)
+				return false
+			}
+		case <-time.After(d):
+		}
+		return true
+	}
+	waitAcked := func(n int64) {
+		t.Helper()
+		for pub.acked.Load() < n {
+			if time.Now().After(end) {
+				t.Fatalf("only %d messages acknowledged by the deadline, waiting for %d", pub.acked.Load(), n)
+			}
+			if !waitPub(5 * time.Millisecond) {
+				t.FailNow()
+			}
+		}
+	}
+
+	// The chaos, at points chosen by the count acknowledged.
+	waitAcked(nMsgs / 4)
+	victim := gws[rng.Intn(len(gws))]
+	victim.Kill()
+	t.Logf("%s SIGKILLed after %d messages acknowledged", victim.name, pub.acked.Load())
+	time.Sleep(time.Duration(200+rng.Intn(600)) * time.Millisecond)
+	victim.Start()
+	t.Logf("%s restarted; %d acknowledged", victim.name, pub.acked.Load())
+
+	waitAcked(nMsgs * 6 / 10)
+	redis.Stop()
+	redisDown := time.Now()
+	t.Logf("Redis SIGKILLed after %d messages acknowledged", pub.acked.Load())
+	time.Sleep(time.Duration(500+rng.Intn(1000)) * time.Millisecond)
+	redisUp := time.Now()
+	redis.Start()
+	t.Logf("Redis restarted %v after the SIGKILL; %d acknowledged", time.Since(redisDown).Round(time.Millisecond), pub.acked.Load())
+	for _, g := range gws {
+		g.waitReady(30 * time.Second)
+	}
+	t.Logf("gateways ready again %v after Redis was; %d acknowledged",
+		time.Since(redisUp).Round(time.Millisecond), pub.acked.Load())
+
+	for pubErrs < publishers {
+		if time.Now().After(end) {
+			t.Fatalf("publishers not done by the deadline: %d acknowledged", pub.acked.Load())
+		}
+		if !waitPub(100 * time.Millisecond) {
+			t.FailNow()
+		}
+	}
+	pubTook := time.Since(pubStart)
+	t.Logf("published %d messages in %v", pub.acked.Load(), pubTook.Round(time.Millisecond))
+
+	// Each client is given a bounded time to catch up: its last message is
+	// the last one sent to its key.
+	wantLast := func(k int) int { return nMsgs - 1 - (nMsgs-1-k)%nKeys }
+	catchUp := time.Now()
+	var behind []string
+	for {
+		behind = behind[:0]
+		for i, c := range clients {
+			if _, n := c.state(); n != wantLast(i) {
+				behind = append(behind, fmt.Sprintf("%s(%s) at n=%d, want %d", c.key, c.transport, n, wantLast(i)))
+			}
+		}
+		if len(behind) == 0 || time.Since(catchUp) > 30*time.Second || time.Now().After(end) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(behind) > 0 {
+		t.Errorf("%d clients not caught up %v after the last publish: %s", len(behind), time.Since(catchUp).Round(time.Millisecond), strings.Join(behind, "; "))
+	} else {
+		t.Logf("every client caught up %v after the last publish", time.Since(catchUp).Round(time.Millisecond))
+	}
+	stopClients()
+	for _, g := range gws {
+		if !g.running() {
+			t.Errorf("%s exited by itself", g.name)
+		}
+		t.Logf("%s: %s", g.name, strings.Join(g.metricLines("wspubsub_resumes_total", "wspubsub_publishes_total", "wspubsub_broker_reconnects_total"), "; "))
+	}
+
+	// The verdict.
+	type byTransport struct {
+		clients, connects, received int
+		refusals                    map[string]int
+	}
+	per := map[string]*byTransport{}
+	var total chaosTally
+	var idMismatch, badFrames, sseIDDiff, positions int
+	for i, c := range clients {
+		c.mu.Lock()
+		var want []int
+		for n := i; n < nMsgs; n += nKeys {
+			want = append(want, n)
+		}
+		tl := tallyChaos(c.log, want)
+		if tl.lost+tl.duplicated+tl.outOfOrder+tl.gaps > 0 {
+			t.Errorf("%s (%s): lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d",
+				c.key, c.transport, tl.lost, tl.duplicated, tl.outOfOrder, tl.gaps, tl.longestGap)
+		}
+		total.received += tl.received
+		total.lost += tl.lost
+		total.duplicated += tl.duplicated
+		total.outOfOrder += tl.outOfOrder
+		total.gaps += tl.gaps
+		total.longestGap = max(total.longestGap, tl.longestGap)
+		j := 0
+		for _, n := range c.log {
+			if n == chaosGapMark {
+				continue
+			}
+			if c.ids[j] != pub.idOf(n) {
+				idMismatch++
+			}
+			j++
+		}
+		badFrames += c.badFrames
+		if len(c.unexpected) > 0 {
+			t.Errorf("%s (%s) unexpected frames: %q", c.key, c.transport, c.unexpected)
+		}
+		sseIDDiff += c.sseIDDiff
+		positions += c.positions
+		b := per[c.transport]
+		if b == nil {
+			b = &byTransport{refusals: map[string]int{}}
+			per[c.transport] = b
+		}
+		b.clients++
+		b.connects += c.connects
+		b.received += tl.received
+		for k, v := range c.refusals {
+			b.refusals[k] += v
+		}
+		c.mu.Unlock()
+	}
+	for _, tr := range chaosTransports {
+		b := per[tr]
+		var rf []string
+		for k, v := range b.refusals {
+			rf = append(rf, fmt.Sprintf("%s×%d", k, v))
+		}
+		slices.Sort(rf)
+		t.Logf("%-11s %2d clients: %5d connections (%d reconnects), %5d messages received; ended otherwise than dropped: %s",
+			tr, b.clients, b.connects, b.connects-b.clients, b.received, strings.Join(rf, ", "))
+	}
+	pub.mu.Lock()
+	var fails []string
+	for k, v := range pub.fails {
+		fails = append(fails, fmt.Sprintf("%s×%d", k, v))
+	}
+	slices.Sort(fails)
+	t.Logf("publish: %d acknowledged, %d retries (%s), %d acknowledged as duplicate; e.g. %q",
+		pub.acked.Load(), pub.retries.Load(), strings.Join(fails, ", "), pub.dupAcks.Load(), pub.failed[:min(3, len(pub.failed))])
+	pub.mu.Unlock()
+	t.Logf("RESULT: %d messages expected, %d received: lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d; ids differing from the acknowledged ones %d, bad frames %d, EventSource id: lines differing %d; positions %d; total %v",
+		nMsgs, total.received, total.lost, total.duplicated, total.outOfOrder, total.gaps, total.longestGap,
+		idMismatch, badFrames, sseIDDiff, positions, time.Since(began).Round(time.Millisecond))
+	if total.lost+total.duplicated+total.outOfOrder+total.gaps+total.longestGap+idMismatch+badFrames+sseIDDiff > 0 {
+		t.Errorf("not exactly once in order")
+	}
+	if total.received != nMsgs {
+		t.Errorf("received %d messages in all, want %d", total.received, nMsgs)
+	}
+}
+
+// TestChaosGapSignal: with a history of 5, a client away while 20 messages
+// go to its key gets {"gap":true} first on resume, then the last 5, then
+// live messages — on every transport, resuming on the other gateway.
+func TestChaosGapSignal(t *testing.T) {
+	seed := chaosSeed(t)
+	rng := rand.New(rand.NewSource(seed))
+	redis := testenv.Redis(t)
+	keys := []string{"gap-key-websocket", "gap-key-eventsource", "gap-key-polling"}
+	args := []string{"--redis-url", redis.URL(), "--history-size", "5", "--history-ttl", "5m",
+		"--max-sessions-per-addr", "0", "--poll-timeout", "2s"}
+	gws := []*chaosGateway{newChaosGateway(t, "gw0", keys, args...), newChaosGateway(t, "gw1", keys, args...)}
+	pub := newChaosPublisher(gws, keys)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	for i, tr := range chaosTransports {
+		t.Run(tr, func(t *testing.T) {
+			c := newChaosClient(keys[i], tr, seed+int64(i)+1)
+			c.lastEventID = true // EventSource resumes as browsers do
+			// connect runs one connection to g until the returned stop is
+			// called; wait waits for cond meanwhile.
+			connect := func(g *chaosGateway) (stop func()) {
+				cctx, ccancel := context.WithCancel(ctx)
+				ended := make(chan error, 1)
+				go func() { ended <- c.connect(cctx, g.addr) }()
+				return func() {
+					ccancel()
+					if err := <-ended; err != nil {
+						t.Errorf("connection to %s ended: %v", g.name, err)
+					}
+				}
+			}
+			wait := func(what string, cond func(id string, n int) bool) {
+				t.Helper()
+				eventually(t, 10*time.Second, what, func() bool { return cond(c.state()) })
+			}
+			send := func(from, to int) {
+				t.Helper()
+				for n := from; n <= to; n++ {
+					if err := pub.publishTo(ctx, rng, c.key, n); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+
+			stop := connect(gws[0])
+			wait("the position", func(id string, _ int) bool { return id != "" })
+			send(0, 0)
+			wait("message 0", func(_ string, n int) bool { return n == 0 })
+			stop()
+
+			send(1, 20) // while away: more than the history holds
+
+			stop = connect(gws[1])
+			wait("message 20 after the resume", func(_ string, n int) bool { return n == 20 })
+			send(21, 21)
+			wait("live message 21", func(_ string, n int) bool { return n == 21 })
+			stop()
+
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			want := []int{0, chaosGapMark, 16, 17, 18, 19, 20, 21}
+			if !slices.Equal(c.log, want) {
+				t.Fatalf("received %v, want %v (%d = the gap frame)", c.log, want, chaosGapMark)
+			}
+			j := 0
+			for _, n := range c.log {
+				if n == chaosGapMark {
+					continue
+				}
+				if c.ids[j] != pub.idOf(n) {
+					t.Errorf("message %d came with id %s, acknowledged with %s", n, c.ids[j], pub.idOf(n))
+				}
+				j++
+			}
+			if c.badFrames+c.sseIDDiff > 0 {
+				t.Errorf("bad frames %d %q, EventSource id: lines differing %d", c.badFrames, c.unexpected, c.sseIDDiff)
+			}
+			t.Logf("%s: received %v (%d = the gap frame)", tr, c.log, chaosGapMark)
+		})
+	}
+}
+
+// TestChaosPollingAcrossGateways: a polling client (one sid for its life,
+// as wspubsub.js) whose polls alternate between two gateways — a load
+// balancer without stickiness — gets each message once: the since of each
+// poll, not what the gateway's own session of that client gave before,
+// says where it is.
+func TestChaosPollingAcrossGateways(t *testing.T) {
+	redis := testenv.Redis(t)
+	key := "poll-key-0001"
+	args := []string{"--redis-url", redis.URL(), "--history-size", "100", "--poll-timeout", "2s"}
+	gws := []*chaosGateway{newChaosGateway(t, "gw0", []string{key}, args...), newChaosGateway(t, "gw1", []string{key}, args...)}
+	pub := newChaosPublisher(gws, []string{key})
+	rng := rand.New(rand.NewSource(1))
+	c := newChaosClient(key, chaosPolling, 1)
+	pollOnce := func(g *chaosGateway) {
+		t.Helper()
+		since, _ := c.state()
+		code, body, hdr := do(t, "GET", "http://"+g.addr+"/websocket?"+key+"&sid="+c.sid+"&since="+since, "", nil, "X-Socket-Transport", "xhrPolling")
+		if code != 200 || body == "" {
+			t.Fatalf("poll of %s since %q: %d %q %v", g.name, since, code, body, hdr)
+		}
+		c.handle(body, "")
+	}
+	pollOnce(gws[0]) // the position
+	for n := 1; n <= 6; n++ {
+		if err := pub.publishTo(context.Background(), rng, key, n); err != nil {
+			t.Fatal(err)
+		}
+		pollOnce(gws[n%2])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if want := []int{1, 2, 3, 4, 5, 6}; !slices.Equal(c.log, want) {
+		t.Fatalf("received %v, want %v", c.log, want)
+	}
+}
+
+// TestChaosTally checks the chaos test's own arithmetic.
+func TestChaosTally(t *testing.T) {
+	want := []int{0, 50, 100, 150, 200, 250, 300}
+	got := tallyChaos([]int{0, chaosGapMark, 50, 50, 200, 150, 7}, want)
+	if exp := (chaosTally{received: 6, lost: 3, duplicated: 1, outOfOrder: 2, gaps: 1, longestGap: 2}); got != exp {
+		t.Fatalf("tally %+v, want %+v", got, exp)
+	}
+	if got := tallyChaos(want, want); got != (chaosTally{received: len(want)}) {
+		t.Fatalf("tally of a perfect run %+v", got)
+	}
+}
