@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,8 +109,10 @@ func TestRedisBroker(t *testing.T) {
 func TestRedisBrokerResubscribesAfterRestart(t *testing.T) {
 	srv := testenv.Redis(t)
 	reconnects := 0
+	var subscribed atomic.Int32
 	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", MaxBackoff: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnReconnect: func() { reconnects++ }})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnReconnect: func() { reconnects++ },
+		OnSubscribed: func() { subscribed.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +149,11 @@ func TestRedisBrokerResubscribesAfterRestart(t *testing.T) {
 	}
 	if reconnects < 2 {
 		t.Fatalf("reconnects = %d, want several attempts during the outage", reconnects)
+	}
+	// At start too: clients admitted before the first subscription must be
+	// caught up from history like those of a lost one.
+	if n := subscribed.Load(); n != 2 {
+		t.Fatalf("OnSubscribed called %d times, want 2 (start, after the restart)", n)
 	}
 }
 

@@ -25,11 +25,13 @@ type RedisConfig struct {
 	OnReconnect func()
 	// OnReady is called with the subscription state when it changes.
 	OnReady func(bool)
-	// OnResubscribe is called when the subscription is back after a loss:
-	// messages published meanwhile were missed, and only the history has
-	// them. It runs on Run's goroutine, before any message received
-	// after the subscription is dispatched.
-	OnResubscribe func()
+	// OnSubscribed is called each time the subscription is established:
+	// after a loss, messages published meanwhile were missed; at start,
+	// clients admitted before it (their history read) missed what was
+	// published in between. Only the history has those. It runs on Run's
+	// goroutine, before any message received after the subscription is
+	// dispatched.
+	OnSubscribed func()
 	// History turns on the per-key history (Size > 0).
 	History HistoryConfig
 }
@@ -65,8 +67,8 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.OnReady == nil {
 		cfg.OnReady = func(bool) {}
 	}
-	if cfg.OnResubscribe == nil {
-		cfg.OnResubscribe = func() {}
+	if cfg.OnSubscribed == nil {
+		cfg.OnSubscribed = func() {}
 	}
 	return &Redis{cfg: cfg, client: redis.NewClient(opt)}, nil
 }
@@ -87,7 +89,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 	defer stop()
 	defer r.setReady(false)
 
-	attempt, lost := 0, false
+	attempt := 0
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
 		if ctx.Err() != nil {
@@ -105,7 +107,6 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 				r.cfg.Logger.Warn("redis subscription lost; reconnecting", "channel", r.cfg.Inbound, "err", err)
 			}
 			r.setReady(false)
-			lost = true
 			r.cfg.OnReconnect()
 			if !sleep(ctx, backoff(attempt, r.cfg.MinBackoff, r.cfg.MaxBackoff)) {
 				return nil
@@ -126,10 +127,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 					r.cfg.Logger.Warn("redis: history functions not loaded", "err", err)
 				}
 				r.setReady(true)
-				if lost {
-					lost = false
-					r.cfg.OnResubscribe()
-				}
+				r.cfg.OnSubscribed()
 			}
 		case *redis.Message:
 			// Zero-copy view: Handler must not keep or modify payload

@@ -222,8 +222,8 @@ func historyConfig(cfg config.Serve) broker.HistoryConfig {
 	return broker.HistoryConfig{Size: cfg.HistorySize, TTL: cfg.HistoryTTL}
 }
 
-// newBroker builds the configured broker; resync is called when a lost
-// subscription is back (clients that resume must catch up from history),
+// newBroker builds the configured broker; resync is called each time its
+// subscription is (re)established (clients that resume must catch up from history),
 // before any message received after it is dispatched.
 func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync func()) (broker.Broker, error) {
 	if cfg.RedisURL == "" {
@@ -237,7 +237,7 @@ func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync fu
 	log.Info("broker: Redis", "channel", cfg.Channel, "history_size", cfg.HistorySize, "history_ttl", cfg.HistoryTTL)
 	return broker.NewRedis(broker.RedisConfig{
 		URL: cfg.RedisURL, Inbound: cfg.Channel, Logger: log, History: historyConfig(cfg),
-		OnReconnect: m.BrokerReconnects.Inc, OnResubscribe: resync,
+		OnReconnect: m.BrokerReconnects.Inc, OnSubscribed: resync,
 		OnReady: func(ok bool) {
 			if ok {
 				m.BrokerReady.Set(1)

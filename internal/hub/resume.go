@@ -34,7 +34,7 @@ func (h *Hub) replayOnce(ctx context.Context, s *session.Session, since string, 
 	defer cancel()
 	rp, err := h.cfg.History.Since(cctx, s.Key, since)
 	if err != nil {
-		s.Replay(false, "", nil) // let go of what was held; the caller closes s
+		s.Abandon() // the caller closes s
 		h.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
 		h.sampled.Log(slog.LevelWarn, "resume failed: history unavailable", "key", keystore.Redact(s.Key), "conn", s.ID, "err", err)
 		return false, err

@@ -110,6 +110,17 @@ func (s *Session) Replay(gap bool, position string, history []*Message) (again b
 	return again
 }
 
+// Abandon ends a catch-up whose history could not be read: what was held
+// is dropped and the session stays held, so that nothing newer than what
+// it missed reaches the client (its id would move past the missed
+// messages, losing them). The caller closes the session; the client
+// resumes from its last id.
+func (s *Session) Abandon() {
+	s.res.mu.Lock()
+	defer s.res.mu.Unlock()
+	s.res.held, s.res.heldBytes, s.res.pending = nil, 0, false
+}
+
 // deliverRecorded is Deliver for a message with an id to a resuming client.
 func (s *Session) deliverRecorded(m *Message) bool {
 	r := s.res
