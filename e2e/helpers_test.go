@@ -46,7 +46,13 @@ type stack struct {
 // serve flags). Keys given are inserted into MongoDB first.
 func newStack(t *testing.T, args []string, keys ...string) *stack {
 	t.Helper()
-	s := &stack{t: t, redis: testenv.Redis(t), mongo: testenv.Mongo(t)}
+	return newStackOn(t, testenv.Redis(t), args, keys...)
+}
+
+// newStackOn is newStack on a Redis the test started (a durable one, say).
+func newStackOn(t *testing.T, rsrv *testenv.Service, args []string, keys ...string) *stack {
+	t.Helper()
+	s := &stack{t: t, redis: rsrv, mongo: testenv.Mongo(t)}
 	s.rdb = redis.NewClient(&redis.Options{Addr: s.redis.Addr()})
 	t.Cleanup(func() { s.rdb.Close() })
 	mc, err := mongo.Connect(options.Client().ApplyURI(s.mongo.URL()).SetServerSelectionTimeout(5 * time.Second))

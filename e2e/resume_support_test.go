@@ -6,7 +6,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,12 +16,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
-
-	"github.com/wspubsub/wspubsub/internal/testenv"
 )
 
 const (
@@ -100,20 +93,8 @@ type rsSSEConn struct {
 
 func rsOpenSSE(t *testing.T, u string, hdr http.Header) *rsSSEConn {
 	t.Helper()
-	req, _ := http.NewRequest("GET", u, nil)
-	req.Header.Set("Accept", "text/event-stream")
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if resp.StatusCode != 200 {
-		t.Fatalf("EventSource answer %d", resp.StatusCode)
-	}
-	return &rsSSEConn{t: t, resp: resp, br: bufio.NewReader(resp.Body)}
+	c := openSSE(t, u, hdr)
+	return &rsSSEConn{t: t, resp: c.resp, br: c.br}
 }
 
 func (c *rsSSEConn) next() rsFrame {
@@ -296,24 +277,4 @@ func rsWaitGone(t *testing.T, s *stack, key string) {
 func rsWaitSessions(t *testing.T, s *stack, key string, n int) {
 	t.Helper()
 	eventually(t, 5*time.Second, fmt.Sprintf("%d sessions of %s", n, key), func() bool { return len(s.gw.Hub().Sessions(key)) == n })
-}
-
-// rsStackOn is newStack on a Redis the test started (a durable one).
-func rsStackOn(t *testing.T, rsrv *testenv.Service, args []string, keys ...string) *stack {
-	t.Helper()
-	s := &stack{t: t, redis: rsrv, mongo: testenv.Mongo(t)}
-	s.rdb = redis.NewClient(&redis.Options{Addr: s.redis.Addr()})
-	t.Cleanup(func() { s.rdb.Close() })
-	mc, err := mongo.Connect(options.Client().ApplyURI(s.mongo.URL()).SetServerSelectionTimeout(5 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = mc.Disconnect(context.Background()) })
-	s.keys = mc.Database("myDB").Collection("myCollection")
-	for _, k := range keys {
-		s.addKey(k)
-	}
-	s.startGateway(append([]string{"--listen", "127.0.0.1:0", "--redis-url", s.redis.URL(), "--mongo-uri", s.mongo.URL(),
-		"--shutdown-timeout", "5s", "--log-level", "debug"}, args...))
-	return s
 }

@@ -353,7 +353,7 @@ func TestResumeRedisRestartWithoutPersistence(t *testing.T) {
 // the outage sees a gap, and nothing is lost or repeated.
 func TestResumeRedisRestartDurable(t *testing.T) {
 	const key = "rs-durable"
-	s := rsStackOn(t, testenv.DurableRedis(t), nil, key)
+	s := newStackOn(t, testenv.DurableRedis(t), nil, key)
 	c := rsOpen(t, s, rsWS, key, "&since=", nil)
 	rsPosition(t, c)
 	id1 := rsPublish(t, s, key, 1)
@@ -480,7 +480,7 @@ func TestResumeHistoryTTL(t *testing.T) {
 // nothing; an old client needs no history and is admitted.
 func TestResumeRefusedWhileHistoryUnavailable(t *testing.T) {
 	const key = "rs-down"
-	s := rsStackOn(t, testenv.DurableRedis(t), []string{"--poll-timeout", "1s"}, key)
+	s := newStackOn(t, testenv.DurableRedis(t), []string{"--poll-timeout", "1s"}, key)
 	id1 := rsPublish(t, s, key, 1)
 	s.redis.Stop()
 	w := mustDial(t, s.url(key+"&since="+id1))
