@@ -22,7 +22,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	var sources, worker string
 	fs.StringVar(&c.Target, "target", "http://127.0.0.1:8088", "gateway base URL (the only host contacted besides Redis and MongoDB)")
 	fs.StringVar(&c.Path, "path", "/websocket", "client path")
-	fs.StringVar(&c.Scenario, "scenario", "idle", "idle, personal, broadcast, rate, churn or resume (clients away while --behind messages per key are published durably, then caught up from the history)")
+	fs.StringVar(&c.Scenario, "scenario", "idle", "idle, personal, broadcast, rate, churn, resume (clients away while --behind messages per key are published durably, then caught up from the history) or ceiling (this machine's: no gateway, see --calibrate)")
 	fs.IntVar(&c.Conns, "conns", 1000, "client connections")
 	fs.IntVar(&c.Messages, "messages", 10000, "messages to publish (personal, broadcast; rate and churn: rate × duration)")
 	fs.IntVar(&c.Rate, "rate", 0, "messages per second (rate, churn)")
@@ -49,6 +49,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	idem := fs.Bool("idempotency-keys", true, "with --durable, give every publish a (unique) idempotency key, as a retrying publisher would")
 	fs.BoolVar(&c.Resume, "resume", false, "clients connect with since= and follow the ids of the frames they get (default: on with --durable)")
 	fs.IntVar(&c.Behind, "behind", 100, "resume scenario: messages published per key while the clients are away")
+	fs.BoolVar(&c.Calibrate, "calibrate", false, "first measure this machine's ceiling (60-byte frames from one sender goroutine to --calibrate-conns loopback connections read by this tool's reader, one and 16 frames per write) and report delivered_per_s as ratio_to_ceiling")
+	fs.IntVar(&c.CeilingConns, "calibrate-conns", 0, "connections of the calibration (default: --conns; readers in this process up to 9,000, else in client processes of --per-proc)")
+	fs.DurationVar(&c.CeilingPhase, "calibrate-phase", 2*time.Second, "sending time of each calibration phase (at most 30s)")
 	fs.StringVar(&worker, "worker", "", "internal: run as a client process with this JSON configuration")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -10,8 +10,13 @@
 // Redis memory the history holds; the resume scenario takes every client
 // away while messages are published for it, then measures their catch-up.
 //
-// It only ever contacts the given target, Redis and MongoDB; every loop is
-// bounded in count and time. It must not import the gateway's packages: it
+// With --calibrate (or --scenario ceiling) it first measures this
+// machine's ceiling over loopback connections to itself (ceiling.go) and
+// reports the run's rate as a ratio to it.
+//
+// It only ever contacts the given target, Redis and MongoDB (and its own
+// loopback listener while calibrating); every loop is bounded in count and
+// time. It must not import the gateway's packages: it
 // measures the gateway from outside, as a user's deployment would be.
 package bench
 
@@ -31,7 +36,7 @@ import (
 type Config struct {
 	Target                             string        // gateway base URL, http://127.0.0.1:8088
 	Path                               string        // client path, /websocket
-	Scenario                           string        // idle, personal, broadcast, rate, churn, resume
+	Scenario                           string        // idle, personal, broadcast, rate, churn, resume, ceiling
 	Conns                              int           // connections
 	Messages                           int           // messages to publish (personal, broadcast)
 	Rate                               int           // messages per second (rate, churn)
@@ -65,6 +70,13 @@ type Config struct {
 	// WorkerCommand builds a client process's command (default: this
 	// executable with `bench --worker <json>`); tests substitute their own.
 	WorkerCommand func(workerJSON string) *exec.Cmd
+
+	// Calibrate measures this machine's ceiling (ceiling.go) before the
+	// scenario, and reports the run's rate as a ratio to it.
+	Calibrate     bool
+	CeilingConns  int           // the calibration's connections (default: Conns)
+	CeilingPhase  time.Duration // each calibration phase's sending time [2s]
+	CeilingInProc int           // most calibration connections with both ends in this process [9000]
 }
 
 // Fault injects publishing errors so tests can check the counting.
@@ -99,6 +111,18 @@ func (c *Config) defaults() error {
 	if c.Conns <= 0 {
 		return errors.New("--conns must be positive")
 	}
+	if c.CeilingConns <= 0 {
+		c.CeilingConns = c.Conns
+	}
+	if c.CeilingPhase <= 0 {
+		c.CeilingPhase = 2 * time.Second
+	}
+	if c.CeilingPhase > 30*time.Second {
+		return errors.New("--calibrate-phase is capped at 30s")
+	}
+	if c.CeilingInProc <= 0 {
+		c.CeilingInProc = 9000
+	}
 	if c.Window < 0 {
 		c.Window = 50000
 		if c.Scenario == "broadcast" {
@@ -109,6 +133,8 @@ func (c *Config) defaults() error {
 		return errors.New("--slow-share must be in [0, 1)")
 	}
 	switch c.Scenario {
+	case "ceiling":
+		return nil // no gateway: nothing else applies
 	case "idle", "personal", "broadcast", "rate", "churn":
 	case "resume":
 		c.Durable, c.Resume = true, true
@@ -120,7 +146,7 @@ func (c *Config) defaults() error {
 		}
 		c.Messages = c.Conns * (1 + c.Behind)
 	default:
-		return fmt.Errorf("unknown scenario %q (idle, personal, broadcast, rate, churn, resume)", c.Scenario)
+		return fmt.Errorf("unknown scenario %q (idle, personal, broadcast, rate, churn, resume, ceiling)", c.Scenario)
 	}
 	if c.Resume && c.Scenario == "churn" {
 		return errors.New("--resume does not apply to the churn scenario")
@@ -158,6 +184,20 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 	start := time.Now()
 	res := Result{Scenario: cfg.Scenario, Transport: cfg.Transport, Conns: cfg.Conns, Durable: cfg.Durable, Resuming: cfg.Resume}
+	var calCPU float64 // the calibration's CPU, not the scenario's
+	if cfg.Calibrate || cfg.Scenario == "ceiling" {
+		c, err := measureCeiling(ctx, cfg)
+		if err != nil {
+			return res, err
+		}
+		res.Ceiling, calCPU = c, ownCPU()
+		if cfg.Scenario == "ceiling" {
+			res.Conns, res.Connected, res.Procs = c.Conns, c.Conns, c.Procs
+			res.ClientCPU, res.WallSeconds = calCPU, time.Since(start).Seconds()
+			report(out, res)
+			return res, nil
+		}
+	}
 	g := newGatewayProbe(cfg)
 	rss0, cpu0 := g.read()
 	res.GatewayRSSBefore = rss0
@@ -217,6 +257,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		return n
 	}
 
+	fw0 := g.values(metricSocketWrites, metricFramesWritten)
 	pubStart := time.Now()
 	switch cfg.Scenario {
 	case "idle":
@@ -245,6 +286,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 	}
 	deliverEnd := time.Now()
+	res.framesPerWrite(fw0, g.values(metricSocketWrites, metricFramesWritten))
 	rss1, cpu1 := g.read()
 	res.GatewayRSSAfter = rss1
 	res.GatewayCPU = cpu1 - cpu0
@@ -280,10 +322,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if d := deliverEnd.Sub(pubStart).Seconds(); d > 0 && res.Delivered > 0 {
 		res.DeliveredPerSec = float64(res.Delivered) / d
 	}
+	if c := res.Ceiling; c != nil && c.OnePerWrite > 0 {
+		ratio := res.DeliveredPerSec / c.OnePerWrite
+		res.RatioToCeiling = &ratio
+	}
 	if cfg.Scenario == "idle" && res.Connected > 0 && rss0 > 0 {
 		res.BytesPerConn = float64(rss1-rss0) / float64(res.Connected)
 	}
-	res.ClientCPU = ownCPU()
+	res.ClientCPU = ownCPU() - calCPU
 	res.WallSeconds = time.Since(start).Seconds()
 	report(out, res)
 	return res, nil

@@ -30,6 +30,9 @@ type WorkerConfig struct {
 	ChurnShare float64       `json:"churn"`     // share of connections that reconnect in a loop
 	ChurnFor   time.Duration `json:"churnFor"`
 	Resume     bool          `json:"resume"` // connect with since= (the last id received), parse ids
+	// Raw is the calibration's listener (host:port): plain TCP
+	// connections, no handshake, read as WebSocket (ceiling.go).
+	Raw string `json:"raw,omitempty"`
 }
 
 // WorkerStats is what a worker reports at the end.
@@ -197,6 +200,9 @@ func (w *Worker) Reconnect() int {
 }
 
 func (w *Worker) open(c *wconn) error {
+	if w.cfg.Raw != "" {
+		return w.openRaw(c)
+	}
 	url := w.cfg.URL + "?" + w.key(c.idx)
 	if w.cfg.Resume {
 		url += "&since=" + string(c.lastID) // ids are [0-9a-z.-]: nothing to escape

@@ -204,22 +204,34 @@ func (g *gatewayProbe) get() (*http.Response, error) {
 	return http.DefaultClient.Do(req)
 }
 
+// The gateway's WebSocket writers' counters (frames per write).
+const (
+	metricSocketWrites  = "wspubsub_socket_writes_total"
+	metricFramesWritten = "wspubsub_frames_written_total"
+)
+
 // metric reads one sample of the gateway's /metrics (0 if absent).
-func (g *gatewayProbe) metric(name string) float64 {
+func (g *gatewayProbe) metric(name string) float64 { return g.values(name)[0] }
+
+// values reads samples of the gateway's /metrics in one request (0 for
+// those absent).
+func (g *gatewayProbe) values(names ...string) []float64 {
+	out := make([]float64, len(names))
 	resp, err := g.get()
 	if err != nil {
-		return 0
+		return out
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
+		for i, name := range names {
+			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+				out[i], _ = strconv.ParseFloat(v, 64)
+			}
 		}
 	}
-	return 0
+	return out
 }
 
 func (g *gatewayProbe) read() (rss int64, cpu float64) {

@@ -42,6 +42,28 @@ type Result struct {
 	WallSeconds      float64       `json:"wall_s"`
 	Resume           *ResumeResult `json:"resume,omitempty"`
 	Redis            *RedisStats   `json:"redis,omitempty"`
+	// The gateway's socket writes and the frames they carried over the
+	// run (Δ wspubsub_socket_writes_total, Δ wspubsub_frames_written_total
+	// from its /metrics), and their ratio.
+	SocketWrites   int64   `json:"gateway_socket_writes,omitempty"`
+	FramesWritten  int64   `json:"gateway_frames_written,omitempty"`
+	FramesPerWrite float64 `json:"frames_per_write,omitempty"`
+	// Ceiling is this machine's, measured in the same run (--calibrate,
+	// --scenario ceiling); RatioToCeiling is delivered_per_s over its
+	// one_per_write_per_s (with --calibrate).
+	Ceiling        *Ceiling `json:"ceiling,omitempty"`
+	RatioToCeiling *float64 `json:"ratio_to_ceiling,omitempty"`
+}
+
+// framesPerWrite sets the gateway's socket writes and frames over the run
+// from the counters before and after (absent counters: nothing).
+func (r *Result) framesPerWrite(before, after []float64) {
+	writes, frames := int64(after[0]-before[0]), int64(after[1]-before[1])
+	if writes <= 0 || frames < 0 {
+		return
+	}
+	r.SocketWrites, r.FramesWritten = writes, frames
+	r.FramesPerWrite = float64(frames) / float64(writes)
 }
 
 // ResumeResult is the resume scenario's catch-up: every client went away
@@ -84,6 +106,12 @@ type RedisStats struct {
 }
 
 func report(out io.Writer, r Result) {
+	if r.Scenario == "ceiling" {
+		fmt.Fprintf(out, "%s; CPU load tool %.2fs\n", r.Ceiling.summary(), r.ClientCPU)
+		b, _ := json.Marshal(r)
+		fmt.Fprintf(out, "%s\n", b)
+		return
+	}
 	fmt.Fprintf(out, "scenario %s over %s: %d/%d connected (%d failed) at %.0f/s from %d process(es)\n",
 		r.Scenario, r.Transport, r.Connected, r.Conns, r.ConnectFailures, r.ConnectRate, r.Procs)
 	if r.Published > 0 {
@@ -91,6 +119,15 @@ func report(out io.Writer, r Result) {
 			r.Published, r.PublishSeconds, r.Delivered, r.Expected, r.DeliveredPerSec, r.Lost, r.Duplicates, r.OutOfOrder, r.ServerClosed)
 		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
 			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
+	}
+	if r.SocketWrites > 0 {
+		fmt.Fprintf(out, "gateway socket writes: %d carrying %d frames (%.2f frames per write)\n", r.SocketWrites, r.FramesWritten, r.FramesPerWrite)
+	}
+	if r.Ceiling != nil {
+		fmt.Fprintln(out, r.Ceiling.summary())
+	}
+	if r.RatioToCeiling != nil && r.DeliveredPerSec > 0 {
+		fmt.Fprintf(out, "ratio to ceiling: %.2f (delivered %.0f/s ÷ %.0f/s at one frame per write)\n", *r.RatioToCeiling, r.DeliveredPerSec, r.Ceiling.OnePerWrite)
 	}
 	if rr := r.Resume; rr != nil {
 		fmt.Fprintf(out, "resume: %d clients away while %d messages (%d per key) were published in %.2fs; %d reconnected (%d failed), caught up %d of %d in %.2fs (%.0f/s), %d gaps\n",

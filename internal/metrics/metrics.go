@@ -77,6 +77,12 @@ type Metrics struct {
 	Resumes          *prometheus.CounterVec
 	Replayed         prometheus.Counter
 	Publishes        *prometheus.CounterVec
+
+	// SocketWrites and FramesWritten count the WebSocket writers' socket
+	// writes (writev/write system calls) and the frames they carried:
+	// their ratio is the frames per write, what coalescing achieves.
+	SocketWrites  prometheus.Counter
+	FramesWritten prometheus.Counter
 }
 
 // New creates the collectors and registers them (plus Go and process
@@ -136,7 +142,13 @@ func New() *Metrics {
 	m.Publishes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wspubsub_publishes_total", Help: "POST /publish requests, by outcome.",
 	}, []string{"outcome"})
-	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes)
+	m.SocketWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_socket_writes_total", Help: "WebSocket socket writes (writev/write system calls) made by the writers.",
+	})
+	m.FramesWritten = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_frames_written_total", Help: "WebSocket frames handed to socket writes; divided by wspubsub_socket_writes_total: frames per write.",
+	})
+	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes, m.SocketWrites, m.FramesWritten)
 	for _, o := range []string{ResumeFromNow, ResumeComplete, ResumeGap, ResumeFailed, ResumeResync} {
 		m.Resumes.WithLabelValues(o)
 	}

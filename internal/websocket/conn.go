@@ -100,6 +100,9 @@ func (c *conn) write(w *writer) bool {
 	bufs := w.bufs
 	defer clear(bufs)
 	rest, err := c.writeNow(w)
+	// One add per write, not per frame: every buffer is one frame.
+	c.srv.cfg.Metrics.SocketWrites.Add(float64(w.calls))
+	c.srv.cfg.Metrics.FramesWritten.Add(float64(len(bufs)))
 	if err == nil {
 		return true
 	}
@@ -117,9 +120,12 @@ func (c *conn) write(w *writer) bool {
 }
 
 // writeNow writes what the socket takes at once of w.bufs and returns the
-// rest.
+// rest; w.calls is the number of system calls it took (one for a wrapped
+// connection: its wrapper's writes are not seen).
 func (c *conn) writeNow(w *writer) (net.Buffers, error) {
+	w.calls = 0
 	if c.raw == nil {
+		w.calls = 1
 		_ = c.nc.SetWriteDeadline(time.Now().Add(stallSlice))
 		b := w.bufs
 		_, err := b.WriteTo(c.nc)
@@ -152,15 +158,18 @@ func (c *conn) slowLane() {
 		c.wmu.Lock()
 		data := c.pending
 		c.pending = nil
+		frames := 0 // new in this write (a stalled write's remainder was counted)
 		if len(data) == 0 {
 			if p := c.pong.Swap(nil); p != nil {
 				data = append(data, *p...)
+				frames++
 			}
 			msgs = c.sess.Drain(msgs)
 			for i, m := range msgs {
 				data = append(data, m.Encoded(session.EncWebSocket, textFrame)...)
 				msgs[i] = nil
 			}
+			frames += len(msgs)
 		}
 		if len(data) == 0 {
 			c.slow = false
@@ -169,6 +178,8 @@ func (c *conn) slowLane() {
 			return
 		}
 		c.wmu.Unlock()
+		c.srv.cfg.Metrics.SocketWrites.Inc()
+		c.srv.cfg.Metrics.FramesWritten.Add(float64(frames))
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 		if _, err := c.nc.Write(data); err != nil {
 			c.wmu.Lock()

@@ -39,6 +39,9 @@ type writer struct {
 	rest net.Buffers           // what writev still has to send
 	err  error                 // writev's error, EAGAIN when the socket is full
 	fn   func(fd uintptr) bool // w.writev, bound once
+	// calls counts the system calls of the current write (for
+	// wspubsub_socket_writes_total, added once per write).
+	calls int
 }
 
 func newWriter() *writer {
@@ -66,6 +69,7 @@ func (w *writer) writev(fd uintptr) bool {
 		if e == syscall.EINTR {
 			continue
 		}
+		w.calls++
 		if e != 0 {
 			w.err = e
 			break
