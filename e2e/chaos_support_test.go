@@ -51,7 +51,9 @@ func newChaosGateway(t *testing.T, name string, keys []string, args ...string) *
 	}
 	g := &chaosGateway{t: t, name: name, logs: &lockedBuffer{},
 		addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
-	g.args = append([]string{"--listen", g.addr, "--keys-file", keyFile, "--log-level", "warn"}, args...)
+	// Info: the subscription's losses and restorations and the resyncs,
+	// which the diagnostics of a lost message show.
+	g.args = append([]string{"--listen", g.addr, "--keys-file", keyFile, "--log-level", "info"}, args...)
 	t.Cleanup(func() {
 		g.Kill()
 		if t.Failed() {
@@ -155,6 +157,53 @@ func (g *chaosGateway) waitReady(d time.Duration) {
 	}
 }
 
+// events returns the lines of the gateway's log about its (re)starts, its
+// subscription and resyncs, and the first maxFailed failed resumes, each
+// with its time since t0.
+func (g *chaosGateway) events(t0 time.Time, maxFailed int) []string {
+	var out []string
+	failed := 0
+	for line := range strings.SplitSeq(g.logs.String(), "\n") {
+		if strings.Contains(line, "resume failed") {
+			if failed++; failed > maxFailed {
+				continue
+			}
+		} else if !strings.Contains(line, "subscription") && !strings.Contains(line, "caught up") &&
+			!strings.Contains(line, "listening") {
+			continue
+		}
+		if ts, rest, ok := strings.Cut(strings.TrimPrefix(line, "time="), " "); ok {
+			if at, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+				line = fmt.Sprintf("+%v %s", chaosRound(at.Sub(t0)), rest)
+			}
+		}
+		out = append(out, g.name+": "+line)
+	}
+	if failed > maxFailed {
+		out = append(out, fmt.Sprintf("%s: (%d more failed resumes)", g.name, failed-maxFailed))
+	}
+	return out
+}
+
+// chaosTimeline is what the chaos test did when, for the diagnostics.
+type chaosTimeline struct {
+	t0     time.Time
+	mu     sync.Mutex
+	events []string
+}
+
+func (tl *chaosTimeline) add(format string, args ...any) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	tl.events = append(tl.events, fmt.Sprintf("+%v ", chaosRound(time.Since(tl.t0)))+fmt.Sprintf(format, args...))
+}
+
+func (tl *chaosTimeline) String() string {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return strings.Join(tl.events, "; ")
+}
+
 // metricLines returns the lines of the gateway's /metrics starting with
 // one of prefixes.
 func (g *chaosGateway) metricLines(prefixes ...string) []string {
@@ -200,15 +249,26 @@ type chaosPublisher struct {
 	acked   atomic.Int64 // messages acknowledged
 	retries atomic.Int64 // attempts beyond the first
 	dupAcks atomic.Int64 // acknowledged as "duplicate" (an earlier attempt had recorded it)
+	t0      time.Time    // the test's start, which the diagnostics count from
 	mu      sync.Mutex
 	ids     map[int]string // the id acknowledged for n
+	acks    map[int]chaosAck
 	failed  []string       // why attempts failed, first few
 	fails   map[string]int // attempts failed, by cause
 }
 
+// chaosAck is how message n came to be acknowledged, for the diagnostics
+// of a lost message.
+type chaosAck struct {
+	gw       string        // the gateway whose answer acknowledged it
+	at       time.Duration // when, since t0
+	status   string        // accepted or duplicate
+	attempts []string      // the attempts before it, first few: when, where, outcome
+}
+
 func newChaosPublisher(gws []*chaosGateway, keys []string) *chaosPublisher {
 	return &chaosPublisher{gws: gws, keys: keys, timeout: 2 * time.Second, giveUp: 60 * time.Second,
-		ids: map[int]string{}, fails: map[string]int{}}
+		t0: time.Now(), ids: map[int]string{}, acks: map[int]chaosAck{}, fails: map[string]int{}}
 }
 
 func (p *chaosPublisher) fail(cause string, detail string) {
@@ -232,6 +292,7 @@ func (p *chaosPublisher) publishTo(ctx context.Context, rng *rand.Rand, key stri
 	body := fmt.Sprintf(`{"recipients":[%q],"data":{"n":%d}}`, key, n)
 	idem := fmt.Sprintf("chaos-%d", n)
 	start := time.Now()
+	var tried []string // for the diagnostics
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			p.retries.Add(1)
@@ -252,7 +313,18 @@ func (p *chaosPublisher) publishTo(ctx context.Context, rng *rand.Rand, key stri
 			// again.
 			timeout = time.Duration(rng.Intn(3000)) * time.Microsecond
 		}
+		sent := time.Since(p.t0)
 		status, ids, err := p.attempt(ctx, g, body, idem, timeout)
+		if len(tried) < 6 && (err != nil || (status != "accepted" && status != "duplicate")) {
+			what := status
+			if err != nil {
+				what = err.Error()
+				if i := strings.LastIndex(what, ": "); i >= 0 {
+					what = what[i+2:]
+				}
+			}
+			tried = append(tried, fmt.Sprintf("+%v %s (timeout %v): %s", chaosRound(sent), g.name, timeout, what))
+		}
 		switch {
 		case err != nil:
 			cause := "error"
@@ -276,6 +348,7 @@ func (p *chaosPublisher) publishTo(ctx context.Context, rng *rand.Rand, key stri
 			}
 			p.mu.Lock()
 			p.ids[n] = ids[0]
+			p.acks[n] = chaosAck{gw: g.name, at: time.Since(p.t0), status: status, attempts: tried}
 			p.mu.Unlock()
 			p.acked.Add(1)
 			return nil
@@ -314,6 +387,16 @@ func (p *chaosPublisher) attempt(ctx context.Context, g *chaosGateway, body, ide
 	}
 	return ack.Status, ack.IDs, nil
 }
+
+// ackOf returns how n was acknowledged.
+func (p *chaosPublisher) ackOf(n int) chaosAck {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.acks[n]
+}
+
+// chaosRound rounds d for the diagnostics: milliseconds are what matter.
+func chaosRound(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
 // idOf returns the id acknowledged for n.
 func (p *chaosPublisher) idOf(n int) string {

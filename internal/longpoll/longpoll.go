@@ -116,28 +116,34 @@ type poller struct {
 	idle     atomic.Bool
 
 	// A resuming client names, on each poll, the id of the last message it
-	// got: until a poll names the one answered last, that answer may have
-	// been lost on the way and is given again (see next).
-	mu       sync.Mutex
-	inflight *session.Message // the last message answered (resuming clients)
-	sentFor  string           // the since of the poll it answered
+	// got: until a poll names the one answered last (or a later one), that
+	// answer may have been lost on the way and is given again (see next).
+	mu         sync.Mutex
+	inflight   *session.Message // the last message answered (resuming clients)
+	inflightID envelope.ID      // its id
+	sentFor    string           // the since of the poll it answered
 }
 
-// next returns the message to answer a poll with, or nil. A resuming
-// client (resuming) whose poll names the same since as the poll answered
-// last did not get that answer: it is given again. Otherwise the next
+// next returns the message to answer a poll with, or nil. For a resuming
+// client (resuming), the message answered last stays in flight until a
+// poll names it or a later id: a poll naming the same since as the poll
+// it answered, or an earlier id than its own, did not get it, and is given
+// it again. An earlier id, not only the same since: a poll the client gave
+// up on can still be held here (or arrive late) when the client's next
+// polls come, naming an older since than theirs — what it takes goes
+// nowhere, and the client's own poll must get it. Otherwise the next
 // queued message, skipping those not after the poll's since (after, when
-// afterOK): the since, not what this connection gave before, says where the
-// client is — its polls may have reached another gateway meanwhile (a load
-// balancer without stickiness, or a reconnect), which gave it what this
-// queue still holds. Under p.mu, so that two polls held at once (one of
-// them given up on by the client) cannot take two messages for one since:
-// the second gets the first's again.
+// afterOK): the since, not what this connection gave before, says where
+// the client is — its polls may have reached another gateway meanwhile (a
+// load balancer without stickiness, or a reconnect), which gave it what
+// this queue still holds. Under p.mu, so that two polls held at once (one
+// of them given up on by the client) cannot take two messages for one
+// since: the second gets the first's again.
 func (p *poller) next(resuming bool, since string, after envelope.ID, afterOK bool) *session.Message {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if resuming {
-		if p.inflight != nil && since == p.sentFor {
+	if resuming && p.inflight != nil {
+		if since == p.sentFor || (afterOK && lacks(after, p.inflightID)) {
 			return p.inflight
 		}
 		p.inflight = nil
@@ -147,16 +153,27 @@ func (p *poller) next(resuming bool, since string, after envelope.ID, afterOK bo
 		if m == nil {
 			return nil
 		}
-		if afterOK && m.ID != "" {
-			if id, ok := envelope.ParseID(m.ID); ok && !id.After(after) {
-				continue // the client has it
-			}
+		var id envelope.ID
+		idOK := false
+		if m.ID != "" {
+			id, idOK = envelope.ParseID(m.ID)
 		}
-		if m.ID != "" && p.sess.Resumes() {
-			p.inflight, p.sentFor = m, since
+		if afterOK && idOK && !id.After(after) {
+			continue // the client has it
+		}
+		if idOK && p.sess.Resumes() {
+			p.inflight, p.inflightID, p.sentFor = m, id, since
 		}
 		return m
 	}
+}
+
+// lacks reports whether a client whose last id is since cannot have the
+// message id: it comes later in the same life of the key's history, or
+// since is "0" (before everything). Ids of two lives do not compare (see
+// envelope.ID.After): the client is not known to lack it.
+func lacks(since, id envelope.ID) bool {
+	return (since.Epoch == "" || since.Epoch == id.Epoch) && id.After(since)
 }
 
 type closeInfo struct {
