@@ -220,6 +220,12 @@ func TestHTTPAttackStreamWithShortBodyTimeout(t *testing.T) {
 		t.Fatalf("stream with a declared body never sent: not started after %v: %v", time.Since(start).Round(time.Second), err)
 	}
 	body, err := io.ReadAll(resp.Body)
+	// Ended is what counts: when the read timeout tears the connection down
+	// before the last chunk is written (a loaded machine), the chunked body
+	// ends in an unexpected EOF.
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil
+	}
 	if err != nil || !strings.HasPrefix(string(body), ": connected\n") {
 		t.Fatalf("stream with a declared body never sent: %q, then still open after %v: %v", body, time.Since(start).Round(time.Second), err)
 	}

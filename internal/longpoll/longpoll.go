@@ -283,6 +283,13 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 		if m := p.next(resuming, peer.Since, after, afterOK); m != nil {
 			p.answered.Store(true)
 			writeMessage(w, m)
+			if p.active.Load() > 1 {
+				// Another poll of this connection is held (the client's
+				// own, when this one was given up on): the wake this one
+				// took was for it too, and the queue stays armed until a
+				// poll finds it empty.
+				p.signal()
+			}
 			return
 		}
 		if c := p.closed.Load(); c != nil {
