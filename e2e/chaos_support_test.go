@@ -464,3 +464,28 @@ func tallyChaos(log []int, want []int) chaosTally {
 	}
 	return t
 }
+
+// pollChaos is one poll of key's connection sid on g naming since; its
+// body ("" when the poll timed out with nothing).
+func pollChaos(t *testing.T, g *chaosGateway, key, sid, since string) string {
+	t.Helper()
+	code, body, hdr := do(t, "GET", "http://"+g.addr+"/websocket?"+key+"&sid="+sid+"&since="+since, "", nil, "X-Socket-Transport", "xhrPolling")
+	if code != 200 {
+		t.Fatalf("poll of %s since %q: %d %q %v", g.name, since, code, body, hdr)
+	}
+	return body
+}
+
+// chaosPollFor polls, naming the same since again after an empty answer
+// (a machine too loaded to deliver within --poll-timeout), until an answer
+// comes; bounded in count, not in time.
+func chaosPollFor(t *testing.T, g *chaosGateway, key, sid, since string) string {
+	t.Helper()
+	for range 20 {
+		if body := pollChaos(t, g, key, sid, since); body != "" {
+			return body
+		}
+	}
+	t.Fatalf("20 polls of %s since %q answered nothing", g.name, since)
+	return ""
+}

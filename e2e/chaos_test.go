@@ -421,11 +421,7 @@ func TestChaosPollingAcrossGateways(t *testing.T) {
 	pollOnce := func(g *chaosGateway) {
 		t.Helper()
 		since, _ := c.state()
-		code, body, hdr := do(t, "GET", "http://"+g.addr+"/websocket?"+key+"&sid="+c.sid+"&since="+since, "", nil, "X-Socket-Transport", "xhrPolling")
-		if code != 200 || body == "" {
-			t.Fatalf("poll of %s since %q: %d %q %v", g.name, since, code, body, hdr)
-		}
-		c.handle(body, "")
+		c.handle(chaosPollFor(t, g, key, c.sid, since), "")
 	}
 	pollOnce(gws[0]) // the position
 	for n := 1; n <= 6; n++ {
@@ -460,11 +456,7 @@ func TestChaosStalePoll(t *testing.T) {
 	c := newChaosClient(key, chaosPolling, 1)
 	poll := func(since string) string {
 		t.Helper()
-		code, body, hdr := do(t, "GET", "http://"+g.addr+"/websocket?"+key+"&sid="+c.sid+"&since="+since, "", nil, "X-Socket-Transport", "xhrPolling")
-		if code != 200 {
-			t.Fatalf("poll since %q: %d %q %v", since, code, body, hdr)
-		}
-		return body
+		return chaosPollFor(t, g, key, c.sid, since)
 	}
 	publish := func(n int) string {
 		t.Helper()
@@ -483,7 +475,7 @@ func TestChaosStalePoll(t *testing.T) {
 	s0, _ := c.state()
 	id1 := publish(1)
 	want(poll(s0), 1)
-	if got := poll(id1); got != "" { // held until the poll timeout: nothing new
+	if got := pollChaos(t, g, key, c.sid, id1); got != "" { // held until the poll timeout: nothing new
 		t.Fatalf("poll since message 1: %s, want nothing yet", chaosShort(got))
 	}
 	publish(2)
