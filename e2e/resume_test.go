@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wspubsub/wspubsub/internal/metrics"
-	"github.com/wspubsub/wspubsub/internal/testenv"
 )
 
 // Connect from now (position frame), get 1, go away, miss 2..4, come back
@@ -238,172 +237,6 @@ func TestResumeOldClientsGetTheOriginalFrames(t *testing.T) {
 	}
 }
 
-// A publish repeated with the same Idempotency-Key is acknowledged with
-// the same ids and not delivered again.
-func TestResumeIdempotentPublish(t *testing.T) {
-	const key, other = "rs-idem", "rs-idem-2"
-	s := newStack(t, nil, key, other)
-	c := rsOpen(t, s, rsWS, key, "&since=", nil)
-	rsPosition(t, c)
-	body := envelope("1", key)
-	first := rsPost(t, s, body, "order-17")
-	if first.code != 202 || first.Status != "accepted" || len(first.IDs) != 1 {
-		t.Fatalf("first: %d %s", first.code, first.raw)
-	}
-	again := rsPost(t, s, body, "order-17")
-	if again.code != 202 || again.Status != "duplicate" || fmt.Sprint(again.IDs) != fmt.Sprint(first.IDs) {
-		t.Fatalf("repeat: %d %s, first %s", again.code, again.raw, first.raw)
-	}
-	rsExpect(t, c, first.IDs[0], 1)
-	id2 := rsPublish(t, s, key, 2) // next in line: the repeat was not delivered
-	rsExpect(t, c, id2, 2)
-	if got := testutil.ToFloat64(s.gw.Metrics().Publishes.WithLabelValues(metrics.PublishDuplicate)); got != 1 {
-		t.Errorf("publishes{duplicate} = %v", got)
-	}
-	// One id per recipient, in order.
-	two := rsPost(t, s, `{"recipients":["`+key+`","`+other+`"],"data":3}`, strings.Repeat("k", 128))
-	if two.code != 202 || len(two.IDs) != 2 || two.IDs[0] == two.IDs[1] {
-		t.Fatalf("two recipients: %d %s", two.code, two.raw)
-	}
-	rsExpect(t, c, two.IDs[0], 3)
-	for _, bad := range []string{"has space", strings.Repeat("k", 129), "ü", "a/b"} {
-		if a := rsPost(t, s, envelope("4", key), bad); a.code != 400 || a.Error != "bad_idempotency_key" {
-			t.Errorf("Idempotency-Key %q: %d %s", bad, a.code, a.raw)
-		}
-	}
-	id5 := rsPublish(t, s, key, 5) // nothing of the refused ones was delivered
-	rsExpect(t, c, id5, 5)
-}
-
-// Backends publish durably in one round trip with the Redis function; the
-// message reaches clients with its id and can be resumed from.
-func TestResumeRedisFunctionPublish(t *testing.T) {
-	const key = "rs-fcall"
-	s := newStack(t, nil, key)
-	c := rsOpen(t, s, rsWS, key, "&since=", nil)
-	pos := rsPosition(t, c)
-	ctx := context.Background()
-	fcall := func(n int, idem ...any) (dup int64, id string) {
-		t.Helper()
-		v, err := s.rdb.FCall(ctx, "wspubsub_publish", nil, append([]any{envelope(fmt.Sprint(n), key)}, idem...)...).Result()
-		list, ok := v.([]any)
-		if err != nil || !ok || len(list) != 2 {
-			t.Fatalf("FCALL wspubsub_publish: %v %v", v, err)
-		}
-		return list[0].(int64), list[1].(string)
-	}
-	dup, id1 := fcall(1, "backend-1")
-	if dup != 0 {
-		t.Fatal("first call reported a duplicate")
-	}
-	rsExpect(t, c, id1, 1)
-	if dup, again := fcall(1, "backend-1"); dup != 1 || again != id1 {
-		t.Fatalf("repeat: dup=%d id=%s, want 1 %s", dup, again, id1)
-	}
-	_, id2 := fcall(2)
-	rsExpect(t, c, id2, 2) // next in line: the repeat was not delivered
-	c2 := rsOpen(t, s, rsPolling, key, "&since="+pos, nil)
-	rsExpect(t, c2, id1, 1)
-	rsExpect(t, c2, id2, 2)
-	if err := s.rdb.FCall(ctx, "wspubsub_publish", nil, `{"recipients":["`+key+`"]}`).Err(); err == nil || !strings.Contains(err.Error(), "wspubsub") {
-		t.Fatalf("FCALL without data: %v", err)
-	}
-}
-
-// Redis without persistence restarts under a connected resuming client:
-// its history is gone (a gap may be signalled), but nothing published
-// after the restart is lost or given twice.
-func TestResumeRedisRestartWithoutPersistence(t *testing.T) {
-	const key = "rs-restart"
-	s := newStack(t, nil, key)
-	c := rsOpen(t, s, rsWS, key, "&since=", nil)
-	rsPosition(t, c)
-	id1 := rsPublish(t, s, key, 1)
-	rsExpect(t, c, id1, 1)
-
-	s.redis.Stop()
-	if a := rsPost(t, s, envelope("0", key), ""); a.code != 503 || a.Error != "broker unavailable" || a.hdr.Get("Retry-After") == "" {
-		t.Fatalf("publish with Redis down: %d %s", a.code, a.raw)
-	}
-	s.redis.Start()
-	id2 := rsPublishRetrying(t, s, key, 2)
-	f := c.next()
-	if f.data == `{"gap":true}` { // the history Redis lost: said, not hidden
-		f = c.next()
-	}
-	if want := fmt.Sprintf(`{"id":%q,"data":2}`, id2); f.data != want {
-		t.Fatalf("after the restart: %q, want %q", f.data, want)
-	}
-	id3 := rsPublish(t, s, key, 3)
-	rsExpect(t, c, id3, 3) // next in line: 2 came once
-	if s.gw.Hub().Live() != 1 {
-		t.Fatalf("live = %d: the client was dropped", s.gw.Hub().Live())
-	}
-	// The new history resumes; an id from before the loss is a gap.
-	c2 := rsOpen(t, s, rsSSE, key, "&since="+id2, nil)
-	rsExpect(t, c2, id3, 3)
-	c3 := rsOpen(t, s, rsWS, key, "&since="+id1, nil)
-	rsExpectRaw(t, c3, `{"gap":true}`)
-	rsExpect(t, c3, id2, 2)
-	rsExpect(t, c3, id3, 3)
-}
-
-// Redis with AOF (fsync always) killed and restarted: the history
-// survives, so neither the connected client nor one resuming from before
-// the outage sees a gap, and nothing is lost or repeated.
-func TestResumeRedisRestartDurable(t *testing.T) {
-	const key = "rs-durable"
-	s := newStackOn(t, testenv.DurableRedis(t), nil, key)
-	c := rsOpen(t, s, rsWS, key, "&since=", nil)
-	rsPosition(t, c)
-	id1 := rsPublish(t, s, key, 1)
-	rsExpect(t, c, id1, 1)
-	s.redis.Stop()
-	s.redis.Start()
-	id2 := rsPublishRetrying(t, s, key, 2)
-	rsExpect(t, c, id2, 2)
-	id3 := rsPublish(t, s, key, 3)
-	rsExpect(t, c, id3, 3)
-	for _, tr := range rsTransports {
-		c := rsOpen(t, s, tr, key, "&since="+id1, nil)
-		rsExpect(t, c, id2, 2)
-		rsExpect(t, c, id3, 3)
-	}
-}
-
-// The gateway's subscription is cut while Redis stays up: what backends
-// publish meanwhile reaches no one live, and the live resuming client is
-// caught up from the history (Resync) without reconnecting, once, in order.
-func TestResumeResyncAfterSubscriptionLoss(t *testing.T) {
-	const key = "rs-resync"
-	s := newStack(t, nil, key)
-	c := rsOpen(t, s, rsSSE, key, "&since=", nil)
-	rsPosition(t, c)
-	ctx := context.Background()
-	if err := s.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for n := 1; n <= 5; n++ {
-		v, err := s.rdb.FCall(ctx, "wspubsub_publish", nil, envelope(fmt.Sprint(n), key)).Slice()
-		if err != nil || len(v) != 2 {
-			t.Fatalf("FCALL: %v %v", v, err)
-		}
-		ids = append(ids, v[1].(string))
-	}
-	for i, id := range ids {
-		rsExpect(t, c, id, i+1)
-	}
-	id6 := rsPublish(t, s, key, 6)
-	rsExpect(t, c, id6, 6)
-	eventually(t, 10*time.Second, "resumes{resync}", func() bool {
-		return testutil.ToFloat64(s.gw.Metrics().Resumes.WithLabelValues(metrics.ResumeResync)) >= 1
-	})
-	if s.gw.Hub().Live() != 1 {
-		t.Fatalf("live = %d", s.gw.Hub().Live())
-	}
-}
-
 // --history-size 0 turns the feature off: since and Last-Event-ID are
 // ignored, frames are the original ones, POST /publish answers without ids.
 func TestResumeHistoryOff(t *testing.T) {
@@ -423,33 +256,6 @@ func TestResumeHistoryOff(t *testing.T) {
 	if got := testutil.ToFloat64(s.gw.Metrics().Publishes.WithLabelValues(metrics.PublishLive)); got != 1 {
 		t.Errorf("publishes{live} = %v", got)
 	}
-}
-
-// A publisher's own "wspubsub_ids" member (a backend relaying a message it
-// read from the gateways' channel, say) must not replace the ids the
-// history gave: clients get the recorded id, and can resume from it.
-func TestResumeIDsComeFromTheHistory(t *testing.T) {
-	const key = "rs-forged"
-	s := newStack(t, nil, key)
-	c := rsOpen(t, s, rsWS, key, "&since=", nil)
-	pos := rsPosition(t, c)
-	a := rsPost(t, s, `{"recipients":["`+key+`"],"wspubsub_ids":["zzzz.99999999999999-0"],"data":1}`, "")
-	if a.code != 202 || len(a.IDs) != 1 {
-		t.Fatalf("publish: %d %s", a.code, a.raw)
-	}
-	rsExpect(t, c, a.IDs[0], 1)
-	ctx := context.Background()
-	v, err := s.rdb.FCall(ctx, "wspubsub_publish", nil, `{"wspubsub_ids":["zzzz.99999999999999-0"],"recipients":["`+key+`"],"data":2}`).Slice()
-	if err != nil || len(v) != 2 {
-		t.Fatalf("FCALL: %v %v", v, err)
-	}
-	rsExpect(t, c, v[1].(string), 2)
-	id3 := rsPublish(t, s, key, 3)
-	rsExpect(t, c, id3, 3)
-	r := rsOpen(t, s, rsWS, key, "&since="+pos, nil)
-	rsExpect(t, r, a.IDs[0], 1)
-	rsExpect(t, r, v[1].(string), 2)
-	rsExpect(t, r, id3, 3)
 }
 
 // --history-ttl bounds how long a message is kept (and an idempotency key
@@ -473,40 +279,4 @@ func TestResumeHistoryTTL(t *testing.T) {
 		t.Fatalf("the same idempotency key after the TTL: %d %s", b.code, b.raw)
 	}
 	rsExpect(t, c, b.IDs[0], 2)
-}
-
-// A resuming client whose history cannot be read (Redis down) is refused
-// with 1013 on every transport, so it retries with the same id and loses
-// nothing; an old client needs no history and is admitted.
-func TestResumeRefusedWhileHistoryUnavailable(t *testing.T) {
-	const key = "rs-down"
-	s := newStackOn(t, testenv.DurableRedis(t), []string{"--poll-timeout", "1s"}, key)
-	id1 := rsPublish(t, s, key, 1)
-	s.redis.Stop()
-	w := mustDial(t, s.url(key+"&since="+id1))
-	w.expectClose(1013)
-	e := rsOpenSSE(t, s.httpClientURL(key+"&since="+id1), nil)
-	if f := e.next(); f.event != "close" || !strings.Contains(f.data, `"code":1013`) {
-		t.Fatalf("EventSource: %s %q", f.event, f.data)
-	}
-	code, _, h := poll(t, s.httpClientURL(key+"&sid=down&since="+id1), nil)
-	if code != 503 || h.Get("X-Wspubsub-Close-Code") != "1013" || h.Get("Retry-After") == "" {
-		t.Fatalf("poll: %d %v", code, h)
-	}
-	if got := testutil.ToFloat64(s.gw.Metrics().Rejections.WithLabelValues(metrics.RejectHistory)); got != 3 {
-		t.Errorf("rejections{history_unavailable} = %v, want 3", got)
-	}
-	if got := testutil.ToFloat64(s.gw.Metrics().Resumes.WithLabelValues(metrics.ResumeFailed)); got != 3 {
-		t.Errorf("resumes{failed} = %v, want 3", got)
-	}
-	old := mustDial(t, s.url(key))
-	rsWaitSessions(t, s, key, 1)
-	s.redis.Start()
-	s.waitReady()
-	// The retry with the same id gets what it would have got (this Redis
-	// kept the history: no gap).
-	r := rsOpen(t, s, rsWS, key, "&since="+id1, nil)
-	id2 := rsPublish(t, s, key, 2)
-	rsExpect(t, r, id2, 2)
-	old.expect(`{"data":2}`)
 }
