@@ -36,17 +36,8 @@ WS=${WS:-bin/wspubsub}                       # the binary built and measured
 mkdir -p "$(dirname "$WS")"
 go build -o "$WS" ./cmd/wspubsub
 
-freeport() { # a port nothing listens on
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-}
-RPORT=$(freeport)
-REDIS="redis://127.0.0.1:$RPORT"
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no --loglevel warning >&2 &
-RPID=$!
+. scripts/bench-lib.sh
+start_redis
 KEYS=$(mktemp)
 LINES=$(mktemp)
 GPID=""
@@ -56,7 +47,6 @@ cleanup() {
   rm -f "$KEYS" "$LINES"
 }
 trap cleanup EXIT
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 gateway() { # a fresh gateway on a fresh port
   if [ -n "$GPID" ]; then kill "$GPID" 2>/dev/null || true; wait "$GPID" 2>/dev/null || true; fi
