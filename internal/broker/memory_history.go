@@ -20,6 +20,7 @@ type memHistory struct {
 	idem   map[string]memIdem
 	parser envelope.Parser
 	epochs uint64
+	swept  time.Time // the last sweep of expired keys
 }
 
 type memStream struct {
@@ -61,7 +62,10 @@ func (m *Memory) Record(ctx context.Context, msg []byte, idem string) (Recorded,
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := h.now()
-	h.sweep(now)
+	if now.Sub(h.swept) >= time.Second {
+		h.sweep(now) // a walk over every key: not on each publish
+		h.swept = now
+	}
 	env, err := h.parser.Parse(msg)
 	if err != nil {
 		return Recorded{}, err
@@ -72,7 +76,7 @@ func (m *Memory) Record(ctx context.Context, msg []byte, idem string) (Recorded,
 	var ikey string
 	if idem != "" {
 		ikey = string(env.Recipients[0]) + "\x00" + idem
-		if prev, ok := h.idem[ikey]; ok {
+		if prev, ok := h.idem[ikey]; ok && !now.After(prev.expires) {
 			return Recorded{IDs: prev.ids, Duplicate: true}, nil
 		}
 	}
@@ -114,7 +118,7 @@ func withIDs(msg []byte, ids []string) []byte {
 
 func (h *memHistory) append(key string, payload []byte, now time.Time) string {
 	s := h.keys[key]
-	if s == nil {
+	if s == nil || now.After(s.expires) { // expired, maybe not swept yet: a new life
 		h.epochs++
 		s = &memStream{epoch: strconv.FormatInt(now.UnixMicro(), 36) + strconv.FormatUint(h.epochs, 36)}
 		h.keys[key] = s

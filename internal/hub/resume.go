@@ -117,8 +117,8 @@ type recorded struct {
 
 func (r *recorded) get(payload []byte) *session.Message {
 	if r.msg == nil && !r.bad {
-		r.msg, r.bad = session.NewRecorded(string(r.id), payload)
-		r.bad = !r.bad
+		m, ok := session.NewRecorded(string(r.id), payload)
+		r.msg, r.bad = m, !ok
 	}
 	return r.msg
 }

@@ -153,11 +153,7 @@ func (p *poller) next(resuming bool, since string, after envelope.ID, afterOK bo
 		if m == nil {
 			return nil
 		}
-		var id envelope.ID
-		idOK := false
-		if m.ID != "" {
-			id, idOK = envelope.ParseID(m.ID)
-		}
+		id, idOK := m.HistoryID()
 		if afterOK && idOK && !id.After(after) {
 			continue // the client has it
 		}

@@ -49,3 +49,7 @@ func (m *Message) Encoded(slot int, encode func(payload []byte) []byte) []byte {
 	e.once.Do(func() { e.b = encode(m.Payload) })
 	return e.b
 }
+
+// HistoryID returns the parsed form of ID; ok is false when the message
+// has none.
+func (m *Message) HistoryID() (id envelope.ID, ok bool) { return m.id, m.ID != "" }
