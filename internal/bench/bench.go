@@ -258,6 +258,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 
 	fw0 := g.values(metricSocketWrites, metricFramesWritten)
+	gcCtx, stopGC := context.WithCancel(ctx)
+	defer stopGC()
+	if cfg.Scenario == "idle" {
+		stopGC() // nothing to match: leave the gateway alone
+	}
+	gcAt, gcDone := sampleGC(gcCtx, g)
 	pubStart := time.Now()
 	switch cfg.Scenario {
 	case "idle":
@@ -286,6 +292,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 	}
 	deliverEnd := time.Now()
+	stopGC()
+	<-gcDone
 	res.framesPerWrite(fw0, g.values(metricSocketWrites, metricFramesWritten))
 	rss1, cpu1 := g.read()
 	res.GatewayRSSAfter = rss1
@@ -299,8 +307,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 
 	buckets := map[int]int64{}
+	var slots []map[int64]map[int]int64
 	for _, w := range workers {
 		st := w.stop()
+		slots = append(slots, st.Timeline)
 		res.Delivered += st.Received
 		res.Duplicates += st.Duplicates
 		res.OutOfOrder += st.OutOfOrder
@@ -315,6 +325,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 	}
 	res.Latency = summarize(buckets)
+	if cfg.Scenario != "idle" {
+		res.Timeline = mergeTimelines(slots, gcAt)
+	}
 	if res.Resume != nil {
 		res.Resume.Gaps = res.Gaps
 	}

@@ -51,6 +51,8 @@ type WorkerStats struct {
 	ChurnConnects     int64         `json:"churnConnects"`
 	ChurnFailures     int64         `json:"churnFailures"`
 	Latency           map[int]int64 `json:"latency"`
+	// Timeline: latency buckets per send-time slot (slot number → buckets).
+	Timeline map[int64]map[int]int64 `json:"timeline,omitempty"`
 }
 
 // Worker holds connections and counts what they receive. Its reader does
@@ -60,6 +62,7 @@ type WorkerStats struct {
 type Worker struct {
 	cfg   WorkerConfig
 	hist  histogram
+	tl    timeline
 	seen  *seen
 	conns []*wconn
 
@@ -366,6 +369,6 @@ func (w *Worker) Stop() WorkerStats {
 		Unexpected: w.unexpected.Load(), ServerClosed: w.serverClosed.Load(),
 		Positions: w.positions.Load(), Gaps: w.gaps.Load(), ReconnectFailures: w.reconnectFailures,
 		ChurnConnects: w.churnConnects.Load(), ChurnFailures: w.churnFailures.Load(),
-		Latency: w.hist.snapshot(),
+		Latency: w.hist.snapshot(), Timeline: w.tl.snapshot(),
 	}
 }

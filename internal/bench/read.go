@@ -168,7 +168,9 @@ func (w *Worker) onMessage(c *wconn, p []byte, now time.Time) {
 		return
 	}
 	w.received.Add(1)
-	w.hist.record(now.Sub(time.Unix(0, sent)))
+	lat := now.Sub(time.Unix(0, sent))
+	w.hist.record(lat)
+	w.tl.record(sent, lat)
 	last := c.last.Load()
 	var dup bool
 	if w.cfg.Broadcast {

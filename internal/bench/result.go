@@ -30,6 +30,9 @@ type Result struct {
 	Unexpected       int64         `json:"unexpected_frames,omitempty"` // frames that are none of these (e.g. heartbeats)
 	DeliveredPerSec  float64       `json:"delivered_per_s"`
 	Latency          Latency       `json:"latency"`
+	// Timeline is the latency over time, per 250 ms of send time, with
+	// the gateway's GC cycles in each slot.
+	Timeline []TimelinePoint `json:"timeline,omitempty"`
 	ChurnConnects    int64         `json:"churn_connects,omitempty"`
 	ChurnFailures    int64         `json:"churn_failures,omitempty"`
 	SlowConns        int           `json:"slow_conns,omitempty"`
@@ -119,6 +122,7 @@ func report(out io.Writer, r Result) {
 			r.Published, r.PublishSeconds, r.Delivered, r.Expected, r.DeliveredPerSec, r.Lost, r.Duplicates, r.OutOfOrder, r.ServerClosed)
 		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
 			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
+		reportTimeline(out, r.Timeline)
 	}
 	if r.SocketWrites > 0 {
 		fmt.Fprintf(out, "gateway socket writes: %d carrying %d frames (%.2f frames per write)\n", r.SocketWrites, r.FramesWritten, r.FramesPerWrite)

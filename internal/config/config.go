@@ -50,6 +50,8 @@ type Serve struct {
 	PingInterval    time.Duration
 	WriteTimeout    time.Duration
 	ShutdownTimeout time.Duration
+	CoalesceGap     time.Duration // a WebSocket written less than this long ago waits, gathering frames
+	Writers         int           // WebSocket writer goroutines (0: GOMAXPROCS/2, at least 1)
 
 	HistorySize int           // messages kept per key for resuming clients (0: off)
 	HistoryTTL  time.Duration // how long a message is kept
@@ -108,6 +110,8 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.dur(&c.PollTimeout, "poll-timeout", 30*time.Second, "hold an empty long-poll this long before answering 200 with no body")
 	f.dur(&c.PingInterval, "ping-interval", 25*time.Second, "send keep-alive pings this often (less than --idle-timeout)")
 	f.dur(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket write blocks this long")
+	f.dur(&c.CoalesceGap, "coalesce-gap", time.Millisecond, "a WebSocket connection written less than this long ago waits until it has passed, so a busy connection gets many frames per write; a message to a quiet one goes out at once (0: never wait)")
+	f.integer(&c.Writers, "writers", 0, "WebSocket writer goroutines (0: half the CPUs, at least one; fewer writers fall behind in a burst and coalesce more)")
 	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
 	f.integer(&c.HistorySize, "history-size", 100, "messages kept per key so that clients connecting with ?since= resume without loss (0: no history, no ids)")
 	f.dur(&c.HistoryTTL, "history-ttl", 5*time.Minute, "how long a message is kept in a key's history (and an idempotency key remembered)")
@@ -160,6 +164,12 @@ func (c *Serve) Validate() error {
 		if d <= 0 {
 			bad("--%s must be positive: %v", name, d)
 		}
+	}
+	if c.CoalesceGap < 0 || c.CoalesceGap > time.Second {
+		bad("--coalesce-gap must be between 0 and 1s: %v", c.CoalesceGap)
+	}
+	if c.Writers < 0 {
+		bad("--writers must not be negative: %d", c.Writers)
 	}
 	if c.RecheckInterval < 0 {
 		bad("--recheck-interval must not be negative: %v", c.RecheckInterval)

@@ -109,6 +109,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		Hub: g.hub, Metrics: g.metrics, Logger: log,
 		IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout,
 		QueueBytes: cfg.QueueBytes, MaxFrameBytes: cfg.MaxClientBytes,
+		CoalesceGap: cfg.CoalesceGap, Writers: cfg.Writers,
 	})
 	g.es = eventsource.NewServer(eventsource.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,

@@ -13,13 +13,14 @@ const (
 
 // Queue is a session's bounded outbound queue, bounded in payload bytes. It
 // also tracks whether a writer is scheduled, so that a burst of deliveries
-// wakes the transport once and the writer sends the whole burst in one go.
+// wakes the transport once and the writer sends the whole burst in one go;
+// a drain takes everything and re-arms, so the next push wakes it again.
 type Queue struct {
 	mu     sync.Mutex
 	items  []*Message
 	bytes  int
 	limit  int
-	armed  bool // a writer has been woken and not yet found the queue empty
+	armed  bool // a writer has been woken and has not drained the queue since
 	closed bool
 }
 
@@ -48,8 +49,8 @@ func (q *Queue) drain(dst []*Message) []*Message {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	dst = dst[:0]
+	q.armed = false
 	if len(q.items) == 0 {
-		q.armed = false
 		if cap(q.items) > 64 { // release a burst's backing array
 			q.items = nil
 		}

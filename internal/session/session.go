@@ -172,8 +172,8 @@ func (s *Session) KeepAlive() {
 }
 
 // Drain moves every queued message into dst (reusing its storage) and
-// returns it. When the queue is empty it returns dst empty and arms the next
-// Deliver to call Wake again.
+// returns it, and arms the next Deliver to call Wake again: a transport
+// that drains once per wake-up sees every message.
 func (s *Session) Drain(dst []*Message) []*Message { return s.q.drain(dst) }
 
 // Pop removes and returns the oldest queued message, or nil (for

@@ -38,6 +38,7 @@ type conn struct {
 	pending    []byte          // bytes of a stalled write still to send (under wmu)
 	slow       bool            // the slow lane owns the socket (under wmu)
 	raw        syscall.RawConn // the descriptor, for non-blocking writes (nil if wrapped)
+	flushed    atomic.Int64    // when frames last went out, on the writer pool's clock (0: never)
 }
 
 // admit checks the key through the hub; a rejected connection is closed

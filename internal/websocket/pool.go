@@ -18,15 +18,28 @@ import (
 const stallSlice = 20 * time.Millisecond
 
 // writerPool flushes connections with a few writer goroutines fed by a
-// queue of connections that have something to send. Under load a
-// connection waits in the queue while more messages reach it, so each write
-// carries more frames: the number of socket writes, not bytes, is what
-// costs. Idle connections hold no writer goroutine and no buffer.
+// queue of connections that have something to send. The number of socket
+// writes, not bytes, is what costs, so frames are coalesced deliberately,
+// in two ways:
+//
+//   - Under a burst the writers fall behind on purpose: there are only
+//     GOMAXPROCS/2 of them (at least one), so the reading side keeps the
+//     other cores, and a connection waiting in the queue gathers every
+//     message that reaches it meanwhile into its one write.
+//   - A hot connection (one flushed less than gap ago) is flushed at most
+//     once per gap: it waits in a second queue until its gap has passed,
+//     gathering frames meanwhile.
+//
+// A message to a connection that has not been written for gap goes out at
+// once. Idle connections hold no writer goroutine and no buffer.
 type writerPool struct {
 	mu      sync.Mutex
-	dirty   []*conn
+	dirty   []*conn // to flush now
+	later   []*conn // hot: to flush once their gap has passed (in order of it)
 	wake    chan struct{}
 	workers int
+	gap     time.Duration
+	clock   func() int64 // nanoseconds on a monotonic clock, never 0 (tests stop it)
 	once    sync.Once
 }
 
@@ -80,8 +93,24 @@ func (w *writer) writev(fd uintptr) bool {
 	return true
 }
 
-func newWriterPool() *writerPool {
-	return &writerPool{wake: make(chan struct{}, 1), workers: max(4, 2*runtime.GOMAXPROCS(0))}
+// newWriterPool returns a pool with workers writers (0: GOMAXPROCS/2, at
+// least one) that flushes a hot connection at most once per gap (0: at
+// once, every time).
+func newWriterPool(workers int, gap time.Duration) *writerPool {
+	if workers <= 0 {
+		workers = max(1, runtime.GOMAXPROCS(0)/2)
+	}
+	epoch := time.Now()
+	return &writerPool{wake: make(chan struct{}, 1), workers: workers, gap: max(0, gap),
+		clock: func() int64 { return int64(time.Since(epoch)) + 1 }}
+}
+
+func (p *writerPool) now() int64 { return p.clock() }
+
+// hot reports whether c was written less than a gap ago.
+func (p *writerPool) hot(c *conn, now int64) bool {
+	f := c.flushed.Load()
+	return f != 0 && now-f < int64(p.gap)
 }
 
 func (p *writerPool) submit(c *conn) {
@@ -90,8 +119,13 @@ func (p *writerPool) submit(c *conn) {
 			go p.worker()
 		}
 	})
+	hot := p.gap > 0 && p.hot(c, p.now())
 	p.mu.Lock()
-	p.dirty = append(p.dirty, c)
+	if hot {
+		p.later = append(p.later, c)
+	} else {
+		p.dirty = append(p.dirty, c)
+	}
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -99,10 +133,22 @@ func (p *writerPool) submit(c *conn) {
 	}
 }
 
-// take removes up to n connections from the queue.
-func (p *writerPool) take(dst []*conn, n int) []*conn {
+// take removes up to n connections that are due from the queues; when none
+// is, it says how long until the next hot one is (0: nothing waits).
+func (p *writerPool) take(dst []*conn, n int) ([]*conn, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Hot connections whose gap has passed join the ones to flush now.
+	if len(p.later) > 0 {
+		now, due := p.now(), 0
+		for due < len(p.later) && !p.hot(p.later[due], now) {
+			due++
+		}
+		p.dirty = append(p.dirty, p.later[:due]...)
+		rest := copy(p.later, p.later[due:])
+		clear(p.later[rest:])
+		p.later = p.later[:rest]
+	}
 	k := min(n, len(p.dirty))
 	dst = append(dst[:0], p.dirty[:k]...)
 	rest := copy(p.dirty, p.dirty[k:])
@@ -114,20 +160,38 @@ func (p *writerPool) take(dst []*conn, n int) []*conn {
 		default:
 		}
 	}
-	return dst
+	if k == 0 && len(p.later) > 0 {
+		return dst, max(time.Duration(int64(p.gap)-(p.now()-p.later[0].flushed.Load())), time.Microsecond)
+	}
+	return dst, 0
 }
 
 func (p *writerPool) worker() {
 	w := newWriter()
 	var batch []*conn
-	for range p.wake {
+	var wait time.Duration
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	for {
+		if wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-p.wake:
+				t.Stop()
+			case <-t.C:
+			}
+		} else {
+			<-p.wake
+		}
 		for {
-			batch = p.take(batch, 32)
+			batch, wait = p.take(batch, 32)
 			if len(batch) == 0 {
 				break
 			}
 			for i, c := range batch {
-				c.flush(w)
+				if c.flush(w) {
+					c.flushed.Store(p.now())
+				}
 				batch[i] = nil
 			}
 		}

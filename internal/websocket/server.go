@@ -6,7 +6,7 @@
 // belong to the hub, and which requests may connect to the gateway. It also
 // owns the listener's first look at each connection (sniff.go), because
 // upgrades are read there without net/http. Writes are coalesced — everything queued for a connection goes out in
-// one writev — and no goroutine or buffer is held by an idle connection
+// one writev, by a small pool of writers — and no goroutine or buffer is held by an idle connection
 // beyond its blocked reader.
 package websocket
 
@@ -45,6 +45,10 @@ type Config struct {
 	WriteTimeout  time.Duration // a write blocked this long: dead [10s]
 	QueueBytes    int           // per-connection outbound queue [1 MiB]
 	MaxFrameBytes int           // largest client message [4 KiB]
+	// CoalesceGap: a connection written less than this long ago waits
+	// until it has passed, gathering frames into one write [0: never waits].
+	CoalesceGap time.Duration
+	Writers     int // writer goroutines [GOMAXPROCS/2, at least 1]
 }
 
 // Server accepts WebSocket connections.
@@ -79,7 +83,7 @@ func NewServer(ctx context.Context, cfg Config) *Server {
 	return &Server{
 		cfg:       cfg,
 		ctx:       ctx,
-		pool:      newWriterPool(),
+		pool:      newWriterPool(cfg.Writers, cfg.CoalesceGap),
 		heartbeat: session.NewControl(session.EncWebSocket, textFrame([]byte(hub.Heartbeat))),
 		ping:      session.NewControl(session.EncWebSocket, ws.MustCompileFrame(ws.NewPingFrame(nil))),
 		upgrader:  ws.HTTPUpgrader{Timeout: 5 * time.Second},

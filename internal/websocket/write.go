@@ -27,40 +27,42 @@ func (c *conn) Closed(code int, reason string) {
 	c.srv.pool.submit(c)
 }
 
-// flush writes everything queued in one writev, repeatedly until the queue
-// is empty, then the close frame if one is pending. A write that stalls
-// hands the connection to its slow lane.
-func (c *conn) flush(w *writer) {
+// flush writes everything queued in one writev, then the close frame if
+// one is pending. What is queued meanwhile waits for the next flush (the
+// session wakes the pool again), so a hot connection gathers it instead
+// of costing another write at once. A write that stalls hands the
+// connection to its slow lane. flush reports whether it wrote.
+func (c *conn) flush(w *writer) (wrote bool) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	defer c.srv.cfg.Hub.Recover(c.sess, c.fail)
 	if c.writeErr.Load() || c.slow {
-		return // the slow lane owns the socket until it catches up
+		return false // the slow lane owns the socket until it catches up
 	}
-	for {
-		w.msgs = c.sess.Drain(w.msgs)
-		w.bufs = w.bufs[:0]
-		if p := c.pong.Swap(nil); p != nil {
-			w.bufs = append(w.bufs, *p)
-		}
-		for _, m := range w.msgs {
-			w.bufs = append(w.bufs, m.Encoded(session.EncWebSocket, textFrame))
-		}
-		clear(w.msgs)
-		if len(w.bufs) == 0 {
-			break
-		}
+	w.msgs = c.sess.Drain(w.msgs)
+	w.bufs = w.bufs[:0]
+	if p := c.pong.Swap(nil); p != nil {
+		w.bufs = append(w.bufs, *p)
+	}
+	for _, m := range w.msgs {
+		w.bufs = append(w.bufs, m.Encoded(session.EncWebSocket, textFrame))
+	}
+	clear(w.msgs)
+	if len(w.bufs) > 0 {
+		wrote = true
 		if !c.write(w) {
-			return
+			return true
 		}
 	}
 	if f := c.closeFrame.Swap(nil); f != nil {
+		wrote = true
 		w.bufs = append(w.bufs[:0], *f)
 		c.write(w)
 		// The reader now waits only briefly for the client's close reply.
 		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
 		c.closeDone.Do(func() { close(c.closeSent) })
 	}
+	return wrote
 }
 
 // write sends bufs without blocking a writer on one slow socket: a
