@@ -41,6 +41,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.Channel, "channel", "my_channel", "the gateway's inbound channel")
 	fs.StringVar(&c.Token, "publish-token", "", "bearer token for POST /publish and /metrics")
 	fs.IntVar(&c.Window, "window", -1, "personal and broadcast: most deliveries in flight (-1: 50,000, or 50 per connection for broadcast; 0: open loop, as fast as Redis takes them)")
+	fs.BoolVar(&c.BroadcastList, "broadcast-list", false, `broadcast scenario: address every key in one "recipients" list instead of {"broadcast":true}`)
 	fs.Float64Var(&c.SlowShare, "slow-share", 0, "share of connections that never read (they should be closed with 4008; the rest must not suffer)")
 	fs.IntVar(&c.PayloadBytes, "payload-bytes", 0, "pad each message to about this many bytes")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "stop waiting for deliveries after this long without progress")

@@ -55,6 +55,7 @@ type Config struct {
 	Drain                              time.Duration // wait for stragglers after the last publish
 	Window                             int           // closed-loop publishing: most deliveries in flight (0: open loop)
 	SlowShare                          float64       // share of connections that never read (the last ones)
+	BroadcastList                      bool          // broadcast: name every key in "recipients" instead of "broadcast":true
 	PayloadBytes                       int           // pad each message's data to about this size
 	GatewayPID                         int           // read RSS/CPU from /proc (else from /metrics)
 	// Durable publishes through the history: FCALL wspubsub_publish over

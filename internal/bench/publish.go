@@ -47,14 +47,30 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 	}
 	broadcast := cfg.Scenario == "broadcast"
 	pad := padding(cfg)
+	var everyone []byte // {"recipients":[every key] (--broadcast-list)
+	if broadcast && cfg.BroadcastList {
+		everyone = append(everyone, `{"recipients":[`...)
+		for k := range stable {
+			if k > 0 {
+				everyone = append(everyone, ',')
+			}
+			everyone = append(everyone, '"')
+			everyone = append(everyone, cfg.KeyPrefix...)
+			everyone = strconv.AppendInt(everyone, int64(k), 10)
+			everyone = append(everyone, '"')
+		}
+		everyone = append(everyone, ']')
+	}
 	batch := make([][]byte, 0, batchSize+4)
 	next := time.Now()
 	// Messages are built by hand (not fmt): at a few hundred thousand a
 	// second the load tool's own formatting would show in the figures.
 	msg := func(seq int64) []byte {
 		now := time.Now().UnixNano()
-		b := make([]byte, 0, 96+len(pad)+len(cfg.KeyPrefix))
-		if broadcast {
+		b := make([]byte, 0, 96+len(pad)+len(cfg.KeyPrefix)+len(everyone))
+		if everyone != nil {
+			b = append(b, everyone...)
+		} else if broadcast {
 			b = append(b, `{"broadcast":true`...)
 		} else {
 			k := rand.IntN(stable)

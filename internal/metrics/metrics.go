@@ -83,6 +83,9 @@ type Metrics struct {
 	// their ratio is the frames per write, what coalescing achieves.
 	SocketWrites  prometheus.Counter
 	FramesWritten prometheus.Counter
+	// WritePauses counts the writers' short pauses in a burst (input
+	// outpacing the writes), each of which lets frames gather.
+	WritePauses prometheus.Counter
 }
 
 // New creates the collectors and registers them (plus Go and process
@@ -148,7 +151,10 @@ func New() *Metrics {
 	m.FramesWritten = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "wspubsub_frames_written_total", Help: "WebSocket frames handed to socket writes; divided by wspubsub_socket_writes_total: frames per write.",
 	})
-	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes, m.SocketWrites, m.FramesWritten)
+	m.WritePauses = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_write_pauses_total", Help: "Pauses of a WebSocket writer while its backlog grew (a burst): connections gather frames meanwhile.",
+	})
+	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes, m.SocketWrites, m.FramesWritten, m.WritePauses)
 	for _, o := range []string{ResumeFromNow, ResumeComplete, ResumeGap, ResumeFailed, ResumeResync} {
 		m.Resumes.WithLabelValues(o)
 	}

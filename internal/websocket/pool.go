@@ -17,6 +17,15 @@ import (
 // stays stuck past the write timeout is dropped.
 const stallSlice = 20 * time.Millisecond
 
+// A backlog of more than burstBacklog connections that grew since a
+// writer's last batch makes it pause for burstPause (measured on 2 cores,
+// 10,000 connections, 300,000 personal messages: frames per write 4.5 →
+// 9.9, deliveries +23 %; see BENCHMARKS.md).
+const (
+	burstBacklog = 256
+	burstPause   = 300 * time.Microsecond
+)
+
 // writerPool flushes connections with a few writer goroutines fed by a
 // queue of connections that have something to send. The number of socket
 // writes, not bytes, is what costs, so frames are coalesced deliberately,
@@ -26,6 +35,12 @@ const stallSlice = 20 * time.Millisecond
 //     GOMAXPROCS/2 of them (at least one), so the reading side keeps the
 //     other cores, and a connection waiting in the queue gathers every
 //     message that reaches it meanwhile into its one write.
+//   - When the backlog grows while the writers work (messages arrive faster
+//     than one write per connection carries them), a writer pauses for
+//     burstPause before its next batch: the reading side (and, on a shared
+//     box, Redis and the clients) gets the CPU, and each waiting connection
+//     gathers more frames for its one write. A backlog that only shrinks (a
+//     lone broadcast to every connection) is written without pauses.
 //   - A hot connection (one flushed less than gap ago) is flushed at most
 //     once per gap: it waits in a second queue until its gap has passed,
 //     gathering frames meanwhile.
@@ -40,6 +55,8 @@ type writerPool struct {
 	workers int
 	gap     time.Duration
 	clock   func() int64 // nanoseconds on a monotonic clock, never 0 (tests stop it)
+	pauses  func()       // counts a burst pause (metrics)
+	seen    int          // the backlog when a writer last took a batch (under mu)
 	once    sync.Once
 }
 
@@ -95,14 +112,14 @@ func (w *writer) writev(fd uintptr) bool {
 
 // newWriterPool returns a pool with workers writers (0: GOMAXPROCS/2, at
 // least one) that flushes a hot connection at most once per gap (0: at
-// once, every time).
-func newWriterPool(workers int, gap time.Duration) *writerPool {
+// once, every time); pauses counts its burst pauses.
+func newWriterPool(workers int, gap time.Duration, pauses func()) *writerPool {
 	if workers <= 0 {
 		workers = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	epoch := time.Now()
 	return &writerPool{wake: make(chan struct{}, 1), workers: workers, gap: max(0, gap),
-		clock: func() int64 { return int64(time.Since(epoch)) + 1 }}
+		clock: func() int64 { return int64(time.Since(epoch)) + 1 }, pauses: pauses}
 }
 
 func (p *writerPool) now() int64 { return p.clock() }
@@ -135,9 +152,14 @@ func (p *writerPool) submit(c *conn) {
 
 // take removes up to n connections that are due from the queues; when none
 // is, it says how long until the next hot one is (0: nothing waits).
-func (p *writerPool) take(dst []*conn, n int) ([]*conn, time.Duration) {
+// pause says the backlog is past burstBacklog and grew since the last take
+// by at least half a batch: input outpaces the writers.
+func (p *writerPool) take(dst []*conn, n int) (_ []*conn, wait time.Duration, pause bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	backlog := len(p.dirty) + len(p.later)
+	pause = backlog > burstBacklog && backlog >= p.seen+n/2
+	p.seen = backlog
 	// Hot connections whose gap has passed join the ones to flush now.
 	if len(p.later) > 0 {
 		now, due := p.now(), 0
@@ -161,9 +183,10 @@ func (p *writerPool) take(dst []*conn, n int) ([]*conn, time.Duration) {
 		}
 	}
 	if k == 0 && len(p.later) > 0 {
-		return dst, max(time.Duration(int64(p.gap)-(p.now()-p.later[0].flushed.Load())), time.Microsecond)
+		wait = max(time.Duration(int64(p.gap)-(p.now()-p.later[0].flushed.Load())), time.Microsecond)
 	}
-	return dst, 0
+	p.seen -= k
+	return dst, wait, pause
 }
 
 func (p *writerPool) worker() {
@@ -184,9 +207,14 @@ func (p *writerPool) worker() {
 			<-p.wake
 		}
 		for {
-			batch, wait = p.take(batch, 32)
+			var pause bool
+			batch, wait, pause = p.take(batch, 32)
 			if len(batch) == 0 {
 				break
+			}
+			if pause {
+				p.pauses()
+				time.Sleep(burstPause)
 			}
 			for i, c := range batch {
 				if c.flush(w) {

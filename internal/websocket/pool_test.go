@@ -61,3 +61,44 @@ func TestNoGapWritesAtOnce(t *testing.T) {
 		p.expectText(fmt.Sprintf(`{"data":%d}`, i))
 	}
 }
+
+// A writer pauses only while the backlog is long and growing: input that
+// outpaces the writes, not a long backlog being worked off (a broadcast).
+func TestWriterPausesOnlyWhileTheBacklogGrows(t *testing.T) {
+	p := newWriterPool(1, 0, func() {})
+	add := func(n int) {
+		p.mu.Lock()
+		for range n {
+			p.dirty = append(p.dirty, &conn{})
+		}
+		p.mu.Unlock()
+	}
+	take := func() bool {
+		_, _, pause := p.take(nil, 32)
+		return pause
+	}
+	add(burstBacklog + 100) // a broadcast's backlog, all at once
+	if !take() {
+		t.Fatal("no pause when the backlog first appeared")
+	}
+	for range 5 {
+		if take() {
+			t.Fatal("paused while working off a backlog that only shrinks")
+		}
+	}
+	add(10) // a trickle: less than half a batch per batch
+	if take() {
+		t.Fatal("paused for a trickle")
+	}
+	add(300) // a burst: more arrives than a batch takes
+	if !take() {
+		t.Fatal("no pause while the backlog grew by more than a batch")
+	}
+	for len(p.dirty) > 0 {
+		take()
+	}
+	add(burstBacklog) // short backlog: never a pause
+	if take() {
+		t.Fatal("paused with a short backlog")
+	}
+}

@@ -83,7 +83,7 @@ func NewServer(ctx context.Context, cfg Config) *Server {
 	return &Server{
 		cfg:       cfg,
 		ctx:       ctx,
-		pool:      newWriterPool(cfg.Writers, cfg.CoalesceGap),
+		pool:      newWriterPool(cfg.Writers, cfg.CoalesceGap, cfg.Metrics.WritePauses.Inc),
 		heartbeat: session.NewControl(session.EncWebSocket, textFrame([]byte(hub.Heartbeat))),
 		ping:      session.NewControl(session.EncWebSocket, ws.MustCompileFrame(ws.NewPingFrame(nil))),
 		upgrader:  ws.HTTPUpgrader{Timeout: 5 * time.Second},

@@ -28,7 +28,15 @@ type result struct {
 	RSSBefore   float64 `json:"gateway_rss_before"`
 	RSSAfter    float64 `json:"gateway_rss_after"`
 	BytesPerCon float64 `json:"gateway_bytes_per_conn"`
-	Latency     struct {
+	Label       string  `json:"label"`
+	Timeline    []struct {
+		T   float64 `json:"t_s"`
+		P50 float64 `json:"p50_ms"`
+		P99 float64 `json:"p99_ms"`
+		Max float64 `json:"max_ms"`
+		GC  int     `json:"gateway_gc"`
+	} `json:"timeline"`
+	Latency struct {
 		P50  float64 `json:"p50_ms"`
 		P90  float64 `json:"p90_ms"`
 		P99  float64 `json:"p99_ms"`
@@ -67,8 +75,21 @@ func line(p *plot.Plot, name string, pts plotter.XYs, c color.Color) {
 func main() {
 	rate := flag.String("rate", "", "JSON lines of rate runs")
 	idle := flag.String("idle", "", "JSON lines of idle runs")
+	timeline := flag.String("timeline", "", "JSON line of one rate run (its latency over time is plotted)")
 	out := flag.String("out", ".", "output directory")
 	flag.Parse()
+	if *timeline != "" {
+		rs, err := read(*timeline)
+		if err != nil {
+			fail(err)
+		}
+		for _, r := range rs {
+			if len(r.Timeline) > 0 {
+				plotTimeline(r, filepath.Join(*out, "latency-over-time.png"))
+				break
+			}
+		}
+	}
 	if *rate != "" {
 		rs, err := read(*rate)
 		if err != nil {
@@ -112,6 +133,38 @@ func main() {
 		line(p, "RSS growth over the empty gateway", per, color.RGBA{181, 71, 8, 255})
 		save(p, filepath.Join(*out, "memory-vs-connections.png"))
 	}
+}
+
+// plotTimeline draws one run's p50, p99 and max per 250 ms of send time,
+// and marks the slots in which the gateway finished a GC cycle.
+func plotTimeline(r result, path string) {
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("wspubsub: latency over time, %.0f msg/s to %d connections (per 250 ms)", r.Published/r.PublishS, r.Connected)
+	p.X.Label.Text = "seconds into the run"
+	p.Y.Label.Text = "latency (ms)"
+	p.Legend.Top, p.Legend.Left = true, true
+	var p50, p99, mx, gc plotter.XYs
+	for _, t := range r.Timeline {
+		p50 = append(p50, plotter.XY{X: t.T, Y: t.P50})
+		p99 = append(p99, plotter.XY{X: t.T, Y: t.P99})
+		mx = append(mx, plotter.XY{X: t.T, Y: t.Max})
+		if t.GC > 0 {
+			gc = append(gc, plotter.XY{X: t.T, Y: 0})
+		}
+	}
+	line(p, "p50", p50, color.RGBA{46, 91, 255, 255})
+	line(p, "p99", p99, color.RGBA{181, 71, 8, 255})
+	line(p, "max", mx, color.RGBA{180, 35, 24, 255})
+	if len(gc) > 0 {
+		s, err := plotter.NewScatter(gc)
+		if err != nil {
+			panic(err)
+		}
+		s.Color = color.Black
+		p.Add(s)
+		p.Legend.Add("gateway GC cycle in the slot", s)
+	}
+	save(p, path)
 }
 
 func save(p *plot.Plot, path string) {
