@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -272,4 +273,41 @@ func BenchmarkDispatchFanout(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(sessions)), "ns/delivery")
+}
+
+// Over one interval every session gets exactly one keep-alive, in slices of
+// a few each: never a burst of pings to one shard's every connection.
+func TestKeepAlivesAreSpreadInSmallSlices(t *testing.T) {
+	keys := make([]string, 2000)
+	for i := range keys {
+		keys[i] = "k" + strconv.Itoa(i)
+	}
+	h := newHub(t, keystore.NewMemory(keys...), nil, nil)
+	fts := make([]*fakeTransport, len(keys))
+	for i, k := range keys {
+		_, fts[i] = admit(t, h, k, 100)
+	}
+	const parts = 39 // a 25 s interval: ticks of ~10 ms
+	most := 0
+	for tick := range shardCount * parts {
+		before := 0
+		for _, ft := range fts {
+			before += ft.pings
+		}
+		h.keepAlive(tick, parts)
+		after := 0
+		for _, ft := range fts {
+			after += ft.pings
+		}
+		most = max(most, after-before)
+	}
+	for i, ft := range fts {
+		if ft.pings != 1 {
+			t.Fatalf("session %d got %d keep-alives in one interval; want 1", i, ft.pings)
+		}
+	}
+	// 2,000 sessions over 64 × 39 ticks: under one per tick on average.
+	if most > 8 {
+		t.Fatalf("one tick pinged %d sessions at once", most)
+	}
 }
