@@ -1,10 +1,10 @@
 # Shared by the bench scripts (sourced): a free loopback port, and a
 # throw-away redis-server on one.
 
-freeport() { # a port nothing listens on
-  local p
+freeport() { # a port nothing listens on, below Linux's ephemeral range
+  local p          # (a load tool's thousands of client sockets take ports there)
   while :; do
-    p=$((20000 + RANDOM % 20000))
+    p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
 }
