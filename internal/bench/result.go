@@ -8,43 +8,43 @@ import (
 
 // Result is one run's outcome; it is printed as one JSON line.
 type Result struct {
-	Scenario         string        `json:"scenario"`
-	Transport        string        `json:"transport"`
-	Conns            int           `json:"conns"`
-	Connected        int           `json:"connected"`
-	ConnectFailures  int           `json:"connect_failures"`
-	ConnectRate      float64       `json:"connects_per_s"`
-	Procs            int           `json:"client_procs"`
-	Published        int64         `json:"published"`
-	PublishSeconds   float64       `json:"publish_s"`
-	Expected         int64         `json:"expected"`
-	Delivered        int64         `json:"delivered"`
-	Lost             int64         `json:"lost"`
-	Duplicates       int64         `json:"duplicated"`
-	OutOfOrder       int64         `json:"out_of_order"`
-	ServerClosed     int64         `json:"server_closed"`
-	Durable          bool          `json:"durable,omitempty"`
-	Resuming         bool          `json:"resuming_clients,omitempty"`
-	Positions        int64         `json:"positions,omitempty"`         // {"id":…} frames: clients told where "now" is
-	Gaps             int64         `json:"gaps,omitempty"`              // {"gap":true} frames
-	Unexpected       int64         `json:"unexpected_frames,omitempty"` // frames that are none of these (e.g. heartbeats)
-	DeliveredPerSec  float64       `json:"delivered_per_s"`
-	Latency          Latency       `json:"latency"`
+	Scenario        string  `json:"scenario"`
+	Transport       string  `json:"transport"`
+	Conns           int     `json:"conns"`
+	Connected       int     `json:"connected"`
+	ConnectFailures int     `json:"connect_failures"`
+	ConnectRate     float64 `json:"connects_per_s"`
+	Procs           int     `json:"client_procs"`
+	Published       int64   `json:"published"`
+	PublishSeconds  float64 `json:"publish_s"`
+	Expected        int64   `json:"expected"`
+	Delivered       int64   `json:"delivered"`
+	Lost            int64   `json:"lost"`
+	Duplicates      int64   `json:"duplicated"`
+	OutOfOrder      int64   `json:"out_of_order"`
+	ServerClosed    int64   `json:"server_closed"`
+	Durable         bool    `json:"durable,omitempty"`
+	Resuming        bool    `json:"resuming_clients,omitempty"`
+	Positions       int64   `json:"positions,omitempty"`         // {"id":…} frames: clients told where "now" is
+	Gaps            int64   `json:"gaps,omitempty"`              // {"gap":true} frames
+	Unexpected      int64   `json:"unexpected_frames,omitempty"` // frames that are none of these (e.g. heartbeats)
+	DeliveredPerSec float64 `json:"delivered_per_s"`
+	Latency         Latency `json:"latency"`
 	// Timeline is the latency over time, per 250 ms of send time, with
 	// the gateway's GC cycles in each slot.
-	Timeline []TimelinePoint `json:"timeline,omitempty"`
-	ChurnConnects    int64         `json:"churn_connects,omitempty"`
-	ChurnFailures    int64         `json:"churn_failures,omitempty"`
-	SlowConns        int           `json:"slow_conns,omitempty"`
-	SlowClosed       int64         `json:"slow_closed_4008,omitempty"`
-	GatewayRSSBefore int64         `json:"gateway_rss_before"`
-	GatewayRSSAfter  int64         `json:"gateway_rss_after"`
-	BytesPerConn     float64       `json:"gateway_bytes_per_conn,omitempty"`
-	GatewayCPU       float64       `json:"gateway_cpu_s"`
-	ClientCPU        float64       `json:"client_cpu_s"`
-	WallSeconds      float64       `json:"wall_s"`
-	Resume           *ResumeResult `json:"resume,omitempty"`
-	Redis            *RedisStats   `json:"redis,omitempty"`
+	Timeline         []TimelinePoint `json:"timeline,omitempty"`
+	ChurnConnects    int64           `json:"churn_connects,omitempty"`
+	ChurnFailures    int64           `json:"churn_failures,omitempty"`
+	SlowConns        int             `json:"slow_conns,omitempty"`
+	SlowClosed       int64           `json:"slow_closed_4008,omitempty"`
+	GatewayRSSBefore int64           `json:"gateway_rss_before"`
+	GatewayRSSAfter  int64           `json:"gateway_rss_after"`
+	BytesPerConn     float64         `json:"gateway_bytes_per_conn,omitempty"`
+	GatewayCPU       float64         `json:"gateway_cpu_s"`
+	ClientCPU        float64         `json:"client_cpu_s"`
+	WallSeconds      float64         `json:"wall_s"`
+	Resume           *ResumeResult   `json:"resume,omitempty"`
+	Redis            *RedisStats     `json:"redis,omitempty"`
 	// The gateway's socket writes and the frames they carried over the
 	// run (Δ wspubsub_socket_writes_total, Δ wspubsub_frames_written_total
 	// from its /metrics), and their ratio.

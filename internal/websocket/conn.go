@@ -23,11 +23,14 @@ import (
 const closeWait = 2 * time.Second
 
 // conn is one WebSocket connection; it implements session.Transport.
+// Its fields are ordered to keep it in a 192-byte allocation: an idle
+// connection is mostly this struct, its session and the socket.
 type conn struct {
 	srv  *Server
 	nc   net.Conn
 	rd   net.Conn // nc, or the socket under a wrapper that only counts it (the reader's side)
 	sess *session.Session
+	raw  syscall.RawConn // the descriptor, for non-blocking writes (nil if wrapped)
 
 	wmu        sync.Mutex // serialises socket writes between pool workers
 	closeFrame atomic.Pointer[[]byte]
@@ -35,16 +38,28 @@ type conn struct {
 	closeSent  chan struct{}          // closed once the close frame is out, or can never be
 	closeDone  sync.Once
 	writeErr   atomic.Bool
-	pending    []byte          // bytes of a stalled write still to send (under wmu)
-	slow       bool            // the slow lane owns the socket (under wmu)
-	raw        syscall.RawConn // the descriptor, for non-blocking writes (nil if wrapped)
-	flushed    atomic.Int64    // when frames last went out, on the writer pool's clock (0: never)
+	flushed    atomic.Int64 // when frames last went out, on the writer pool's clock (0: never)
+	pending    []byte       // bytes of a stalled write still to send (under wmu)
+
+	// A fragmented message being assembled, nil between messages (only
+	// the reader touches it).
+	frag *[]byte
+
+	// The poller's view (netpoll.go; pfd, pseq, busy and unpolled under
+	// its lock).
+	ps       polledSocket // nc, while the poller may watch the socket
+	pfd      int32        // the descriptor, while watched
+	pseq     uint32       // the registration's number, carried by its epoll events
+	busy     bool         // a goroutine owns the read side (the descriptor is not armed)
+	unpolled bool         // never (again) watched: the socket is closing
+
+	slow bool // the slow lane owns the socket (under wmu)
 }
 
 // admit checks the key through the hub; a rejected connection is closed
 // with the hub's code and admit returns false.
 func (c *conn) admit() bool {
-	defer c.srv.cfg.Hub.Recover(c.sess, func() { c.awaitClose(); c.srv.open.Add(-1) })
+	defer c.srv.cfg.Hub.Recover(c.sess, c.abort)
 	err := c.srv.cfg.Hub.Admit(c.srv.ctx, c.sess)
 	if err == nil {
 		return true
@@ -55,11 +70,18 @@ func (c *conn) admit() bool {
 	return false
 }
 
-// serve runs on the connection's goroutine: the read loop, then teardown.
+// serve runs on the connection's own goroutine (a connection the poller
+// does not watch): the read loop, then teardown.
 func (c *conn) serve() {
-	defer c.srv.open.Add(-1)
-	defer c.srv.cfg.Hub.Recover(c.sess, c.awaitClose)
-	reason := c.readLoop()
+	defer c.srv.cfg.Hub.Recover(c.sess, c.abort)
+	c.end(c.readLoop())
+}
+
+// end tears the connection down, once, on the goroutine whose read saw it
+// end: the hub lets the session go with reason, the client gets its close
+// frame (and is given closeWait to answer it), the socket is closed.
+func (c *conn) end(reason string) {
+	c.unpoll()
 	if c.writeErr.Load() {
 		reason = metrics.DiscWriteError
 	}
@@ -71,6 +93,14 @@ func (c *conn) serve() {
 		c.awaitClose()
 	}
 	_ = c.nc.Close()
+	c.srv.open.Add(-1)
+}
+
+// abort is the teardown after a recovered panic (Hub.Recover has closed
+// the session with 1011 and let it go).
+func (c *conn) abort() {
+	c.awaitClose()
+	c.srv.open.Add(-1)
 }
 
 // awaitClose waits until the close frame has been written (bounded), then
@@ -87,77 +117,95 @@ func (c *conn) awaitClose() {
 	_ = c.nc.Close()
 }
 
-// readLoop reads client frames until the connection ends and says why.
-// Every header field is hostile: sizes are compared without overflow and
-// refused before anything is allocated.
+// readLoop reads client frames until the connection ends and says why; a
+// connection with no frame for the idle timeout is dead.
 func (c *conn) readLoop() string {
-	cfg := &c.srv.cfg
-	var msg []byte // a fragmented message being assembled
-	fragmented := false
 	for {
 		if !c.sess.IsClosed() {
-			_ = c.rd.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+			_ = c.rd.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout))
 		}
-		hdr, err := ws.ReadHeader(c.rd)
-		if err != nil {
-			if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
-				return c.protocolError("bad frame length")
-			}
-			return readErrReason(err)
-		}
-		switch {
-		case !hdr.Masked:
-			return c.protocolError("unmasked client frame")
-		case hdr.Rsv != 0:
-			return c.protocolError("reserved bits set") // no extension was negotiated
-		case hdr.OpCode.IsControl() && (hdr.Length > 125 || !hdr.Fin):
-			return c.protocolError("bad control frame")
-		case hdr.OpCode == ws.OpContinuation && !fragmented:
-			return c.protocolError("continuation without a message")
-		case (hdr.OpCode == ws.OpText || hdr.OpCode == ws.OpBinary) && fragmented:
-			return c.protocolError("new message inside a fragmented one")
-		// Control frames (≤ 125 bytes, checked above) may come between a
-		// message's fragments (RFC 6455 §5.4): they do not count towards it.
-		case hdr.Length < 0 || !hdr.OpCode.IsControl() && hdr.Length > int64(cfg.MaxFrameBytes-len(msg)):
-			c.sess.Close(session.CloseTooBig, "message too big")
-			return metrics.DiscTooBig
-		}
-		payload := make([]byte, hdr.Length)
-		if _, err := io.ReadFull(c.rd, payload); err != nil {
-			return readErrReason(err)
-		}
-		ws.Cipher(payload, hdr.Mask, 0)
-		switch hdr.OpCode {
-		case ws.OpPing:
-			// Only the latest ping is answered: a client that pings and
-			// never reads holds one pong, not a queue of them.
-			f := ws.MustCompileFrame(ws.NewPongFrame(payload))
-			c.pong.Store(&f)
-			c.srv.pool.submit(c)
-		case ws.OpPong:
-		case ws.OpClose:
-			code, _ := ws.ParseCloseFrameData(payload)
-			if code == 0 || code.IsProtocolReserved() {
-				code = ws.StatusNormalClosure
-			}
-			c.sess.CloseByPeer(int(code))
-			return metrics.DiscClient
-		case ws.OpText, ws.OpBinary, ws.OpContinuation:
-			if hdr.OpCode != ws.OpContinuation {
-				msg = msg[:0]
-			}
-			msg = append(msg, payload...)
-			fragmented = !hdr.Fin
-			if hdr.Fin {
-				if reason := c.onMessage(msg); reason != "" {
-					return reason
-				}
-				msg = msg[:0]
-			}
-		default:
-			return c.protocolError("unknown opcode")
+		if reason := c.readFrame(); reason != "" {
+			return reason
 		}
 	}
+}
+
+// readFrame reads one client frame from c.rd and handles it; it returns
+// why the connection must end, or "" to go on. It is the one frame handler
+// of both read paths (readLoop's own goroutine, and the poller's, which
+// reads one frame at a time). Every header field is hostile: sizes are
+// compared without overflow and refused before anything is allocated.
+func (c *conn) readFrame() string {
+	hdr, err := ws.ReadHeader(c.rd)
+	if err != nil {
+		if errors.Is(err, ws.ErrHeaderLengthMSB) || errors.Is(err, ws.ErrHeaderLengthUnexpected) {
+			return c.protocolError("bad frame length")
+		}
+		return readErrReason(err)
+	}
+	switch {
+	case !hdr.Masked:
+		return c.protocolError("unmasked client frame")
+	case hdr.Rsv != 0:
+		return c.protocolError("reserved bits set") // no extension was negotiated
+	case hdr.OpCode.IsControl() && (hdr.Length > 125 || !hdr.Fin):
+		return c.protocolError("bad control frame")
+	case hdr.OpCode == ws.OpContinuation && c.frag == nil:
+		return c.protocolError("continuation without a message")
+	case (hdr.OpCode == ws.OpText || hdr.OpCode == ws.OpBinary) && c.frag != nil:
+		return c.protocolError("new message inside a fragmented one")
+	// Control frames (≤ 125 bytes, checked above) may come between a
+	// message's fragments (RFC 6455 §5.4): they do not count towards it.
+	case hdr.Length < 0 || !hdr.OpCode.IsControl() && hdr.Length > int64(c.srv.cfg.MaxFrameBytes-c.fragLen()):
+		c.sess.Close(session.CloseTooBig, "message too big")
+		return metrics.DiscTooBig
+	}
+	payload := make([]byte, hdr.Length)
+	if _, err := io.ReadFull(c.rd, payload); err != nil {
+		return readErrReason(err)
+	}
+	ws.Cipher(payload, hdr.Mask, 0)
+	switch hdr.OpCode {
+	case ws.OpPing:
+		// Only the latest ping is answered: a client that pings and
+		// never reads holds one pong, not a queue of them.
+		f := ws.MustCompileFrame(ws.NewPongFrame(payload))
+		c.pong.Store(&f)
+		c.srv.pool.submit(c)
+	case ws.OpPong:
+	case ws.OpClose:
+		code, _ := ws.ParseCloseFrameData(payload)
+		if code == 0 || code.IsProtocolReserved() {
+			code = ws.StatusNormalClosure
+		}
+		c.sess.CloseByPeer(int(code))
+		return metrics.DiscClient
+	case ws.OpText, ws.OpBinary:
+		if hdr.Fin { // a whole message in one frame, the usual case: no copy
+			return c.onMessage(payload)
+		}
+		msg := payload // (its own variable: only this case puts a slice header on the heap)
+		c.frag = &msg
+	case ws.OpContinuation:
+		*c.frag = append(*c.frag, payload...)
+		if hdr.Fin {
+			// The buffer goes with the message: none is held between them.
+			msg := *c.frag
+			c.frag = nil
+			return c.onMessage(msg)
+		}
+	default:
+		return c.protocolError("unknown opcode")
+	}
+	return ""
+}
+
+// fragLen is the length of the fragmented message being assembled.
+func (c *conn) fragLen() int {
+	if c.frag == nil {
+		return 0
+	}
+	return len(*c.frag)
 }
 
 // protocolError closes the connection with 1002 for a frame that breaks

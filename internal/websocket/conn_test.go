@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +15,35 @@ import (
 	"github.com/wspubsub/wspubsub/internal/hub"
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/session"
 )
 
+// wrappedConn hides its socket's descriptor: the connection reads on a
+// goroutine of its own, the path of wrapped sockets, not the poller's.
+type wrappedConn struct{ net.Conn }
+
+// connectWrapped is connect on the goroutine path.
+func (h *harness) connectWrapped(key, addr string) *peer {
+	h.t.Helper()
+	c, s := h.tcpPair()
+	go h.srv.start(wrappedConn{s}, session.Peer{Key: key, Addr: addr})
+	return &peer{t: h.t, c: c}
+}
+
+// bothPaths runs f on a connection the poller watches and on one with a
+// reader goroutine of its own: the frame handling is the same.
+func bothPaths(t *testing.T, f func(t *testing.T, connect func(h *harness, key, addr string) *peer)) {
+	t.Run("polled", func(t *testing.T) { f(t, (*harness).connect) })
+	t.Run("goroutine", func(t *testing.T) { f(t, (*harness).connectWrapped) })
+}
+
 func TestConnAdmitDeliverHeartbeatPongAndClose(t *testing.T) {
+	bothPaths(t, testConnAdmitDeliverHeartbeatPongAndClose)
+}
+
+func testConnAdmitDeliverHeartbeatPongAndClose(t *testing.T, connect func(h *harness, key, addr string) *peer) {
 	h := newHarness(t, keystore.NewMemory("good"), hub.Config{}, Config{})
-	p := h.connect("good", "192.0.2.1")
+	p := connect(h, "good", "192.0.2.1")
 	h.waitLive(1)
 
 	h.hub.Dispatch([]byte(`{"recipients":["good"],"data":{"n":1}}`))
@@ -136,20 +161,22 @@ func TestConnCloseCodes(t *testing.T) {
 		{"binary not UTF-8", [][]byte{frame(ws.OpBinary, true, []byte{0xff, 0xfe})}, 1007, metrics.DiscInvalidData},
 		{"rate limited", [][]byte{text("ping"), text("ping"), text("ping"), text("ping")}, 4029, metrics.DiscRateLimited},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, keystore.NewMemory("good"), hub.Config{ClientRate: 0.001, ClientBurst: 3}, Config{MaxFrameBytes: max})
-			p := h.connect("good", "192.0.2.1")
-			h.waitLive(1)
-			p.write(tc.frames...)
-			reason := p.expectClose(tc.code)
-			h.waitGone()
-			if n := h.disconnects(tc.reason); n != 1 {
-				t.Errorf("close %d %q: disconnects{%s} = %v", tc.code, reason, tc.reason, n)
-			}
-			h.noRecoveredPanics()
-		})
-	}
+	bothPaths(t, func(t *testing.T, connect func(h *harness, key, addr string) *peer) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				h := newHarness(t, keystore.NewMemory("good"), hub.Config{ClientRate: 0.001, ClientBurst: 3}, Config{MaxFrameBytes: max})
+				p := connect(h, "good", "192.0.2.1")
+				h.waitLive(1)
+				p.write(tc.frames...)
+				reason := p.expectClose(tc.code)
+				h.waitGone()
+				if n := h.disconnects(tc.reason); n != 1 {
+					t.Errorf("close %d %q: disconnects{%s} = %v", tc.code, reason, tc.reason, n)
+				}
+				h.noRecoveredPanics()
+			})
+		}
+	})
 }
 
 // TestConnSizeBoundaries: a message of exactly the limit, whole or in

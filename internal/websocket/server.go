@@ -5,9 +5,15 @@
 // It owns the socket and nothing else: routing, key checks and limits
 // belong to the hub, and which requests may connect to the gateway. It also
 // owns the listener's first look at each connection (sniff.go), because
-// upgrades are read there without net/http. Writes are coalesced — everything queued for a connection goes out in
-// one writev, by a small pool of writers — and no goroutine or buffer is held by an idle connection
-// beyond its blocked reader.
+// upgrades are read there without net/http.
+//
+// An idle connection holds no goroutine and no buffer. Its socket waits in
+// one epoll set watched by one goroutine for the whole server (netpoll.go);
+// when a client sends something, a goroutine reads it and exits. Writes are
+// coalesced — everything queued for a connection goes out in one writev —
+// by a small pool of writers. Only a connection whose socket is wrapped
+// (bytes buffered behind its handshake, or no descriptor) keeps a reader
+// goroutine of its own.
 package websocket
 
 import (
@@ -60,6 +66,8 @@ type Server struct {
 	heartbeat *session.Message
 	ping      *session.Message
 	upgrader  ws.HTTPUpgrader
+	poll      *poller // started with the first connection it can watch; nil without epoll
+	pollOnce  sync.Once
 }
 
 // NewServer returns a transport whose connections live until ctx ends or
@@ -120,25 +128,31 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 	s.start(nc, peer)
 }
 
-// start admits the session for peer on the upgraded connection and serves
-// it on its own goroutine.
+// start admits the session for peer on the upgraded connection, then
+// hands it to the poller, or to a goroutine of its own when its socket is
+// wrapped.
 func (s *Server) start(nc net.Conn, peer session.Peer) {
 	s.open.Add(1)
 	c := &conn{srv: s, nc: nc, rd: nc, closeSent: make(chan struct{})}
-	// The reader parks in Read for the connection's whole life: every
-	// wrapper between it and the socket is a frame on its stack, and one
-	// too many doubles the stack (2 → 4 KB per idle connection).
+	// A reader parked in Read for the connection's whole life has every
+	// wrapper between it and the socket as a frame on its stack (one too
+	// many doubles the stack, 2 → 4 KB); and the poller watches only
+	// sockets read directly.
 	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
 		c.rd = u.NetConn()
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
+	polled := s.pollable(c)
 	peer.Client = "" // WebSocket text arrives on the socket, never by POST
 	c.sess = session.New(s.cfg.Hub.NewID(), peer, Name, c, s.cfg.QueueBytes)
-	// Admission runs on the calling goroutine, so the connection's
-	// long-lived reader starts with a small, fresh stack.
+	// Admission runs on the calling goroutine, so a reader goroutine
+	// starts with a small, fresh stack.
 	if !c.admit() {
+		return
+	}
+	if polled && s.poll.add(c) {
 		return
 	}
 	go c.serve()
