@@ -179,12 +179,7 @@ func TestPolledIdleTimeout(t *testing.T) {
 		t.Fatalf("waiting for the server to close: %v", err)
 	}
 	h.waitGone()
-	if n := h.disconnects(metrics.DiscIdle); n != 1 {
-		t.Errorf("disconnects{idle} = %v", n)
-	}
-	if n := h.allDisconnects(); n != 1 {
-		t.Errorf("disconnects = %v, want 1", n)
-	}
+	h.expectOnlyDisconnect(t, metrics.DiscIdle)
 	h.noRecoveredPanics()
 }
 
@@ -218,12 +213,7 @@ func TestPolledClientEndsOnce(t *testing.T) {
 			_ = h.only()
 			tc.end(p)
 			h.waitGone()
-			if n := h.disconnects(metrics.DiscClient); n != 1 {
-				t.Errorf("disconnects{client} = %v", n)
-			}
-			if n := h.allDisconnects(); n != 1 {
-				t.Errorf("disconnects = %v, want 1", n)
-			}
+			h.expectOnlyDisconnect(t, metrics.DiscClient)
 			if n := testutil.ToFloat64(h.m.Connections.WithLabelValues(Name)); n != 0 {
 				t.Errorf("connections gauge = %v", n)
 			}
@@ -250,12 +240,7 @@ func TestPolledWriteErrorEndsIdleConnection(t *testing.T) {
 	c.fail()
 	c.wmu.Unlock()
 	h.waitGone()
-	if n := h.disconnects(metrics.DiscWriteError); n != 1 {
-		t.Errorf("disconnects{write_error} = %v", n)
-	}
-	if n := h.allDisconnects(); n != 1 {
-		t.Errorf("disconnects = %v, want 1", n)
-	}
+	h.expectOnlyDisconnect(t, metrics.DiscWriteError)
 	h.noRecoveredPanics()
 }
 
@@ -282,12 +267,7 @@ func TestPolledServerCloseWithoutReply(t *testing.T) {
 		}
 	}
 	h.waitGone()
-	if n := h.disconnects(metrics.DiscRevoked); n != 1 {
-		t.Errorf("disconnects{revoked} = %v", n)
-	}
-	if n := h.allDisconnects(); n != 1 {
-		t.Errorf("disconnects = %v, want 1", n)
-	}
+	h.expectOnlyDisconnect(t, metrics.DiscRevoked)
 }
 
 // A panic on a poller goroutine closes that connection with 1011; the
@@ -491,4 +471,15 @@ func fuzzPair(t *testing.T, h *harness) (client, server net.Conn) {
 	}
 	t.Cleanup(func() { c.Close(); s.Close() })
 	return c, s
+}
+
+// expectOnlyDisconnect checks that the one disconnect counted had reason.
+func (h *harness) expectOnlyDisconnect(t *testing.T, reason string) {
+	t.Helper()
+	if n := h.disconnects(reason); n != 1 {
+		t.Errorf("disconnects{%s} = %v", reason, n)
+	}
+	if n := h.allDisconnects(); n != 1 {
+		t.Errorf("disconnects = %v, want 1", n)
+	}
 }
