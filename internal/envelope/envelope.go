@@ -65,9 +65,18 @@ type Envelope struct {
 	// message published without them.
 	IDs [][]byte
 	// Payload is what a client receives: the object minus routing members.
-	// It is freshly allocated and may be retained.
+	// It is freshly allocated and may be retained. Its array starts
+	// FrameRoom bytes earlier (Framed), so a transport can put its header
+	// in front of it without copying the payload.
 	Payload []byte
+	// Framed is Payload with FrameRoom spare bytes before it.
+	Framed []byte
 }
+
+// FrameRoom is the spare room before every Payload: the longest header a
+// server's WebSocket frame needs (2 bytes, 2 for a 16-bit length, 8 for a
+// 64-bit one).
+const FrameRoom = 10
 
 // IDsMember is the routing member that carries a recorded message's ids.
 const IDsMember = "wspubsub_ids"
@@ -169,17 +178,19 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 			env.IDs = list
 		}
 	}
-	env.Payload = p.payload(msg)
+	env.Framed = p.payload(msg)
+	env.Payload = env.Framed[FrameRoom:]
 	return env, nil
 }
 
-// payload joins the kept members into a new object.
+// payload joins the kept members into a new object, FrameRoom bytes into a
+// new array.
 func (p *Parser) payload(msg []byte) []byte {
 	n := 2
 	for _, s := range p.spans {
 		n += s.end - s.start + 1
 	}
-	out := make([]byte, 0, n)
+	out := make([]byte, FrameRoom, FrameRoom+n)
 	out = append(out, '{')
 	for k, s := range p.spans {
 		if k > 0 {

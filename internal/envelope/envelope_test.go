@@ -60,6 +60,10 @@ func TestParse(t *testing.T) {
 			if env.Broadcast != tt.broadcast || string(env.Payload) != tt.payload {
 				t.Fatalf("got broadcast=%v payload=%s, want %v %s", env.Broadcast, env.Payload, tt.broadcast, tt.payload)
 			}
+			// The payload has FrameRoom spare bytes before it, in the same array.
+			if len(env.Framed) != FrameRoom+len(env.Payload) || &env.Framed[FrameRoom:][0] != &env.Payload[0] {
+				t.Fatalf("Framed is not Payload with %d bytes of room before it", FrameRoom)
+			}
 			var got []string
 			for _, r := range env.Recipients {
 				got = append(got, string(r))

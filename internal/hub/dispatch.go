@@ -37,7 +37,7 @@ func (h *Hub) Dispatch(raw []byte) {
 		h.sampled.Log(slog.LevelWarn, "inbound message dropped", "reason", reason, "err", err, "bytes", len(raw))
 		return
 	}
-	msg := session.NewMessage(env.Payload)
+	msg := session.NewFramed(env.Framed, envelope.FrameRoom)
 	n := 0
 	if env.Broadcast {
 		h.each(func(s *session.Session) {

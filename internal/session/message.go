@@ -22,7 +22,8 @@ type Message struct {
 	ID      string
 	id      envelope.ID
 	Payload []byte
-	size    int // what it counts against a queue's byte limit
+	room    []byte // spare bytes just before Payload in its array (NewFramed; its capacity runs over Payload), nil if none
+	size    int    // what it counts against a queue's byte limit
 	enc     [encSlots]struct {
 		once sync.Once
 		b    []byte
@@ -31,6 +32,12 @@ type Message struct {
 
 // NewMessage wraps payload (which the caller must no longer modify).
 func NewMessage(payload []byte) *Message { return &Message{Payload: payload, size: len(payload)} }
+
+// NewFramed wraps framed[room:] as the payload; the room bytes before it
+// are the message's to write a transport header into (see EncodedInRoom).
+func NewFramed(framed []byte, room int) *Message {
+	return &Message{Payload: framed[room:], room: framed[:room], size: len(framed) - room}
+}
 
 // NewControl returns a transport control message whose wire form in slot is
 // already known (a ping, a heartbeat reply). It counts against the queue's
@@ -47,6 +54,17 @@ func NewControl(slot int, wire []byte) *Message {
 func (m *Message) Encoded(slot int, encode func(payload []byte) []byte) []byte {
 	e := &m.enc[slot]
 	e.once.Do(func() { e.b = encode(m.Payload) })
+	return e.b
+}
+
+// EncodedInRoom is Encoded for a transport that can write its header into
+// the room before the payload: encode gets the room (nil when the message
+// has none) and the payload, and returns the wire form; for a message with
+// room it can be room[k:] extended over the payload, with no copy. Only
+// one transport's slot may use the room.
+func (m *Message) EncodedInRoom(slot int, encode func(room, payload []byte) []byte) []byte {
+	e := &m.enc[slot]
+	e.once.Do(func() { e.b = encode(m.room, m.Payload) })
 	return e.b
 }
 

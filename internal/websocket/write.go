@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -45,7 +46,7 @@ func (c *conn) flush(w *writer) (wrote bool) {
 		w.bufs = append(w.bufs, *p)
 	}
 	for _, m := range w.msgs {
-		w.bufs = append(w.bufs, m.Encoded(session.EncWebSocket, textFrame))
+		w.bufs = append(w.bufs, m.EncodedInRoom(session.EncWebSocket, textFrameInRoom))
 	}
 	clear(w.msgs)
 	if len(w.bufs) > 0 {
@@ -140,7 +141,7 @@ func (c *conn) slowLane() {
 			}
 			msgs = c.sess.Drain(msgs)
 			for i, m := range msgs {
-				data = append(data, m.Encoded(session.EncWebSocket, textFrame)...)
+				data = append(data, m.EncodedInRoom(session.EncWebSocket, textFrameInRoom)...)
 				msgs[i] = nil
 			}
 			frames += len(msgs)
@@ -171,6 +172,36 @@ func textFrame(payload []byte) []byte {
 	w := sliceWriter{&out}
 	_ = ws.WriteHeader(w, h)
 	return append(out, payload...)
+}
+
+// textFrameInRoom is textFrame for a payload with room before it in its
+// array: the header (RFC 6455 §5.2: FIN and text opcode, then a 7-bit,
+// 16-bit or 64-bit length, no mask) is written at the end of the room and
+// the frame is the room's tail extended over the payload — no allocation,
+// no copy of the payload.
+func textFrameInRoom(room, payload []byte) []byte {
+	n := len(payload)
+	var hdr [10]byte
+	hdr[0] = 0x80 | byte(ws.OpText)
+	h := 2
+	switch {
+	case n < 126:
+		hdr[1] = byte(n)
+	case n <= 0xffff:
+		hdr[1] = 126
+		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
+		h = 4
+	default:
+		hdr[1] = 127
+		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
+		h = 10
+	}
+	if len(room) < h || cap(room) < len(room)+n {
+		return textFrame(payload)
+	}
+	frame := room[len(room)-h : len(room)+n]
+	copy(frame, hdr[:h])
+	return frame
 }
 
 type sliceWriter struct{ b *[]byte }

@@ -1,6 +1,7 @@
 package websocket
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/hub"
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/session"
@@ -100,5 +102,35 @@ func TestWrappedConnCountsOneWritePerFlush(t *testing.T) {
 	<-done
 	if wr, f := h.writeCounts(); wr != 1 || f != 4 {
 		t.Fatalf("%v writes, %v frames; want 1 and 4", wr, f)
+	}
+}
+
+// A message the hub made (its payload with room before it) is framed in
+// place: the same bytes as a freshly encoded frame, at every length
+// boundary, with no allocation.
+func TestFrameInRoomMatchesAndAllocatesNothing(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 70000} {
+		payload := make([]byte, n)
+		for i := range payload {
+			payload[i] = byte('a' + i%26)
+		}
+		framed := append(make([]byte, envelope.FrameRoom, envelope.FrameRoom+n), payload...)
+		m := session.NewFramed(framed, envelope.FrameRoom)
+		got := m.EncodedInRoom(session.EncWebSocket, textFrameInRoom)
+		if want := textFrame(payload); !bytes.Equal(got, want) {
+			t.Fatalf("payload of %d bytes: framed in room differs from textFrame", n)
+		}
+		if n > 0 && &got[len(got)-1] != &framed[len(framed)-1] {
+			t.Fatalf("payload of %d bytes: the frame is a copy", n)
+		}
+		// A message without room is framed by a copy, as before.
+		if got := session.NewMessage(payload).EncodedInRoom(session.EncWebSocket, textFrameInRoom); !bytes.Equal(got, textFrame(payload)) {
+			t.Fatalf("payload of %d bytes without room: wrong frame", n)
+		}
+	}
+	room := make([]byte, envelope.FrameRoom, envelope.FrameRoom+64)
+	payload := room[envelope.FrameRoom : envelope.FrameRoom+64]
+	if a := testing.AllocsPerRun(100, func() { _ = textFrameInRoom(room, payload) }); a != 0 {
+		t.Fatalf("framing in room allocates %v times", a)
 	}
 }
