@@ -76,6 +76,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go trimWhenQuiet(ctx, log)
 	return g.Run(ctx)
 }
 

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+)
+
+// Memory after a burst of connections: each handshake leaves garbage
+// behind, and the heap grew to hold it. With little traffic afterwards no
+// GC cycle comes to collect it (the runtime forces one only every two
+// minutes), and the pages freed by the last cycle go back to the OS only
+// slowly, so a gateway that has just taken 18,000 connections holds
+// ≈ 0.5 KB per connection it does not use, for minutes. trimWhenQuiet
+// collects it and gives the pages back — once the process has gone quiet,
+// never under load (a forced GC cycle is what makes the latency tail,
+// BENCHMARKS.md).
+
+const (
+	trimEvery    = 2 * time.Second  // how often the heap is looked at
+	trimQuietBPS = 1 << 20          // allocation rate under which the process is quiet (bytes/s)
+	trimGarbage  = 8 << 20          // reclaimable memory worth a trim (bytes)
+	trimMinGap   = 10 * time.Second // at most one trim this often
+)
+
+// heapSample is what the trim decision reads from runtime/metrics.
+type heapSample struct {
+	allocs  uint64 // bytes allocated since the start (cumulative)
+	objects uint64 // bytes in heap objects now, garbage included
+	live    uint64 // bytes live after the last GC cycle
+	free    uint64 // bytes of free heap pages not yet given back to the OS
+}
+
+// reclaimable is the garbage (objects beyond the live heap) and the free
+// pages the process still holds.
+func (h heapSample) reclaimable() uint64 {
+	r := h.free
+	if h.objects > h.live {
+		r += h.objects - h.live
+	}
+	return r
+}
+
+// shouldTrim decides on two samples taken trimEvery apart: quiet
+// (allocating less than trimQuietBPS) and holding more than trimGarbage
+// that could be given back, a quarter of the live heap at least.
+func shouldTrim(prev, cur heapSample) bool {
+	if cur.allocs-prev.allocs > uint64(trimQuietBPS*trimEvery.Seconds()) {
+		return false
+	}
+	r := cur.reclaimable()
+	return r > trimGarbage && r > cur.live/4
+}
+
+func readHeap(s []metrics.Sample) heapSample {
+	metrics.Read(s)
+	return heapSample{allocs: s[0].Value.Uint64(), objects: s[1].Value.Uint64(), live: s[2].Value.Uint64(), free: s[3].Value.Uint64()}
+}
+
+// trimWhenQuiet runs until ctx ends.
+func trimWhenQuiet(ctx context.Context, log *slog.Logger) {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
+	t := time.NewTicker(trimEvery)
+	defer t.Stop()
+	prev := readHeap(s)
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cur := readHeap(s)
+		if shouldTrim(prev, cur) && time.Since(last) >= trimMinGap {
+			debug.FreeOSMemory()
+			last = time.Now()
+			log.Debug("memory trimmed after a quiet spell", "reclaimable_bytes", cur.reclaimable(), "live_bytes", cur.live)
+			cur = readHeap(s)
+		}
+		prev = cur
+	}
+}
