@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -47,7 +46,7 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 	}
 	broadcast := cfg.Scenario == "broadcast"
 	pad := padding(cfg)
-	var everyone []byte // {"recipients":[every key] (--broadcast-list)
+	var everyone []byte // a broadcast's head: {"recipients":[every key] (--broadcast-list), or {"broadcast":true
 	if broadcast && cfg.BroadcastList {
 		everyone = append(everyone, `{"recipients":[`...)
 		for k := range stable {
@@ -63,32 +62,20 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 	}
 	batch := make([][]byte, 0, batchSize+4)
 	next := time.Now()
-	// Messages are built by hand (not fmt): at a few hundred thousand a
-	// second the load tool's own formatting would show in the figures.
+	if broadcast && everyone == nil {
+		everyone = []byte(`{"broadcast":true`)
+	}
+	var head []byte // scratch: benchMessage copies it
 	msg := func(seq int64) []byte {
-		now := time.Now().UnixNano()
-		b := make([]byte, 0, 96+len(pad)+len(cfg.KeyPrefix)+len(everyone))
 		if everyone != nil {
-			b = append(b, everyone...)
-		} else if broadcast {
-			b = append(b, `{"broadcast":true`...)
-		} else {
-			k := rand.IntN(stable)
-			if k < readers {
-				toReaders++
-			}
-			b = append(b, `{"recipients":["`...)
-			b = append(b, cfg.KeyPrefix...)
-			b = strconv.AppendInt(b, int64(k), 10)
-			b = append(b, `"]`...)
+			return benchMessage(everyone, seq, pad)
 		}
-		b = append(b, `,"data":{"s":`...)
-		b = strconv.AppendInt(b, seq, 10)
-		b = append(b, `,"t":`...)
-		b = strconv.AppendInt(b, now, 10)
-		b = append(b, `,"p":"`...)
-		b = append(b, pad...)
-		return append(b, `"}}`...)
+		k := rand.IntN(stable)
+		if k < readers {
+			toReaders++
+		}
+		head = recipientHead(head[:0], cfg.KeyPrefix, k)
+		return benchMessage(head, seq, pad)
 	}
 	deadline := time.Now().Add(cfg.Duration + time.Minute)
 	for seq := int64(0); seq < int64(cfg.Messages); {
@@ -135,6 +122,31 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 		}
 	}
 	return intended, toReaders, nil
+}
+
+// benchMessage is head (the envelope's opening up to its routing member)
+// followed by the data every scenario sends: the sequence number, the send
+// time and the padding. It is built by hand, not with fmt: at a few
+// hundred thousand messages a second the load tool's own formatting would
+// show in the figures.
+func benchMessage(head []byte, seq int64, pad string) []byte {
+	b := make([]byte, 0, len(head)+64+len(pad))
+	b = append(b, head...)
+	b = append(b, `,"data":{"s":`...)
+	b = strconv.AppendInt(b, seq, 10)
+	b = append(b, `,"t":`...)
+	b = strconv.AppendInt(b, time.Now().UnixNano(), 10)
+	b = append(b, `,"p":"`...)
+	b = append(b, pad...)
+	return append(b, `"}}`...)
+}
+
+// recipientHead appends {"recipients":["<prefix><k>"] to dst.
+func recipientHead(dst []byte, prefix string, k int) []byte {
+	dst = append(dst, `{"recipients":["`...)
+	dst = append(dst, prefix...)
+	dst = strconv.AppendInt(dst, int64(k), 10)
+	return append(dst, `"]`...)
 }
 
 func padding(cfg Config) string {
@@ -229,11 +241,12 @@ func waitReceived(received func() int64, want int64, drain time.Duration) time.T
 func publishPerKey(ctx context.Context, pub publisher, cfg Config, seq0 int64, perKey int) error {
 	pad := padding(cfg)
 	batch := make([][]byte, 0, 256)
+	var head []byte // scratch: benchMessage copies it
 	seq := seq0
 	for range perKey {
 		for i := range cfg.Conns {
-			batch = append(batch, fmt.Appendf(nil, `{"recipients":["%s%d"],"data":{"s":%d,"t":%d,"p":"%s"}}`,
-				cfg.KeyPrefix, i, seq, time.Now().UnixNano(), pad))
+			head = recipientHead(head[:0], cfg.KeyPrefix, i)
+			batch = append(batch, benchMessage(head, seq, pad))
 			seq++
 			if len(batch) == cap(batch) {
 				if err := pub.publish(ctx, batch); err != nil {
