@@ -376,16 +376,23 @@ func TestPolledConnectionsOutliveThePoller(t *testing.T) {
 	h.noRecoveredPanics()
 }
 
-// TestPolledHostileInputs runs FuzzReader's seeds through real loopback
-// sockets on the poller path, whole and a byte per write.
-func TestPolledHostileInputs(t *testing.T) {
+// newHostileHarness is a listening server with the fuzz targets' limits:
+// short timeouts, small queues and frames, a strict client rate.
+func newHostileHarness(tb testing.TB) (*harness, *keystore.Memory) {
 	store := keystore.NewMemory()
-	h := newHarness(t, store, hub.Config{ClientRate: 1, ClientBurst: 8}, Config{
+	h := newHarness(tb, store, hub.Config{ClientRate: 1, ClientBurst: 8}, Config{
 		IdleTimeout: time.Second, WriteTimeout: time.Second,
 		QueueBytes: 1 << 10, MaxFrameBytes: fuzzMaxFrame,
 	})
-	var seq atomic.Uint64
 	h.listen()
+	return h, store
+}
+
+// TestPolledHostileInputs runs FuzzReader's seeds through real loopback
+// sockets on the poller path, whole and a byte per write.
+func TestPolledHostileInputs(t *testing.T) {
+	h, store := newHostileHarness(t)
+	var seq atomic.Uint64
 	for _, split := range []bool{false, true} {
 		for i, in := range fuzzSeeds() {
 			t.Run(fmt.Sprintf("split=%v/%d", split, i), func(t *testing.T) {
@@ -401,13 +408,8 @@ func FuzzPolledReader(f *testing.F) {
 	for _, s := range fuzzSeeds() {
 		f.Add(s, false)
 	}
-	store := keystore.NewMemory()
-	h := newHarness(f, store, hub.Config{ClientRate: 1, ClientBurst: 8}, Config{
-		IdleTimeout: time.Second, WriteTimeout: time.Second,
-		QueueBytes: 1 << 10, MaxFrameBytes: fuzzMaxFrame,
-	})
+	h, store := newHostileHarness(f)
 	var seq atomic.Uint64
-	h.listen()
 	f.Fuzz(func(t *testing.T, in []byte, split bool) {
 		if len(in) > fuzzMaxInput {
 			in = in[:fuzzMaxInput]
