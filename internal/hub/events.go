@@ -16,6 +16,9 @@ import (
 // eventQueue bounds events waiting for the broker (e.g. while Redis is down).
 const eventQueue = 1 << 16
 
+// eventBatch is the most events published in one pipeline.
+const eventBatch = 256
+
 type event struct {
 	upstream  []byte // client text for the upstream channel, when non-nil
 	connected bool
@@ -32,7 +35,13 @@ type eventPump struct {
 	cfg Config
 	log *slog.Logger
 	m   *metrics.Metrics
-	ch  chan event
+
+	// The queue is a slice that grows with the backlog and is let go once
+	// drained, not a channel of eventQueue slots: those would stay
+	// resident (≈ 6 MB) once a connect storm had passed through them.
+	mu    sync.Mutex
+	queue []event
+	wake  chan struct{} // one token: the queue went from empty to not
 
 	ctx      context.Context // publishing; cancelled by abort
 	abort    context.CancelFunc
@@ -42,7 +51,7 @@ type eventPump struct {
 }
 
 func newEventPump(cfg Config, log *slog.Logger) *eventPump {
-	p := &eventPump{cfg: cfg, log: log, m: cfg.Metrics, ch: make(chan event, eventQueue),
+	p := &eventPump{cfg: cfg, log: log, m: cfg.Metrics, wake: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	p.ctx, p.abort = context.WithCancel(context.Background())
 	if cfg.Events == nil {
@@ -57,12 +66,45 @@ func (p *eventPump) emit(e event) {
 	if p.cfg.Events == nil {
 		return
 	}
-	select {
-	case p.ch <- e:
-	default:
+	p.mu.Lock()
+	full := len(p.queue) >= eventQueue
+	if !full {
+		p.queue = append(p.queue, e)
+	}
+	first := len(p.queue) == 1
+	p.mu.Unlock()
+	if full {
 		p.m.EventsDropped.Inc()
 		p.log.Warn("event dropped: event queue full", "connected", e.connected, "conn", e.conn)
+		return
 	}
+	if first {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take moves everything queued into dst (reused) and returns it. A queue
+// that grew large is let go once drained rather than kept.
+func (p *eventPump) take(dst []event) []event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	dst = append(dst[:0], p.queue...)
+	if cap(p.queue) > 4*eventBatch {
+		p.queue = nil
+	} else {
+		clear(p.queue)
+		p.queue = p.queue[:0]
+	}
+	return dst
+}
+
+func (p *eventPump) queued() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queue)
 }
 
 func (p *eventPump) encode(e event) broker.Outgoing {
@@ -97,33 +139,39 @@ func (p *eventPump) encode(e event) broker.Outgoing {
 // context: events of connections closed during shutdown must still go out.
 func (p *eventPump) run() {
 	defer close(p.done)
-	batch := make([]broker.Outgoing, 0, 256)
+	var taken []event
+	batch := make([]broker.Outgoing, 0, eventBatch)
 	for {
-		select {
-		case e := <-p.ch:
-			batch = append(batch[:0], p.encode(e))
-		case <-p.stop:
-			if len(p.ch) == 0 {
+		taken = p.take(taken)
+		if len(taken) == 0 {
+			if cap(taken) > 4*eventBatch {
+				taken = nil
+			}
+			select {
+			case <-p.wake:
+				continue
+			case <-p.stop:
+				if p.queued() == 0 {
+					return
+				}
+				continue
+			}
+		}
+		for i := 0; i < len(taken); i += eventBatch {
+			batch = batch[:0]
+			for _, e := range taken[i:min(i+eventBatch, len(taken))] {
+				batch = append(batch, p.encode(e))
+			}
+			n := len(batch)
+			if !p.publishRetrying(batch) {
+				lost := len(taken) - i + p.queued()
+				p.m.EventsDropped.Add(float64(lost))
+				p.log.Warn("events dropped: broker unreachable at shutdown", "events", lost)
 				return
 			}
-			continue
+			p.m.EventsPublished.Add(float64(n))
 		}
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case e := <-p.ch:
-				batch = append(batch, p.encode(e))
-			default:
-				break fill
-			}
-		}
-		n := len(batch)
-		if !p.publishRetrying(batch) {
-			p.m.EventsDropped.Add(float64(len(batch) + len(p.ch)))
-			p.log.Warn("events dropped: broker unreachable at shutdown", "events", len(batch)+len(p.ch))
-			return
-		}
-		p.m.EventsPublished.Add(float64(n))
+		clear(taken)
 	}
 }
 

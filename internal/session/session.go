@@ -10,7 +10,6 @@ package session
 import (
 	"net/http"
 
-	"sync"
 	"sync/atomic"
 
 	"github.com/wspubsub/wspubsub/internal/envelope"
@@ -93,11 +92,11 @@ type Session struct {
 	DispatchSeq uint64
 	t           Transport
 	q           Queue
-	closed      atomic.Bool
-	byPeer      atomic.Bool
-	closeOnce   sync.Once
-	code        atomic.Int32
-	res         *resume // nil unless Peer.Resume
+	// life is 0 while open; the close sets it once, whole: bit 0 closed,
+	// bit 1 by the client, the code above (one word rather than a sync.Once
+	// and three flags keeps an idle session in a smaller allocation).
+	life atomic.Uint32
+	res  *resume // nil unless Peer.Resume
 }
 
 // New returns a session whose queue holds at most limit bytes.
@@ -136,37 +135,44 @@ func (s *Session) push(m *Message) bool {
 // Close closes the session once with code and reason; later calls are no-ops.
 // Queued messages are discarded when the close is for overflow, otherwise
 // the transport may still flush them before the close signal.
-func (s *Session) Close(code int, reason string) { s.closeOnce.Do(func() { s.close(code, reason) }) }
+func (s *Session) Close(code int, reason string) {
+	if s.life.CompareAndSwap(0, lifeClosed|uint32(code)<<lifeCodeShift) {
+		s.close(code, reason)
+	}
+}
 
 // CloseByPeer records that the client ended the connection (a WebSocket
 // close frame), unless the server closed it first: the code is then not a
 // verdict of the server's.
 func (s *Session) CloseByPeer(code int) {
-	s.closeOnce.Do(func() {
-		s.byPeer.Store(true)
+	if s.life.CompareAndSwap(0, lifeClosed|lifeByPeer|uint32(code)<<lifeCodeShift) {
 		s.close(code, "")
-	})
+	}
 }
 
+const (
+	lifeClosed    = 1 << 0
+	lifeByPeer    = 1 << 1
+	lifeCodeShift = 2
+)
+
 func (s *Session) close(code int, reason string) {
-	s.code.Store(int32(code))
-	s.closed.Store(true)
 	s.q.close(code == CloseTooSlow)
 	s.t.Closed(code, reason)
 }
 
 // ClosedByPeer reports whether the close came from the client.
-func (s *Session) ClosedByPeer() bool { return s.byPeer.Load() }
+func (s *Session) ClosedByPeer() bool { return s.life.Load()&lifeByPeer != 0 }
 
 // CloseCode returns the code the session was closed with, or 0.
-func (s *Session) CloseCode() int { return int(s.code.Load()) }
+func (s *Session) CloseCode() int { return int(s.life.Load() >> lifeCodeShift) }
 
 // IsClosed reports whether Close was called.
-func (s *Session) IsClosed() bool { return s.closed.Load() }
+func (s *Session) IsClosed() bool { return s.life.Load() != 0 }
 
 // KeepAlive forwards the hub's periodic keep-alive tick to the transport.
 func (s *Session) KeepAlive() {
-	if !s.closed.Load() {
+	if s.life.Load() == 0 {
 		s.t.KeepAlive()
 	}
 }

@@ -23,7 +23,7 @@ import (
 const closeWait = 2 * time.Second
 
 // conn is one WebSocket connection; it implements session.Transport.
-// Its fields are ordered to keep it in a 192-byte allocation: an idle
+// Its fields are ordered to keep it in a 160-byte allocation: an idle
 // connection is mostly this struct, its session and the socket.
 type conn struct {
 	srv  *Server
@@ -35,23 +35,26 @@ type conn struct {
 	wmu        sync.Mutex // serialises socket writes between pool workers
 	closeFrame atomic.Pointer[[]byte]
 	pong       atomic.Pointer[[]byte] // the one pong owed (RFC 6455 §5.5.3: the latest ping's)
-	closeSent  chan struct{}          // closed once the close frame is out, or can never be
-	closeDone  sync.Once
-	writeErr   atomic.Bool
-	flushed    atomic.Int64 // when frames last went out, on the writer pool's clock (0: never)
-	pending    []byte       // bytes of a stalled write still to send (under wmu)
+	// closeSent is made only by a teardown that must wait for the close
+	// frame (an idle connection carries no channel); closeOut says the
+	// frame is out, or can never be. See awaitClose and closeWritten.
+	closeSent atomic.Pointer[chan struct{}]
+	closeOut  atomic.Bool
+	writeErr  atomic.Bool
+	flushed   atomic.Int64 // when frames last went out, on the writer pool's clock (0: never)
+	pending   []byte       // bytes of a stalled write still to send (under wmu)
 
 	// A fragmented message being assembled, nil between messages (only
 	// the reader touches it).
 	frag *[]byte
 
 	// The poller's view (netpoll.go; pfd, pseq, busy and unpolled under
-	// its lock).
-	ps       polledSocket // nc, while the poller may watch the socket
-	pfd      int32        // the descriptor, while watched
-	pseq     uint32       // the registration's number, carried by its epoll events
-	busy     bool         // a goroutine owns the read side (the descriptor is not armed)
-	unpolled bool         // never (again) watched: the socket is closing
+	// its lock; polled is set before the connection is admitted).
+	pfd      int32  // the descriptor, while watched
+	pseq     uint32 // the registration's number, carried by its epoll events
+	polled   bool   // the poller may watch the socket: close it and set its read deadline through it
+	busy     bool   // a goroutine owns the read side (the descriptor is not armed)
+	unpolled bool   // never (again) watched: the socket is closing
 
 	slow bool // the slow lane owns the socket (under wmu)
 }
@@ -92,7 +95,7 @@ func (c *conn) end(reason string) {
 	if reason != metrics.DiscIdle && reason != metrics.DiscWriteError {
 		c.awaitClose()
 	}
-	_ = c.nc.Close()
+	_ = c.closeSocket()
 	c.srv.open.Add(-1)
 }
 
@@ -106,15 +109,45 @@ func (c *conn) abort() {
 // awaitClose waits until the close frame has been written (bounded), then
 // drains the client's reply so it sees a clean close, and closes the socket.
 func (c *conn) awaitClose() {
+	if c.closeFrameOut() {
+		_ = c.setReadDeadline(time.Now().Add(closeWait))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, 1<<16))
+	}
+	_ = c.closeSocket()
+}
+
+// closeFrameOut waits, at most the write timeout, for the close frame to go
+// out, and reports whether it did (or can never: nothing is left to wait for).
+func (c *conn) closeFrameOut() bool {
+	ch := make(chan struct{})
+	if !c.closeSent.CompareAndSwap(nil, &ch) {
+		ch = *c.closeSent.Load()
+	}
+	// closeWritten stores closeOut before it loads closeSent, and this
+	// stored closeSent before it loads closeOut: at least one of the two
+	// sees the other, so the frame going out is never missed.
+	if c.closeOut.Load() {
+		return true
+	}
 	t := time.NewTimer(c.srv.cfg.WriteTimeout)
 	defer t.Stop()
 	select {
-	case <-c.closeSent:
-		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
-		_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, 1<<16))
+	case <-ch:
+		return true
 	case <-t.C:
+		return false
 	}
-	_ = c.nc.Close()
+}
+
+// closeWritten records that the close frame is out, or can never be, and
+// releases a teardown waiting in awaitClose.
+func (c *conn) closeWritten() {
+	if c.closeOut.Swap(true) {
+		return
+	}
+	if ch := c.closeSent.Load(); ch != nil {
+		close(*ch)
+	}
 }
 
 // readLoop reads client frames until the connection ends and says why; a

@@ -74,27 +74,29 @@ type pollSlot struct {
 	deadline time.Duration // since base
 }
 
-// polledSocket is a watched connection's socket as the rest of conn sees
-// it (c.nc): closing it takes the descriptor out of the epoll set first,
-// and hands a connection nobody is reading to a goroutine that sees the
-// end; a read deadline (the writer's closeWait once the close frame is
-// out) becomes the poller's deadline too.
-type polledSocket struct {
-	net.Conn
-	c *conn
-}
-
-func (s *polledSocket) Close() error {
-	owned := s.c.srv.poll.remove(s.c)
-	err := s.Conn.Close()
+// closeSocket closes c's socket. A watched socket leaves the epoll set
+// first, and a connection nobody is reading is handed to a goroutine that
+// sees the end.
+func (c *conn) closeSocket() error {
+	if !c.polled {
+		return c.nc.Close()
+	}
+	owned := c.srv.poll.remove(c)
+	err := c.nc.Close()
 	if owned {
-		go s.c.pollRead() // its read fails at once: the end is seen there
+		go c.pollRead() // its read fails at once: the end is seen there
 	}
 	return err
 }
 
-func (s *polledSocket) SetReadDeadline(t time.Time) error {
-	return s.c.srv.poll.setDeadline(s.c, t)
+// setReadDeadline sets the read deadline of c's socket; for a watched one
+// (the writer's closeWait once the close frame is out) it becomes the
+// poller's deadline too.
+func (c *conn) setReadDeadline(t time.Time) error {
+	if !c.polled {
+		return c.nc.SetReadDeadline(t)
+	}
+	return c.srv.poll.setDeadline(c, t)
 }
 
 // newPoller returns the server's poller, its goroutine running until ctx
@@ -138,8 +140,8 @@ func startPoller(ctx context.Context, cfg *Config, wait func(int, []unix.EpollEv
 
 func (p *poller) now() time.Duration { return time.Since(p.base) }
 
-// pollable prepares c to be watched once admitted (its socket becomes
-// c.ps, so that closing it and its close-wait deadline reach the poller):
+// pollable prepares c to be watched once admitted (c.polled: closing its
+// socket and its close-wait deadline then go through the poller):
 // only when its reader reads a TCP socket itself, so no bytes can wait in
 // a buffer the descriptor's readiness does not show.
 func (s *Server) pollable(c *conn) bool {
@@ -150,8 +152,7 @@ func (s *Server) pollable(c *conn) bool {
 	if s.poll == nil {
 		return false
 	}
-	c.ps = polledSocket{Conn: c.nc, c: c}
-	c.nc = &c.ps
+	c.polled = true
 	return true
 }
 
@@ -171,7 +172,7 @@ func (p *poller) add(c *conn) bool {
 			p.slots = append(p.slots, make([]pollSlot, fd+1-len(p.slots)+len(p.slots)/2)...)
 		}
 		if old := p.slots[fd].c; old != nil {
-			// Not possible while every close goes through polledSocket;
+			// Not possible while every close goes through closeSocket;
 			// if one did not, that connection still ends.
 			p.drop(old)
 		}
@@ -232,7 +233,7 @@ func (p *poller) remove(c *conn) (owned bool) {
 // unpoll takes c out of the epoll set, if it is in it, as its teardown
 // starts: its reader, the caller, owns it.
 func (c *conn) unpoll() {
-	if c.ps.c == c {
+	if c.polled {
 		c.srv.poll.remove(c)
 	}
 }
@@ -245,7 +246,7 @@ func (p *poller) setDeadline(c *conn, t time.Time) error {
 	if s := p.slot(c); s != nil {
 		s.deadline = t.Sub(p.base)
 	}
-	return c.ps.Conn.SetReadDeadline(t)
+	return c.nc.SetReadDeadline(t)
 }
 
 // armRead sets c's deadline on its socket for the frame its reader is
@@ -257,7 +258,7 @@ func (p *poller) armRead(c *conn) bool {
 	if s == nil {
 		return false
 	}
-	_ = c.ps.Conn.SetReadDeadline(p.base.Add(s.deadline))
+	_ = c.nc.SetReadDeadline(p.base.Add(s.deadline))
 	return true
 }
 
@@ -288,7 +289,7 @@ func (p *poller) next(c *conn, more bool) bool {
 	}
 	// While idle the deadline is the poller's alone: no runtime timer per
 	// idle socket.
-	_ = c.ps.Conn.SetReadDeadline(time.Time{})
+	_ = c.nc.SetReadDeadline(time.Time{})
 	ev := unix.EpollEvent{Events: pollEvents, Fd: c.pfd, Pad: int32(c.pseq)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(c.pfd), &ev); err != nil {
 		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(c.pfd), nil)

@@ -133,7 +133,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 // wrapped.
 func (s *Server) start(nc net.Conn, peer session.Peer) {
 	s.open.Add(1)
-	c := &conn{srv: s, nc: nc, rd: nc, closeSent: make(chan struct{})}
+	c := &conn{srv: s, nc: nc, rd: nc}
 	// A reader parked in Read for the connection's whole life has every
 	// wrapper between it and the socket as a frame on its stack (one too
 	// many doubles the stack, 2 → 4 KB); and the poller watches only

@@ -60,8 +60,8 @@ func (c *conn) flush(w *writer) (wrote bool) {
 		w.bufs = append(w.bufs[:0], *f)
 		c.write(w)
 		// The reader now waits only briefly for the client's close reply.
-		_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
-		c.closeDone.Do(func() { close(c.closeSent) })
+		_ = c.setReadDeadline(time.Now().Add(closeWait))
+		c.closeWritten()
 	}
 	return wrote
 }
@@ -115,8 +115,8 @@ func (c *conn) writeNow(w *writer) (net.Buffers, error) {
 
 func (c *conn) fail() {
 	c.writeErr.Store(true)
-	c.closeDone.Do(func() { close(c.closeSent) }) // no close frame will go out: nothing to wait for
-	_ = c.nc.Close()                              // unblocks the reader, which reports the end
+	c.closeWritten()    // no close frame will go out: nothing to wait for
+	_ = c.closeSocket() // unblocks the reader, which reports the end
 }
 
 // slowLane serves a connection whose socket stopped taking data: on its own

@@ -44,7 +44,7 @@ func BenchmarkFrameWrite(b *testing.B) {
 	for _, k := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("frames-per-write=%d", k), func(b *testing.B) {
 			nc := tcpPair(b)
-			c := &conn{srv: srv, nc: nc, closeSent: make(chan struct{})}
+			c := &conn{srv: srv, nc: nc}
 			c.raw, _ = nc.(*net.TCPConn).SyscallConn()
 			c.sess = session.New(1, session.Peer{Key: "k"}, Name, nopWake{}, 1<<30)
 			w := newWriter()

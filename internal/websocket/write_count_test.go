@@ -48,7 +48,7 @@ func TestSocketWritesAndFramesCounted(t *testing.T) {
 func newRawConn(t *testing.T, h *harness) (c *conn, client net.Conn) {
 	t.Helper()
 	client, s := h.tcpPair()
-	c = &conn{srv: h.srv, nc: s, rd: s, closeSent: make(chan struct{})}
+	c = &conn{srv: h.srv, nc: s, rd: s}
 	var err error
 	if c.raw, err = s.(*net.TCPConn).SyscallConn(); err != nil {
 		t.Fatal(err)
@@ -88,7 +88,7 @@ func TestWrappedConnCountsOneWritePerFlush(t *testing.T) {
 	h := newHarness(t, keystore.NewMemory(), hub.Config{}, Config{})
 	client, s := net.Pipe()
 	t.Cleanup(func() { client.Close(); s.Close() })
-	c := &conn{srv: h.srv, nc: s, rd: s, closeSent: make(chan struct{})}
+	c := &conn{srv: h.srv, nc: s, rd: s}
 	c.sess = session.New(1, session.Peer{Key: "k"}, Name, nopWake{}, 1<<30)
 	p := &peer{t: t, c: client}
 	for i := range 4 {
