@@ -114,7 +114,7 @@ func TestBinaryEmbeddedDefaults(t *testing.T) {
 
 	start := time.Now()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
-	c.expectClose(1001)
+	c.expectClose(1012) // the default --drain-period: reconnect elsewhere
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {

@@ -80,8 +80,10 @@ func TestConnectDisconnectEventsJSON(t *testing.T) {
 	}
 }
 
+// TestGracefulShutdown: without a drain (--drain-period 0) every client
+// gets 1001 at once (the drain: e2e/drain_test.go, internal/gateway).
 func TestGracefulShutdown(t *testing.T) {
-	s := newStack(t, nil, demoKey, "k2")
+	s := newStack(t, []string{"--drain-period", "0"}, demoKey, "k2")
 	ev := watch(t, s, "disconnected")
 	a, b := mustDial(t, s.url(demoKey)), mustDial(t, s.url("k2"))
 	waitLive(t, s, 2)

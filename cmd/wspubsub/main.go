@@ -5,6 +5,8 @@
 //	wspubsub [serve] [flags]      run the gateway (the default)
 //	wspubsub publish [flags] MSG  publish a message
 //	wspubsub bench [flags]        load-test a gateway
+//	wspubsub presence [flags] KEY where keys are connected (nodes, connections)
+//	wspubsub nodes [flags]        the live gateway nodes
 //
 // Run a sub-command with --help for its flags; every flag has a WSPUBSUB_*
 // environment twin.
@@ -43,11 +45,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = publish(args, stdin, stdout, stderr)
 	case "bench":
 		err = benchCmd(args, stdout, stderr)
+	case "presence":
+		err = presenceCmd(args, stdout, stderr)
+	case "nodes":
+		err = nodesCmd(args, stdout, stderr)
 	case "help":
-		fmt.Fprint(stdout, "usage: wspubsub [serve|publish] [flags]\n\n  serve    run the gateway (default)\n  publish  publish a message\n  bench    load-test a gateway (connections, delivery rate, latency, memory)\n\nRun 'wspubsub <command> --help' for flags.\n")
+		fmt.Fprint(stdout, "usage: wspubsub [serve|publish|bench|presence|nodes] [flags]\n\n  serve     run the gateway (default)\n  publish   publish a message\n  bench     load-test a gateway (connections, delivery rate, latency, memory)\n  presence  where keys are connected: nodes, connections, transports\n  nodes     the live gateway nodes\n\nRun 'wspubsub <command> --help' for flags.\n")
 		return 0
 	default:
-		fmt.Fprintf(stderr, "wspubsub: unknown command %q (want serve, publish or bench)\n", cmd)
+		fmt.Fprintf(stderr, "wspubsub: unknown command %q (want serve, publish, bench, presence or nodes)\n", cmd)
 		return 2
 	}
 	switch {
@@ -74,10 +80,36 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := onSignals(log, g)
 	defer stop()
 	go trimWhenQuiet(ctx, log)
 	return g.Run(ctx)
+}
+
+// onSignals returns a context that the first SIGTERM or SIGINT ends (the
+// gateway drains, then shuts down); a second one skips the rest of the
+// drain. stop releases the signals.
+func onSignals(log *slog.Logger, g *gateway.Gateway) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Info("signal received: stopping (a second one skips the drain)", "signal", sig.String())
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			log.Warn("second signal: closing every connection at once", "signal", sig.String())
+			g.SkipDrain()
+		case <-done:
+		}
+	}()
+	return ctx, func() { signal.Stop(sigs); close(done); cancel() }
 }
 
 func newLogger(cfg config.Serve, w io.Writer) *slog.Logger {

@@ -7,10 +7,19 @@
 --
 -- which records the message in the history of each recipient and publishes
 -- it on the gateways' channel, atomically. See README "Delivery guarantees".
+-- In a Redis Cluster a call touches one slot: pass the history keys of the
+-- recipients of that slot (wspubsub:h:{<key>}); they are then the
+-- recipients, whatever the message lists:
+--
+--   FCALL wspubsub_publish 2 'wspubsub:h:{k1}' 'wspubsub:h:{k1}x' ...
 
 local SIZE = {{SIZE}}       -- messages kept per key
 local TTL = {{TTL}}         -- ms a message is kept
 local CHANNEL = {{CHANNEL}} -- the gateways' inbound channel
+-- With per-key routing (--routing keys) each recipient's message goes on
+-- its own sharded channel, and a broadcast on the broadcast channel.
+local ROUTED = {{ROUTED}}
+local BROADCAST = {{BROADCAST}}
 
 local function stream(key) return 'wspubsub:h:{' .. key .. '}' end
 
@@ -106,13 +115,21 @@ local function publish(keys, args)
   if env['data'] == nil then return fail('the message has no "data" member') end
   if env['broadcast'] == true and env['recipients'] == nil then
     -- A broadcast has no key, so no history: delivered live only.
-    redis.call('PUBLISH', CHANNEL, msg)
+    if ROUTED then redis.call('SPUBLISH', BROADCAST, msg) else redis.call('PUBLISH', CHANNEL, msg) end
     return { 0 }
   end
   local r = env['recipients']
   if type(r) ~= 'table' or #r == 0 then return fail('"recipients" must be a non-empty list') end
   for _, k in ipairs(r) do
     if type(k) ~= 'string' then return fail('"recipients" must hold strings') end
+  end
+  if #keys > 0 then
+    r = {}
+    for i, sk in ipairs(keys) do
+      local k = string.match(sk, '^wspubsub:h:{(.*)}$')
+      if k == nil then return fail('keys must be history keys, wspubsub:h:{<key>}') end
+      r[i] = k
+    end
   end
   local ikey
   if idem ~= nil and idem ~= '' then
@@ -128,7 +145,7 @@ local function publish(keys, args)
   -- routing members on replay), sparing the walk over it; several: the
   -- payload, so that a long list is not copied into every history.
   local kind, p = 'm', msg
-  if #r > 1 then kind, p = 'p', payload(msg) end
+  if #r > 1 or ROUTED or #keys > 0 then kind, p = 'p', payload(msg) end
   local t = redis.call('TIME')
   local minid = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - TTL
   local ids, seen = {}, {}
@@ -145,7 +162,21 @@ local function publish(keys, args)
   end
   local list
   if #ids == 1 then list = '["' .. ids[1] .. '"]' else list = cjson.encode(ids) end
-  redis.call('PUBLISH', CHANNEL, '{"wspubsub_ids":' .. list .. ',' .. string.sub(msg, skip_ws(msg, 1) + 1))
+  if ROUTED then
+    -- One message per key, on its channel: the nodes holding it.
+    local rest = string.sub(p, 2)
+    if rest ~= '}' then rest = ',' .. rest end
+    local sent = {}
+    for i, k in ipairs(r) do
+      if sent[k] == nil then
+        sent[k] = true
+        redis.call('SPUBLISH', 'wspubsub:k:{' .. k .. '}',
+          '{"wspubsub_ids":["' .. ids[i] .. '"],"recipients":[' .. cjson.encode(k) .. ']' .. rest)
+      end
+    end
+  else
+    redis.call('PUBLISH', CHANNEL, '{"wspubsub_ids":' .. list .. ',' .. string.sub(msg, skip_ws(msg, 1) + 1))
+  end
   if ikey then redis.call('SET', ikey, list, 'PX', TTL) end
   table.insert(ids, 1, 0)
   return ids

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -16,7 +18,9 @@ import (
 
 // RedisConfig configures the Redis broker.
 type RedisConfig struct {
-	URL     string // redis://host:port/db
+	// URL is redis://host:port/db; with Cluster, a comma-separated list
+	// of seed addresses (redis:// URLs or host:port).
+	URL     string
 	Inbound string // channel backends publish on
 	// Backoff bounds the wait between resubscribe attempts.
 	MinBackoff, MaxBackoff time.Duration
@@ -34,24 +38,62 @@ type RedisConfig struct {
 	OnSubscribed func()
 	// History turns on the per-key history (Size > 0).
 	History HistoryConfig
+	// Routed turns on per-key routing (route.go): messages travel on each
+	// key's sharded channel, and this node subscribes to its keys' only.
+	Routed bool
+	// ProbeInterval is how often each subscription connection of the
+	// routed mode is probed (a probe must come back before the next one)
+	// [5s]; OnProbeLost is called for each probe that did not.
+	ProbeInterval time.Duration
+	OnProbeLost   func()
+	// Cluster treats URL as the seeds of a Redis Cluster (needs Routed:
+	// sharded pub/sub spreads the traffic over the shards).
+	Cluster bool
+	// NodeID names this node in the forwarding lease.
+	NodeID string
+	// OnInbound, with Routed, receives the plain PUBLISHes on Inbound while
+	// this node holds the forwarding lease; it must route them (parse,
+	// then Record or Deliver). Called from one goroutine.
+	OnInbound func(ctx context.Context, msg []byte)
 }
 
 // Redis subscribes to the inbound channel with SUBSCRIBE and publishes events
 // with PUBLISH over a pooled client.
 type Redis struct {
-	cfg    RedisConfig
-	client *redis.Client
-	ready  atomic.Bool
+	cfg     RedisConfig
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // client, with cfg.Cluster
+	ready   atomic.Bool
+	loaded  atomic.Bool // the history functions were loaded (a Redis restart may lose them: fcall reloads)
+	route   *router     // nil unless cfg.Routed
+	// dispatchMu makes the handler's calls one at a time: the routed mode
+	// receives on one connection per server.
+	dispatchMu sync.Mutex
+	mute       func() bool // tests: drop every message received (routed mode)
 }
 
 // NewRedis parses the URL and creates the client; it does not connect yet.
 func NewRedis(cfg RedisConfig) (*Redis, error) {
-	opt, err := redis.ParseURL(cfg.URL)
-	if err != nil {
-		return nil, fmt.Errorf("parsing Redis URL: %w", err)
+	if cfg.Cluster && !cfg.Routed {
+		return nil, errors.New("a Redis Cluster needs per-key routing (sharded pub/sub)")
 	}
-	opt.DialTimeout = 2 * time.Second
-	opt.MaxRetries = 1
+	r := &Redis{}
+	if cfg.Cluster {
+		copt, err := clusterOptions(cfg.URL)
+		if err != nil {
+			return nil, err
+		}
+		r.cluster = redis.NewClusterClient(copt)
+		r.client = r.cluster
+	} else {
+		opt, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("parsing Redis URL: %w", err)
+		}
+		opt.DialTimeout = 2 * time.Second
+		opt.MaxRetries = 1
+		r.client = redis.NewClient(opt)
+	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 50 * time.Millisecond
 	}
@@ -67,10 +109,20 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.OnReady == nil {
 		cfg.OnReady = func(bool) {}
 	}
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 5 * time.Second
+	}
+	if cfg.OnProbeLost == nil {
+		cfg.OnProbeLost = func() {}
+	}
 	if cfg.OnSubscribed == nil {
 		cfg.OnSubscribed = func() {}
 	}
-	return &Redis{cfg: cfg, client: redis.NewClient(opt)}, nil
+	r.cfg = cfg
+	if cfg.Routed {
+		r.route = newRouter()
+	}
+	return r, nil
 }
 
 func (r *Redis) setReady(v bool) {
@@ -83,6 +135,9 @@ func (r *Redis) setReady(v bool) {
 // waits a capped, fully jittered exponential backoff and lets go-redis
 // reconnect and resubscribe; connected clients are not touched meanwhile.
 func (r *Redis) Run(ctx context.Context, h Handler) error {
+	if r.route != nil {
+		return r.runRouted(ctx, h)
+	}
 	ps := r.client.Subscribe(ctx, r.cfg.Inbound)
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { ps.Close() })
@@ -138,6 +193,35 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 	}
 }
 
+// clusterOptions reads a comma-separated list of seeds, each a redis://
+// URL (its password and TLS settings apply to every node) or host:port.
+func clusterOptions(list string) (*redis.ClusterOptions, error) {
+	copt := &redis.ClusterOptions{DialTimeout: 2 * time.Second, MaxRetries: 1}
+	for _, seed := range strings.Split(list, ",") {
+		seed = strings.TrimSpace(seed)
+		if seed == "" {
+			continue
+		}
+		if !strings.Contains(seed, "://") {
+			copt.Addrs = append(copt.Addrs, seed)
+			continue
+		}
+		opt, err := redis.ParseURL(seed)
+		if err != nil {
+			return nil, fmt.Errorf("parsing Redis Cluster seed %q: %w", seed, err)
+		}
+		if opt.DB != 0 {
+			return nil, fmt.Errorf("Redis Cluster seed %q: a cluster has only database 0", seed)
+		}
+		copt.Addrs = append(copt.Addrs, opt.Addr)
+		copt.Username, copt.Password, copt.TLSConfig = opt.Username, opt.Password, opt.TLSConfig
+	}
+	if len(copt.Addrs) == 0 {
+		return nil, errors.New("no Redis Cluster seed address")
+	}
+	return copt, nil
+}
+
 // backoff returns a full-jitter delay: uniform in [0, min(max, base·2^n)].
 func backoff(n int, base, max time.Duration) time.Duration {
 	d := base << min(n, 20)
@@ -178,6 +262,17 @@ func (r *Redis) PublishBatch(ctx context.Context, msgs []Outgoing) error {
 		return fmt.Errorf("publishing %d events on Redis: %w", len(msgs), err)
 	}
 	return nil
+}
+
+// Routes reports whether per-key routing is on (then r is a Router).
+func (r *Redis) Routes() bool { return r.route != nil }
+
+// Watched is the number of keys whose channels this node subscribes to.
+func (r *Redis) Watched() int {
+	if r.route == nil {
+		return 0
+	}
+	return r.route.watched()
 }
 
 // Ready implements Broker.

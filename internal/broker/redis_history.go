@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/wspubsub/wspubsub/internal/envelope"
 )
 
@@ -16,12 +18,14 @@ var historyLua string
 
 // HistoryLibrary is the Redis function library (history.lua) with the
 // gateway's settings filled in: every gateway on one Redis loads it, and
-// must share --history-size, --history-ttl and --channel.
-func HistoryLibrary(cfg HistoryConfig, channel string) string {
+// must share --history-size, --history-ttl, --channel and --routing.
+func HistoryLibrary(cfg HistoryConfig, channel string, routed bool) string {
 	return strings.NewReplacer(
 		"{{SIZE}}", strconv.Itoa(cfg.Size),
 		"{{TTL}}", strconv.FormatInt(max(cfg.TTL.Milliseconds(), 1), 10),
 		"{{CHANNEL}}", luaString(channel),
+		"{{ROUTED}}", strconv.FormatBool(routed),
+		"{{BROADCAST}}", luaString(broadcastChannel(channel)),
 	).Replace(historyLua)
 }
 
@@ -49,7 +53,16 @@ func (r *Redis) loadHistory(ctx context.Context) error {
 	if r.cfg.History.Size <= 0 {
 		return nil
 	}
-	err := r.client.FunctionLoadReplace(ctx, HistoryLibrary(r.cfg.History, r.cfg.Inbound)).Err()
+	lib := HistoryLibrary(r.cfg.History, r.cfg.Inbound, r.cfg.Routed)
+	var err error
+	if r.cluster != nil {
+		// Every master serves some keys' calls; replicas get it replicated.
+		err = r.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return c.FunctionLoadReplace(ctx, lib).Err()
+		})
+	} else {
+		err = r.client.FunctionLoadReplace(ctx, lib).Err()
+	}
 	if err != nil {
 		return fmt.Errorf("loading the history functions into Redis: %w", err)
 	}
@@ -69,12 +82,20 @@ func (r *Redis) fcall(ctx context.Context, fn string, keys []string, args ...any
 	return v, err
 }
 
-// Record implements History with one FCALL wspubsub_publish.
+// Record implements History with one FCALL wspubsub_publish; in a Redis
+// Cluster, one per hash slot of the recipients (see recordInSlots).
 func (r *Redis) Record(ctx context.Context, msg []byte, idem string) (Recorded, error) {
+	if r.cluster != nil {
+		return r.recordInSlots(ctx, msg, idem)
+	}
 	v, err := r.fcall(ctx, "wspubsub_publish", nil, msg, idem)
 	if err != nil {
 		return Recorded{}, fmt.Errorf("recording a message in Redis: %w", err)
 	}
+	return parseRecorded(v)
+}
+
+func parseRecorded(v any) (Recorded, error) {
 	list, ok := v.([]any)
 	if !ok || len(list) == 0 {
 		return Recorded{}, fmt.Errorf("recording a message in Redis: unexpected answer %v", v)
@@ -85,6 +106,98 @@ func (r *Redis) Record(ctx context.Context, msg []byte, idem string) (Recorded, 
 		out.IDs = append(out.IDs, s)
 	}
 	return out, nil
+}
+
+// recordInSlots records msg in a Redis Cluster: a function call may touch
+// one hash slot only, so the recipients are grouped by slot and each group
+// is recorded (and published) by its own call, naming the group's history
+// keys; the calls go out in one pipeline. Each group is atomic, the whole
+// is not: a failure answers an error and the publisher's retry with the
+// same idempotency key records only the groups that had failed (each
+// group keeps its own idempotency record). A broadcast has no key: it is
+// published live on the broadcast channel.
+func (r *Redis) recordInSlots(ctx context.Context, msg []byte, idem string) (Recorded, error) {
+	var p envelope.Parser
+	env, err := p.Parse(msg)
+	if err != nil {
+		return Recorded{}, fmt.Errorf("recording a message in Redis: %w", err)
+	}
+	if env.Broadcast {
+		return Recorded{}, r.Deliver(ctx, []Routed{{Broadcast: true, Payload: msg}})
+	}
+	groups := map[uint16][]int{} // slot → indexes into env.Recipients
+	var order []uint16
+	for i, k := range env.Recipients {
+		s := Slot(StreamKey(string(k)))
+		if groups[s] == nil {
+			order = append(order, s)
+		}
+		groups[s] = append(groups[s], i)
+	}
+	if err := r.loadHistoryOnce(ctx); err != nil {
+		return Recorded{}, err
+	}
+	out := Recorded{Duplicate: true, IDs: make([]string, len(env.Recipients))}
+	pending := order
+	for attempt := 0; len(pending) > 0; attempt++ {
+		cmds := make([]*redis.Cmd, len(pending))
+		_, _ = r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for gi, s := range pending {
+				keys := make([]string, len(groups[s]))
+				for j, i := range groups[s] {
+					keys[j] = StreamKey(string(env.Recipients[i]))
+				}
+				cmds[gi] = pl.FCall(ctx, "wspubsub_publish", keys, msg, idem)
+			}
+			return nil
+		})
+		var failed []uint16
+		var firstErr error
+		for gi, s := range pending {
+			if err := cmds[gi].Err(); err != nil {
+				failed = append(failed, s)
+				if firstErr == nil {
+					firstErr = err
+				}
+				continue
+			}
+			rec, err := parseRecorded(cmds[gi].Val())
+			if err != nil {
+				return Recorded{}, err
+			}
+			out.Duplicate = out.Duplicate && rec.Duplicate
+			for j, i := range groups[s] {
+				if j < len(rec.IDs) {
+					out.IDs[i] = rec.IDs[j]
+				}
+			}
+		}
+		if firstErr == nil {
+			break
+		}
+		// A master that lost the functions (restarted, or promoted before
+		// they reached it): load them everywhere and retry what failed.
+		if attempt > 0 || !strings.Contains(firstErr.Error(), "Function not found") {
+			return Recorded{}, fmt.Errorf("recording a message in %d of %d slots of the Redis Cluster: %w", len(failed), len(order), firstErr)
+		}
+		if err := r.loadHistory(ctx); err != nil {
+			return Recorded{}, err
+		}
+		pending = failed
+	}
+	return out, nil
+}
+
+// loadHistoryOnce loads the function library unless this broker has.
+func (r *Redis) loadHistoryOnce(ctx context.Context) error {
+	if r.loaded.Load() {
+		return nil
+	}
+	if err := r.loadHistory(ctx); err != nil {
+		return err
+	}
+	r.loaded.Store(true)
+	return nil
 }
 
 // Since implements History with one FCALL wspubsub_since.

@@ -30,8 +30,14 @@ type Serve struct {
 	Listen string
 	Path   string
 	NodeID string
+	// AdvertiseAddr is this node's address in the node registry (empty:
+	// the address it listens on).
+	AdvertiseAddr     string
+	PresenceHeartbeat time.Duration // node registry refresh; a node silent for two is gone
 
 	RedisURL            string
+	Routing             string // "all" or "keys" (see --routing); Validate fills in the default
+	RedisCluster        bool
 	Channel             string
 	ConnectedChannel    string
 	DisconnectedChannel string
@@ -50,6 +56,7 @@ type Serve struct {
 	PingInterval    time.Duration
 	WriteTimeout    time.Duration
 	ShutdownTimeout time.Duration
+	DrainPeriod     time.Duration // on SIGTERM, close clients over this long with 1012 before shutting down (0: at once, 1001)
 	CoalesceGap     time.Duration // a WebSocket written less than this long ago waits, gathering frames
 	Writers         int           // WebSocket writer goroutines (0: GOMAXPROCS/2, at least 1)
 
@@ -93,8 +100,12 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	host, _ := os.Hostname()
 	f.str(&c.Listen, "listen", DefaultListen, "address to listen on (demo mode, without --mongo-uri or --keys-file: "+DefaultDemoListen+")")
 	f.str(&c.Path, "path", "/websocket", "URL path clients connect to")
-	f.str(&c.NodeID, "node-id", host, "this gateway's name in JSON events")
+	f.str(&c.NodeID, "node-id", host, "this gateway's name in JSON events, presence and the node registry (unique per gateway)")
+	f.str(&c.AdvertiseAddr, "advertise-addr", "", "this gateway's address as other machines reach it, listed by GET /nodes (empty: the address it listens on)")
+	f.dur(&c.PresenceHeartbeat, "presence-heartbeat", 5*time.Second, "with --redis-url: refresh this node's registration this often; a node silent for two heartbeats (crashed) drops out of /presence and /nodes")
 	f.str(&c.RedisURL, "redis-url", "", "Redis to subscribe and publish on, e.g. redis://127.0.0.1:6379 (empty: in-process broker)")
+	f.str(&c.Routing, "routing", "", `how messages reach gateways: "all" (each gateway receives every message on --channel) or "keys" (each gateway receives only the messages of the keys connected to it, on per-key sharded channels; needs --redis-url and Redis 7; every gateway on one Redis must agree); empty: "keys" with --redis-cluster, else "all"`)
+	f.boolean(&c.RedisCluster, "redis-cluster", false, "--redis-url is a comma-separated list of Redis Cluster seed addresses (redis://host:port or host:port); implies --routing keys")
 	f.str(&c.Channel, "channel", "my_channel", "channel backends publish messages on")
 	f.str(&c.ConnectedChannel, "connected-channel", "connected", "channel for connect events")
 	f.str(&c.DisconnectedChannel, "disconnected-channel", "disconnected", "channel for disconnect events")
@@ -112,7 +123,8 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.dur(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket write blocks this long")
 	f.dur(&c.CoalesceGap, "coalesce-gap", time.Millisecond, "a WebSocket connection written less than this long ago waits until it has passed, so a busy connection gets many frames per write; a message to a quiet one goes out at once (0: never wait)")
 	f.integer(&c.Writers, "writers", 0, "WebSocket writer goroutines (0: half the CPUs, at least one; fewer writers fall behind in a burst and coalesce more)")
-	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown")
+	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown, after the drain (the process exits within --drain-period + --shutdown-timeout)")
+	f.dur(&c.DrainPeriod, "drain-period", 5*time.Second, "on SIGTERM/SIGINT, refuse new connections, fail /readyz and close the clients with 1012 (reconnect elsewhere) spread over this long, then shut down; a second signal skips the rest (0: close everyone at once with 1001)")
 	f.integer(&c.HistorySize, "history-size", 100, "messages kept per key so that clients connecting with ?since= resume without loss (0: no history, no ids)")
 	f.dur(&c.HistoryTTL, "history-ttl", 5*time.Minute, "how long a message is kept in a key's history (and an idempotency key remembered)")
 	f.size(&c.QueueBytes, "queue-bytes", 1<<20, "per-connection outbound queue; overflow closes with 4008")
@@ -165,6 +177,22 @@ func (c *Serve) Validate() error {
 			bad("--%s must be positive: %v", name, d)
 		}
 	}
+	if c.Routing == "" {
+		c.Routing = "all"
+		if c.RedisCluster {
+			c.Routing = "keys"
+		}
+	}
+	switch {
+	case c.RedisCluster && c.RedisURL == "":
+		bad("--redis-cluster needs --redis-url (the cluster's seed addresses)")
+	case c.RedisCluster && c.Routing != "keys":
+		bad("--redis-cluster needs --routing keys (sharded pub/sub spreads the traffic over the shards)")
+	case c.Routing != "all" && c.Routing != "keys":
+		bad(`--routing must be "all" or "keys": %q`, c.Routing)
+	case c.Routing == "keys" && c.RedisURL == "":
+		bad("--routing keys needs --redis-url (one gateway on the in-process broker has nothing to route)")
+	}
 	if c.CoalesceGap < 0 || c.CoalesceGap > time.Second {
 		bad("--coalesce-gap must be between 0 and 1s: %v", c.CoalesceGap)
 	}
@@ -173,6 +201,12 @@ func (c *Serve) Validate() error {
 	}
 	if c.RecheckInterval < 0 {
 		bad("--recheck-interval must not be negative: %v", c.RecheckInterval)
+	}
+	if c.DrainPeriod < 0 {
+		bad("--drain-period must not be negative: %v", c.DrainPeriod)
+	}
+	if c.PresenceHeartbeat < 100*time.Millisecond {
+		bad("--presence-heartbeat must be at least 100ms: %v", c.PresenceHeartbeat)
 	}
 	if c.PingInterval >= c.IdleTimeout {
 		bad("--ping-interval (%v) must be less than --idle-timeout (%v)", c.PingInterval, c.IdleTimeout)

@@ -298,3 +298,18 @@ func skipValue(b []byte, i int) int {
 		return i
 	}
 }
+
+// ForKey returns the one-recipient envelope that per-key routing publishes
+// on key's channel: {"recipients":[key], …payload's members}. payload is an
+// Envelope's Payload (an object holding at least "data").
+func ForKey(payload, key []byte) []byte {
+	k, _ := json.Marshal(string(key)) // a string always encodes
+	out := make([]byte, 0, len(`{"recipients":[],`)+len(k)+len(payload))
+	out = append(out, `{"recipients":[`...)
+	out = append(out, k...)
+	out = append(out, ']')
+	if len(payload) > 2 {
+		out = append(out, ',')
+	}
+	return append(out, payload[1:]...)
+}

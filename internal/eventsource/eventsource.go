@@ -13,7 +13,9 @@ package eventsource
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -75,7 +77,13 @@ func Wants(r *http.Request) bool {
 type stream struct {
 	wake      chan struct{}
 	keepalive atomic.Bool
-	closeMsg  atomic.Pointer[[]byte]
+	closeMsg  atomic.Pointer[closing]
+}
+
+// closing is a server-side close: its code and the event that says it.
+type closing struct {
+	code  int
+	event []byte
 }
 
 func (t *stream) signal() {
@@ -94,9 +102,27 @@ func (t *stream) KeepAlive() { t.keepalive.Store(true); t.signal() }
 
 // Closed implements session.Transport.
 func (t *stream) Closed(code int, reason string) {
-	b := closeEvent(code, reason)
-	t.closeMsg.Store(&b)
+	t.closeMsg.Store(&closing{code, closeEvent(code, reason)})
 	t.signal()
+}
+
+// Reconnect delay suggested to the browsers of a drain's streams (1012):
+// soon, and jittered so that they do not all come back at once.
+const (
+	drainRetryMin    = 250 * time.Millisecond
+	drainRetrySpread = 2 * time.Second
+)
+
+// retryLine suggests the browser's reconnect delay after a close with code:
+// clients of a draining gateway (1012) are welcome back at once on
+// another node (the load balancer no longer sends them here), with Last-Event-ID;
+// any other close waits RetryAfterClose.
+func (s *Server) retryLine(code int) string {
+	d := s.cfg.RetryAfterClose
+	if code == session.CloseServiceRestart {
+		d = drainRetryMin + rand.N(drainRetrySpread)
+	}
+	return fmt.Sprintf("retry: %d\n", d.Milliseconds())
 }
 
 func closeEvent(code int, reason string) []byte {
@@ -160,8 +186,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 
 	if err := h.Admit(r.Context(), sess); err != nil {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		fmt.Fprintf(w, "retry: %d\n", s.cfg.RetryAfterClose.Milliseconds())
-		_, _ = w.Write(closeEvent(hub.Verdict(err)))
+		code, reason := hub.Verdict(err)
+		_, _ = io.WriteString(w, s.retryLine(code))
+		_, _ = w.Write(closeEvent(code, reason))
 		_ = rc.Flush()
 		return
 	}
@@ -206,8 +233,8 @@ func (s *Server) pump(w http.ResponseWriter, rc *http.ResponseController, r *htt
 			}
 		}
 		if cm := t.closeMsg.Load(); cm != nil {
-			fmt.Fprintf(w, "retry: %d\n", s.cfg.RetryAfterClose.Milliseconds())
-			_, _ = w.Write(*cm)
+			_, _ = io.WriteString(w, s.retryLine(cm.code))
+			_, _ = w.Write(cm.event)
 			_ = rc.Flush()
 			return metrics.DiscClient // Leave takes the server's verdict from the session
 		}

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/wspubsub/wspubsub/internal/broker"
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/eventsource"
@@ -25,6 +27,7 @@ import (
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/longpoll"
 	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/presence"
 	"github.com/wspubsub/wspubsub/internal/ratelimit"
 	"github.com/wspubsub/wspubsub/internal/websocket"
 )
@@ -37,7 +40,9 @@ type Gateway struct {
 	store    keystore.KeyStore
 	broker   broker.Broker
 	history  broker.History // nil: no history (--history-size 0)
+	router   broker.Router  // nil: every node receives every message (--routing all)
 	hub      *hub.Hub
+	presence presence.Presence // cluster presence and the node registry (presence.go)
 	ws       *websocket.Server
 	es       *eventsource.Server
 	lp       *longpoll.Server
@@ -52,6 +57,8 @@ type Gateway struct {
 
 	ctx    context.Context // lifetime of connections
 	cancel context.CancelFunc
+
+	drainer drainState // the drain between ctx's end and the shutdown (drain.go)
 }
 
 // Options lets embedders and tests supply their own backends; nil fields
@@ -87,7 +94,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		log.Info("demo mode: serving loopback host names only (set --allowed-hosts to widen)", "allowed_hosts", strings.Join(loopbackHosts, ","))
 	}
 	if g.broker = opt.Broker; g.broker == nil {
-		g.broker, err = newBroker(cfg, log, g.metrics, func() { g.hub.Resync(g.ctx) })
+		g.broker, err = newBroker(cfg, log, g.metrics, func() { g.hub.Resync(g.ctx) }, g.forward)
 		if err != nil {
 			return nil, err
 		}
@@ -95,15 +102,25 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	if cfg.HistorySize > 0 {
 		g.history = historyOf(g.broker)
 	}
+	var watcher hub.Watcher
+	if rb, ok := g.broker.(*broker.Redis); ok && rb.Routes() {
+		g.router, watcher = rb, rb
+		g.metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "wspubsub_routed_keys", Help: "Keys whose sharded channels this node subscribes to (--routing keys).",
+		}, func() float64 { return float64(rb.Watched()) }))
+	}
+	if g.presence, err = newPresence(cfg, log, g.metrics, g.advertiseAddr); err != nil {
+		return nil, err
+	}
 	g.hub = hub.New(hub.Config{
-		Store: g.store, Events: g.broker, History: g.history, Metrics: g.metrics, Logger: log,
+		Store: g.store, Events: g.broker, History: g.history, Router: watcher, Metrics: g.metrics, Logger: log,
 		NodeID: cfg.NodeID, ConnectedChannel: cfg.ConnectedChannel, DisconnectedChannel: cfg.DisconnectedChannel,
 		JSONEvents: cfg.EventFormat == "json", MaxMessageBytes: cfg.MaxMessageBytes,
 		KeyCheckTimeout: cfg.KeyCheckTimeout, RecheckInterval: recheck(cfg.RecheckInterval),
 		KeepAliveInterval: cfg.PingInterval, UpstreamChannel: cfg.UpstreamChannel,
 		ClientRate: cfg.ClientRate, ClientBurst: cfg.ClientBurst,
 		MaxSessionsPerKey: cfg.MaxSessionsPerKey, MaxSessionsPerAddr: cfg.MaxSessionsPerAddr,
-		AuthFailRate: cfg.AuthFailRate, AuthFailBurst: cfg.AuthFailBurst,
+		AuthFailRate: cfg.AuthFailRate, AuthFailBurst: cfg.AuthFailBurst, Presence: g.presence,
 	})
 	g.ws = websocket.NewServer(g.ctx, websocket.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,
@@ -225,8 +242,10 @@ func historyConfig(cfg config.Serve) broker.HistoryConfig {
 
 // newBroker builds the configured broker; resync is called each time its
 // subscription is (re)established (clients that resume must catch up from history),
-// before any message received after it is dispatched.
-func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync func()) (broker.Broker, error) {
+// before any message received after it is dispatched; with --routing keys,
+// forward routes the plain PUBLISHes this node receives while it holds the
+// forwarding lease.
+func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync func(), forward func(context.Context, []byte)) (broker.Broker, error) {
 	if cfg.RedisURL == "" {
 		log.Warn("broker: in-process (no --redis-url); publish with POST /publish or `wspubsub publish`")
 		b := broker.NewMemory(cfg.Channel)
@@ -235,9 +254,15 @@ func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync fu
 		}
 		return b, nil
 	}
-	log.Info("broker: Redis", "channel", cfg.Channel, "history_size", cfg.HistorySize, "history_ttl", cfg.HistoryTTL)
+	log.Info("broker: Redis", "channel", cfg.Channel, "routing", cfg.Routing, "history_size", cfg.HistorySize, "history_ttl", cfg.HistoryTTL)
+	routed := cfg.Routing == "keys"
+	if !routed {
+		forward = nil
+	}
 	return broker.NewRedis(broker.RedisConfig{
 		URL: cfg.RedisURL, Inbound: cfg.Channel, Logger: log, History: historyConfig(cfg),
+		Routed: routed, Cluster: cfg.RedisCluster, NodeID: cfg.NodeID, OnInbound: forward,
+		OnProbeLost: m.ProbesLost.Inc,
 		OnReconnect: m.BrokerReconnects.Inc, OnSubscribed: resync,
 		OnReady: func(ok bool) {
 			if ok {
@@ -258,15 +283,18 @@ func (g *Gateway) Hub() *hub.Hub { return g.hub }
 // Metrics exposes the gateway's metrics.
 func (g *Gateway) Metrics() *metrics.Metrics { return g.metrics }
 
-// Run serves until ctx ends, then shuts down gracefully: stop accepting,
-// close every client with 1001 "going away", publish their disconnected
-// events, all within --shutdown-timeout.
+// Run serves until ctx ends, then drains (--drain-period: new clients
+// refused, the live ones closed with 1012 a few at a time; SkipDrain cuts
+// it short), then shuts down gracefully: stop accepting, close every
+// client left with 1001 "going away", publish their disconnected events,
+// all within --shutdown-timeout.
 func (g *Gateway) Run(ctx context.Context) error {
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	brokerDone := make(chan error, 1)
 	go func() { brokerDone <- g.broker.Run(runCtx, g.hub.Dispatch) }()
 	go g.hub.Run(runCtx)
+	go g.presence.Run(runCtx) // registration, heartbeats, presence writes
 	if m, ok := g.broker.(*broker.Memory); ok && m != nil {
 		g.metrics.BrokerReady.Set(1)
 	}
@@ -284,6 +312,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case err = <-serveErr:
 		err = fmt.Errorf("serving HTTP: %w", err)
 	}
+	if err == nil {
+		g.drain() // --drain-period: hand the clients to the other nodes a few at a time
+	}
 	g.log.Info("shutting down", "connections", g.hub.Live())
 	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout)
 	defer cancel()
@@ -293,6 +324,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	httpDone := make(chan struct{})
 	go func() { _ = g.srv.Shutdown(sctx); close(httpDone) }()
 	g.hub.Shutdown(sctx) // close clients with 1001, flush events
+	// Deregister: this node leaves /presence and /nodes at once.
+	g.closePresence(sctx)
 	<-httpDone
 	g.cancel() // abandon anything still authenticating
 	stopRun()

@@ -25,6 +25,9 @@ func (g *Gateway) routes() http.Handler {
 	if g.cfg.PublishAPI {
 		mux.HandleFunc("POST /publish", g.servePublish)
 	}
+	mux.HandleFunc("GET /presence", g.servePresence) // presence.go: /publish's callers only
+	mux.HandleFunc("POST /presence", g.servePresence)
+	mux.HandleFunc("GET /nodes", g.serveNodes)
 	web.Register(mux, web.DemoConfig{Path: g.cfg.Path, DemoKey: g.demoKey(), Publish: g.demo && g.cfg.PublishAPI})
 	return g.checkHost(mux)
 }
@@ -37,7 +40,7 @@ func (g *Gateway) demoKey() string {
 }
 
 // serveReady is GET /readyz: 200 when the broker is subscribed and the key
-// store answers, else 503. Which part is down, and the store's error (it
+// store answers, else 503 (and 503 "draining" during a drain). Which part is down, and the store's error (it
 // may name a file or a database host), is for local callers and the
 // token's holders (publish.go); others get only {"status": ...}, with the
 // same status code, which is all a load balancer needs.
@@ -53,6 +56,9 @@ func (g *Gateway) serveReady(w http.ResponseWriter, r *http.Request) {
 	}
 	if code != http.StatusOK {
 		status["status"] = "unavailable"
+	}
+	if g.hub.Draining() { // a deploy: the load balancer must send clients elsewhere
+		status["status"], code = "draining", http.StatusServiceUnavailable
 	}
 	if !g.identify(r).trustedReader() {
 		status = map[string]string{"status": status["status"]}

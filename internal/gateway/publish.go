@@ -167,7 +167,7 @@ const (
 // recipient (and published); otherwise published.
 func (g *Gateway) publishAccepted(w http.ResponseWriter, r *http.Request, body []byte, idem string) {
 	if g.history == nil {
-		if err := g.broker.Publish(r.Context(), g.cfg.Channel, body); err != nil {
+		if err := g.publishLive(r.Context(), body); err != nil {
 			g.publishFailed(w, err)
 			return
 		}

@@ -39,8 +39,11 @@ func Verdict(err error) (code int, reason string) {
 // carrying the close code for the client: CloseUnauthorized for an unknown
 // key, CloseTooMany over a cap or the throttle (the store is not asked),
 // CloseTryAgain when the store cannot answer, CloseGoingAway during
-// shutdown.
+// shutdown, CloseServiceRestart during a drain (drain.go).
 func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
+	if err := h.drainRefusal(s); err != nil {
+		return err
+	}
 	key := keystore.Redact(s.Key)
 	now := time.Now()
 	if !h.authFails.Has(s.Addr, now) {
@@ -73,16 +76,21 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 		h.sampled.Log(slog.LevelInfo, "connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
 		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
+	if err := h.watch(ctx, s); err != nil {
+		return err
+	}
 	if s.Resumes() {
 		// Held from registration on: a message published while the
 		// history is read reaches s once, after it.
 		s.Hold()
 	}
 	if err := h.register(s); err != nil {
+		h.unwatch(s)
 		return err
 	}
 	if s.Resumes() {
 		if err := h.resume(ctx, s); err != nil {
+			h.unwatch(s)
 			return err
 		}
 	}
@@ -90,8 +98,36 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	h.m.Connects.WithLabelValues(s.Transport).Inc()
 	h.m.Connections.WithLabelValues(s.Transport).Inc()
 	h.events.emit(event{connected: true, key: s.Key, conn: s.ID, transport: s.Transport, at: time.Now()})
+	if h.cfg.Presence != nil {
+		h.cfg.Presence.Join(s.Key, s.Transport)
+	}
 	h.log.Debug("connected", "key", key, "conn", s.ID, "transport", s.Transport)
 	return nil
+}
+
+// watch makes this node receive s's key's messages (per-key routing)
+// before s is registered: what is published from then on reaches it live,
+// and what was published before is in the history a resuming s reads
+// after. A subscription that cannot be made in time refuses s with
+// CloseTryAgain.
+func (h *Hub) watch(ctx context.Context, s *session.Session) error {
+	if h.cfg.Router == nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
+	defer cancel()
+	if err := h.cfg.Router.Watch(cctx, s.Key); err != nil {
+		h.reject(metrics.RejectRouting)
+		h.sampled.Log(slog.LevelWarn, "connection rejected: cannot subscribe to the key's channel", "key", keystore.Redact(s.Key), "conn", s.ID, "err", err)
+		return &ErrRejected{session.CloseTryAgain, "try again later"}
+	}
+	return nil
+}
+
+func (h *Hub) unwatch(s *session.Session) {
+	if h.cfg.Router != nil {
+		h.cfg.Router.Unwatch(s.Key)
+	}
 }
 
 // resume replays s's history after registration; when it cannot be read, s
@@ -230,6 +266,7 @@ func (h *Hub) leave(s *session.Session, fallback string) bool {
 	if !h.unregister(s) {
 		return false
 	}
+	h.unwatch(s)
 	reason := fallback
 	if s.IsClosed() && !s.ClosedByPeer() {
 		reason = CloseReason(s.CloseCode(), fallback)
@@ -238,6 +275,9 @@ func (h *Hub) leave(s *session.Session, fallback string) bool {
 	h.m.Connections.WithLabelValues(s.Transport).Dec()
 	h.m.Disconnects.WithLabelValues(reason).Inc()
 	h.events.emit(event{connected: false, key: s.Key, conn: s.ID, transport: s.Transport, at: time.Now()})
+	if h.cfg.Presence != nil {
+		h.cfg.Presence.Leave(s.Key, s.Transport)
+	}
 	h.log.Debug("disconnected", "key", keystore.Redact(s.Key), "conn", s.ID, "reason", reason)
 	return true
 }

@@ -52,6 +52,8 @@ func CloseReason(code int, fallback string) string {
 		return metrics.DiscRevoked
 	case session.CloseGoingAway:
 		return metrics.DiscShutdown
+	case session.CloseServiceRestart:
+		return metrics.DiscDrain
 	case session.CloseTooBig:
 		return metrics.DiscTooBig
 	case session.CloseProtocol:

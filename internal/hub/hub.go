@@ -30,8 +30,17 @@ type Config struct {
 	Events broker.Broker // where connected/disconnected events go
 	// History, when not nil, serves resuming clients (session.Peer.Resume).
 	History broker.History
-	Metrics *metrics.Metrics
-	Logger  *slog.Logger
+	// Router, when not nil, routes each key's messages to the nodes that
+	// hold it: every admitted session holds one Watch of its key, taken
+	// before it is registered (a message published once Admit returns
+	// reaches it) and dropped when it leaves.
+	Router Watcher
+	// Presence, when not nil, is told of every admitted session (Join)
+	// and of its end (Leave), where the connected/disconnected events are
+	// emitted. It must not block.
+	Presence Presence
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
 
 	NodeID              string
 	ConnectedChannel    string
@@ -50,6 +59,20 @@ type Config struct {
 	KeyCheckTimeout   time.Duration // per key lookup [2s]
 	RecheckInterval   time.Duration // key re-validation period [5m]; <0 disables
 	KeepAliveInterval time.Duration // transport keep-alive period [25s]
+}
+
+// Watcher is the part of broker.Router the hub uses.
+type Watcher interface {
+	Watch(ctx context.Context, key string) error
+	Unwatch(key string)
+}
+
+// Presence is the part of package presence the hub calls: counts of a
+// key's connections per transport on this node, kept in memory by the
+// callee (never a network call on the hub's path).
+type Presence interface {
+	Join(key, transport string)
+	Leave(key, transport string)
 }
 
 const shardCount = 64
@@ -84,6 +107,8 @@ type Hub struct {
 	closing atomic.Bool
 	nextID  atomic.Uint64
 	seq     uint64 // Dispatch's message number (Dispatch's goroutine only)
+
+	draining atomic.Bool // Admit refuses new sessions with CloseServiceRestart (drain.go)
 }
 
 // New builds a hub; call Run to start its background work.

@@ -322,7 +322,7 @@ func WriteClose(w http.ResponseWriter, code int, reason string) {
 	h := w.Header()
 	h.Set("X-Wspubsub-Close-Code", strconv.Itoa(code))
 	h.Set("X-Wspubsub-Close-Reason", reason)
-	if code == session.CloseTryAgain || code == session.CloseGoingAway {
+	if code == session.CloseTryAgain || code == session.CloseGoingAway || code == session.CloseServiceRestart {
 		h.Set("Retry-After", "5")
 	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")

@@ -22,6 +22,8 @@ const (
 	RejectInternal         = "internal_error"      // admission failed on a bug (a recovered panic)
 	RejectHost             = "host"                // Host header not in --allowed-hosts (any request but /healthz)
 	RejectHistory          = "history_unavailable" // a resuming client's history could not be read
+	RejectDraining         = "draining"            // the gateway is draining (a deploy): refused with 1012
+	RejectRouting          = "routing_unavailable" // the key's channel could not be subscribed to (--routing keys)
 )
 
 // Resume outcomes (wspubsub_resumes_total{outcome}).
@@ -41,6 +43,12 @@ const (
 	PublishFailed    = "failed"    // the broker could not take it: 503
 )
 
+// Presence outcomes (wspubsub_presence_*_total{outcome}).
+const (
+	PresenceOK    = "ok"
+	PresenceError = "error"
+)
+
 // Disconnect reasons (connections that were registered and then ended).
 const (
 	DiscClient      = "client"
@@ -54,6 +62,7 @@ const (
 	DiscRateLimited = "rate_limited"
 	DiscInternal    = "internal_error" // a bug: the connection's goroutine panicked
 	DiscInvalidData = "invalid_data"   // client text that is not UTF-8
+	DiscDrain       = "drain"          // closed with 1012 by a drain (a deploy)
 )
 
 // Metrics holds every collector; fields are safe for concurrent use.
@@ -86,6 +95,22 @@ type Metrics struct {
 	// WritePauses counts the writers' short pauses in a burst (input
 	// outpacing the writes), each of which lets frames gather.
 	WritePauses prometheus.Counter
+
+	// Cluster presence (package presence): write pipelines by outcome,
+	// keys waiting to be written, heartbeats by outcome, (re)registrations,
+	// fields of dead nodes removed, and reads (/presence, /nodes) by outcome.
+	PresenceFlushes    *prometheus.CounterVec
+	PresencePending    prometheus.Gauge
+	PresenceHeartbeats *prometheus.CounterVec
+	PresenceResyncs    prometheus.Counter
+	PresenceReaped     prometheus.Counter
+	PresenceReads      *prometheus.CounterVec
+	// Forwarded counts the plain PUBLISHes this node routed to the keys'
+	// channels while it held the forwarding lease (--routing keys).
+	Forwarded prometheus.Counter
+	// ProbesLost counts subscription probes that did not come back: each
+	// made its connection be dropped and subscribed again.
+	ProbesLost prometheus.Counter
 }
 
 // New creates the collectors and registers them (plus Go and process
@@ -154,7 +179,37 @@ func New() *Metrics {
 	m.WritePauses = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "wspubsub_write_pauses_total", Help: "Pauses of a WebSocket writer while its backlog grew (a burst): connections gather frames meanwhile.",
 	})
-	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes, m.SocketWrites, m.FramesWritten, m.WritePauses)
+	m.Forwarded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_forwarded_total", Help: "Plain PUBLISHes on --channel routed to the keys' channels by this node (it held the forwarding lease; --routing keys).",
+	})
+	m.PresenceFlushes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wspubsub_presence_flushes_total", Help: "Presence write pipelines sent to Redis, by outcome (ok, error).",
+	}, []string{"outcome"})
+	m.PresencePending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "wspubsub_presence_pending", Help: "Keys whose presence changed and is not yet written to Redis.",
+	})
+	m.PresenceHeartbeats = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wspubsub_presence_heartbeats_total", Help: "Node registry heartbeats, by outcome (ok, error).",
+	}, []string{"outcome"})
+	m.PresenceResyncs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_presence_registrations_total", Help: "Times this node registered with a new epoch and rewrote its presence (start, Redis lost its record, or a long stall).",
+	})
+	m.PresenceReaped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_presence_reaped_total", Help: "Keys of dead nodes whose presence fields this node removed.",
+	})
+	m.PresenceReads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wspubsub_presence_reads_total", Help: "GET/POST /presence and GET /nodes requests, by outcome (ok, error: 503).",
+	}, []string{"outcome"})
+	m.Registry.MustRegister(m.PresenceFlushes, m.PresencePending, m.PresenceHeartbeats, m.PresenceResyncs, m.PresenceReaped, m.PresenceReads)
+	for _, o := range []string{PresenceOK, PresenceError} {
+		m.PresenceFlushes.WithLabelValues(o)
+		m.PresenceHeartbeats.WithLabelValues(o)
+		m.PresenceReads.WithLabelValues(o)
+	}
+	m.ProbesLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "wspubsub_subscription_probes_lost_total", Help: "Subscription probes that did not come back within the probe interval; each rebuilt its subscription (--routing keys).",
+	})
+	m.Registry.MustRegister(m.Resumes, m.Replayed, m.Publishes, m.SocketWrites, m.FramesWritten, m.WritePauses, m.Forwarded, m.ProbesLost)
 	for _, o := range []string{ResumeFromNow, ResumeComplete, ResumeGap, ResumeFailed, ResumeResync} {
 		m.Resumes.WithLabelValues(o)
 	}
@@ -170,9 +225,12 @@ func New() *Metrics {
 		m.Drops.WithLabelValues(r)
 	}
 	for _, r := range []string{RejectUnauthorized, RejectStoreUnavailable, RejectOrigin, RejectLimit, RejectBadRequest,
-		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectInternal, RejectHost, RejectHistory} {
+		RejectSessionLimit, RejectThrottled, RejectSocketLimit, RejectInternal, RejectHost, RejectHistory, RejectRouting} {
 		m.Rejections.WithLabelValues(r)
 	}
+	// The drain's labels (a deploy), declared apart from the lists above.
+	m.Rejections.WithLabelValues(RejectDraining)
+	m.Disconnects.WithLabelValues(DiscDrain)
 	for _, r := range []string{DiscClient, DiscIdle, DiscTooSlow, DiscRevoked, DiscShutdown, DiscWriteError, DiscProtocol, DiscTooBig, DiscRateLimited, DiscInternal, DiscInvalidData} {
 		m.Disconnects.WithLabelValues(r)
 	}

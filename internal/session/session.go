@@ -18,18 +18,19 @@ import (
 // Close codes sent to clients (WebSocket close codes; other transports map
 // them to their own signals). Documented in the README.
 const (
-	CloseNormal       = 1000
-	CloseGoingAway    = 1001 // server shutting down
-	CloseProtocol     = 1002
-	CloseInvalidData  = 1007 // client text that is not UTF-8
-	CloseTooBig       = 1009 // client frame over the limit
-	CloseInternal     = 1011 // the gateway failed serving this connection
-	CloseTryAgain     = 1013 // key store unavailable
-	CloseTooSlow      = 4008 // outbound queue overflowed
-	CloseRateLimited  = 4029 // client sent messages too fast
-	CloseUnauthorized = 4401 // unknown key: do not retry
-	CloseRevoked      = 4403 // key removed from the store: do not retry
-	CloseTooMany      = 4429 // too many connections, or failed key checks, for this key or address
+	CloseNormal         = 1000
+	CloseGoingAway      = 1001 // server shutting down
+	CloseProtocol       = 1002
+	CloseInvalidData    = 1007 // client text that is not UTF-8
+	CloseTooBig         = 1009 // client frame over the limit
+	CloseInternal       = 1011 // the gateway failed serving this connection
+	CloseServiceRestart = 1012 // the gateway is draining (a deploy): reconnect now, with jitter, elsewhere
+	CloseTryAgain       = 1013 // key store unavailable
+	CloseTooSlow        = 4008 // outbound queue overflowed
+	CloseRateLimited    = 4029 // client sent messages too fast
+	CloseUnauthorized   = 4401 // unknown key: do not retry
+	CloseRevoked        = 4403 // key removed from the store: do not retry
+	CloseTooMany        = 4429 // too many connections, or failed key checks, for this key or address
 )
 
 // HTTPStatus is the HTTP status that carries a close code on the HTTP
@@ -40,7 +41,7 @@ func HTTPStatus(code int) int {
 		return http.StatusUnauthorized
 	case CloseRevoked:
 		return http.StatusForbidden
-	case CloseTryAgain, CloseGoingAway:
+	case CloseTryAgain, CloseGoingAway, CloseServiceRestart:
 		return http.StatusServiceUnavailable
 	case CloseTooBig:
 		return http.StatusRequestEntityTooLarge

@@ -10,7 +10,9 @@
 // same URL — WebSocket, then EventSource, then long-polling — falling back
 // to the next when one cannot connect, and reconnecting with exponential
 // backoff and full jitter. Close codes 4401 (unauthorized) and 4403
-// (revoked) are final: no retry; onerror and onclose say why.
+// (revoked) are final: no retry; onerror and onclose say why. 1012 (the
+// gateway is draining for a deploy) reconnects at once-ish, with jitter, on
+// the same transport; resuming clients lose nothing.
 //
 // Resume (on by default; resume: false or $.bullet without {resume: true}
 // keep the original frames): the client remembers the id of the last message
@@ -23,6 +25,9 @@
 const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 const TRANSPORTS = ["websocket", "eventsource", "polling"];
 const FINAL_CODES = new Set([4401, 4403]);
+// 1012 "service restart": the gateway is draining (a deploy). Reconnect
+// soon, on the same transport (the load balancer sends us to another node).
+const RESTART = 1012;
 const HEARTBEAT = "heartbeat message";
 
 /**
@@ -249,6 +254,7 @@ export class WsPubSub {
     this._factories = Object.assign({}, factories, o.factories || {});
     this._tn = 0;
     this._attempt = 0;
+    this._restarts = 0; // 1012 closes since the last frame received
     this._t = null;
     this._timer = null;
     this._beat = null;
@@ -306,6 +312,7 @@ export class WsPubSub {
 
   _message(text) {
     this._alive();
+    this._restarts = 0; // a gateway that serves us: the drain is behind us
     if (text === HEARTBEAT) {
       this.lastHeartbeat = new Date(this._env.now());
       if (this._pendingPings > 0) { this._pendingPings--; return; } // our own ping's answer
@@ -337,13 +344,19 @@ export class WsPubSub {
     this.transport = null;
     if (this._stopped) return;
     if (FINAL_CODES.has(code)) return this._final(code, reason || (code === 4401 ? "unauthorized" : "revoked"));
+    const restart = code === RESTART;
     if (wasOpen) {
       this.readyState = CONNECTING;
       this.ondisconnect({ code, reason });
-    } else {
+    } else if (!restart) {
       this._tn++; // could not connect with this transport: try the next one
     }
-    const delay = backoffDelay(this._attempt++, this.options.baseDelay, this.options.maxDelay, this._env.random);
+    // A drained connection (1012) comes back after a jittered 0-100 ms (the
+    // gateway spreads its closes over its drain period); one that lands on
+    // the draining gateway again is refused with 1012 before any frame and
+    // waits twice as long each time, however often its connection opened.
+    const n = restart ? this._restarts++ : this._attempt++;
+    const delay = backoffDelay(n, this.options.baseDelay, this.options.maxDelay, this._env.random);
     this._timer = this._env.setTimeout(() => this._connect(), delay);
   }
 

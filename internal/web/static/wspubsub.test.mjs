@@ -245,6 +245,44 @@ test("every reconnect resumes from the last id received", () => {
   assert.equal(c.lastId, "3");
 });
 
+test("1012 (a drain) reconnects soon, on the same transport, from the last id", () => {
+  const { c, clock, opened, log } = client();
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"5","data":1}');
+  opened[0].cb.onclose(1012, "service restart", true);
+  assert.deepEqual(clock.pending(), [50], "a jittered 0-100 ms (random 0.5)");
+  clock.advance(50);
+  assert.deepEqual([opened[1].name, opened[1].since], ["websocket", "5"]);
+  opened[1].cb.onopen();
+  assert.equal(c.readyState, WsPubSub.OPEN);
+  assert.deepEqual(log, ["open", 'msg:{"data":1}', "disconnect", "open"]);
+});
+
+test("a client the draining gateway refuses with 1012 waits longer each time and does not fall back", () => {
+  const { clock, opened } = client();
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"5","data":1}');
+  opened[0].cb.onclose(1012, "", true); // drained
+  clock.advance(50);
+  // Back on the draining gateway (the load balancer has not noticed yet):
+  // a WebSocket is upgraded, then closed with 1012 before any frame.
+  opened[1].cb.onopen();
+  opened[1].cb.onclose(1012, "", true);
+  assert.deepEqual(clock.pending(), [100], "jitter(0..200): the open did not reset it");
+  clock.advance(100);
+  // A poll is refused with 503 and the code: not a reason to fall back.
+  opened[2].cb.onclose(1012, "", false);
+  assert.deepEqual(clock.pending(), [200]);
+  clock.advance(200);
+  assert.deepEqual(opened.map((t) => t.name), ["websocket", "websocket", "websocket", "websocket"]);
+  assert.ok(opened.slice(1).every((t) => t.since === "5"), "every attempt resumes from the last id");
+  // Another node serves it: its first frame resets the wait.
+  opened[3].cb.onopen();
+  opened[3].cb.onmessage('{"id":"6","data":2}');
+  opened[3].cb.onclose(1012, "", true);
+  assert.deepEqual(clock.pending(), [50]);
+});
+
 test("gap calls ongap, is not a message, and keeps lastId until the next id", () => {
   const { c, clock, opened, log } = client();
   opened[0].cb.onopen();

@@ -1,0 +1,144 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wspubsub/wspubsub/internal/testenv"
+)
+
+func newClusterNode(t *testing.T, c *testenv.Cluster, id string, subscribed chan struct{}) routedNode {
+	t.Helper()
+	if subscribed == nil {
+		subscribed = make(chan struct{}, 100)
+	}
+	b, err := NewRedis(RedisConfig{URL: c.Seeds(), Cluster: true, Routed: true, Inbound: "in", NodeID: id,
+		History: HistoryConfig{Size: 10, TTL: time.Minute}, MaxBackoff: 500 * time.Millisecond,
+		OnSubscribed: func() { subscribed <- struct{}{} },
+		Logger:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return routedNode{b: b, got: runBroker(t, b)}
+}
+
+// keysOnDistinctMasters returns n keys whose slots are served by n
+// different masters.
+func keysOnDistinctMasters(t *testing.T, c *testenv.Cluster, n int) []string {
+	t.Helper()
+	var keys []string
+	seen := map[*testenv.Service]bool{}
+	for i := 0; len(keys) < n && i < 1000; i++ {
+		k := fmt.Sprintf("user-%d", i)
+		if m := c.MasterOf(StreamKey(k)); !seen[m] {
+			seen[m] = true
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) < n {
+		t.Fatalf("found keys on %d masters, want %d", len(keys), n)
+	}
+	return keys
+}
+
+// On a 3-master Redis Cluster: the slot function agrees with the cluster;
+// a message for keys on three masters is recorded per slot and reaches, on
+// each key's own channel, only the node watching it, with the key's id;
+// the histories answer on their masters; broadcasts reach every node.
+func TestRedisClusterRouting(t *testing.T) {
+	c := testenv.RedisCluster(t, 3, 0)
+	for _, k := range []string{"a", "user-1", "wspubsub:k:{x}", "{}", "foo{}{bar}", "123456789"} {
+		if got, want := Slot(k), c.Slot(k); int(got) != want {
+			t.Fatalf("Slot(%q) = %d, CLUSTER KEYSLOT says %d", k, got, want)
+		}
+	}
+	keys := keysOnDistinctMasters(t, c, 3)
+	a := newClusterNode(t, c, "a", nil)
+	b := newClusterNode(t, c, "b", nil)
+	a.watch(t, keys[0])
+	b.watch(t, keys[1])
+	b.watch(t, keys[2])
+
+	msg := fmt.Sprintf(`{"recipients":[%q,%q,%q,"nobody"],"data":{"n":1}}`, keys[0], keys[1], keys[2])
+	rec, err := a.b.Record(context.Background(), []byte(msg), "once")
+	if err != nil || rec.Duplicate || len(rec.IDs) != 4 {
+		t.Fatalf("Record: %+v, %v", rec, err)
+	}
+	m := expect(t, a.got, `"n":1`)
+	if !strings.Contains(m, fmt.Sprintf(`"recipients":[%q]`, keys[0])) || !strings.Contains(m, rec.IDs[0]) {
+		t.Fatalf("node a got %s, want %s's message with id %s", m, keys[0], rec.IDs[0])
+	}
+	got := []string{expect(t, b.got, `"n":1`), expect(t, b.got, `"n":1`)}
+	for i, k := range keys[1:] {
+		if !strings.Contains(strings.Join(got, " "), fmt.Sprintf(`"wspubsub_ids":[%q],"recipients":[%q]`, rec.IDs[i+1], k)) {
+			t.Fatalf("node b got %v, want %s's message with id %s", got, k, rec.IDs[i+1])
+		}
+	}
+	again, err := b.b.Record(context.Background(), []byte(msg), "once")
+	if err != nil || !again.Duplicate || strings.Join(again.IDs, ",") != strings.Join(rec.IDs, ",") {
+		t.Fatalf("repeated Record: %+v, %v; want a duplicate with ids %v", again, err, rec.IDs)
+	}
+	for i, k := range keys {
+		rp, err := a.b.Since(context.Background(), k, "0")
+		if err != nil || len(rp.Entries) != 1 || rp.Entries[0].ID != rec.IDs[i] || string(rp.Entries[0].Payload) != `{"data":{"n":1}}` {
+			t.Fatalf("Since(%s): %+v, %v", k, rp, err)
+		}
+	}
+	nothing(t, a, keys[0])
+
+	if _, err := b.b.Record(context.Background(), []byte(`{"broadcast":true,"data":2}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, a.got, `"data":2`)
+	expect(t, b.got, `"data":2`)
+}
+
+// A master killed and replaced by its replica: the node subscribes again
+// on the new master (the hub is told to resync), and messages recorded
+// after the failover reach it.
+func TestRedisClusterFailover(t *testing.T) {
+	c := testenv.RedisCluster(t, 3, 1)
+	key := ""
+	for i := 0; key == "" && i < 1000; i++ {
+		if k := fmt.Sprintf("user-%d", i); c.MasterOf(StreamKey(k)) == c.Masters[0] {
+			key = k
+		}
+	}
+	subscribed := make(chan struct{}, 100)
+	n := newClusterNode(t, c, "a", subscribed)
+	n.watch(t, key)
+	if _, err := n.b.Record(context.Background(), []byte(fmt.Sprintf(`{"recipients":[%q],"data":"before"}`, key)), ""); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, n.got, `"before"`)
+	for len(subscribed) > 0 {
+		<-subscribed
+	}
+	c.Failover(c.Masters[0])
+	select {
+	case <-subscribed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("not subscribed again after the failover")
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, err := n.b.Record(context.Background(), []byte(fmt.Sprintf(`{"recipients":[%q],"data":"after"}`, key)), "after")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cannot record after the failover: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	expect(t, n.got, `"after"`)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }

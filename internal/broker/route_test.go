@@ -1,0 +1,288 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wspubsub/wspubsub/internal/envelope"
+	"github.com/wspubsub/wspubsub/internal/testenv"
+)
+
+// routedNode is one gateway's routed broker on a shared Redis.
+type routedNode struct {
+	b   *Redis
+	got <-chan string
+}
+
+func newRoutedNode(t *testing.T, url, id string, hist HistoryConfig, onInbound func(context.Context, []byte)) routedNode {
+	t.Helper()
+	b, err := NewRedis(RedisConfig{URL: url, Inbound: "in", Routed: true, NodeID: id, History: hist,
+		OnInbound: onInbound, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return routedNode{b: b, got: runBroker(t, b)}
+}
+
+func (n routedNode) watch(t *testing.T, key string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.b.Watch(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expect receives the next message and checks it contains want.
+func expect(t *testing.T, got <-chan string, want string) string {
+	t.Helper()
+	select {
+	case m := <-got:
+		if !strings.Contains(m, want) {
+			t.Fatalf("got %s, want one holding %s", m, want)
+		}
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatalf("nothing holding %s arrived", want)
+	}
+	return ""
+}
+
+// nothing checks that no message is waiting, after a marker published on
+// a channel the node does watch has arrived: Redis delivers in order on
+// one connection, so anything sent before the marker would be ahead of it.
+func nothing(t *testing.T, n routedNode, markerKey string) {
+	t.Helper()
+	marker := envelope.ForKey([]byte(`{"data":"marker"}`), []byte(markerKey))
+	if err := n.b.Deliver(context.Background(), []Routed{{Key: markerKey, Payload: marker}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-n.got; !strings.Contains(m, `"marker"`) {
+		t.Fatalf("unexpected message %s", m)
+	}
+}
+
+// With per-key routing a node receives only the messages of the keys it
+// watches, and broadcasts; live and recorded (the history function
+// publishes one message per key on its channel, with its id).
+func TestRedisRoutingDeliversOnlyToWatchingNodes(t *testing.T) {
+	for _, hist := range []HistoryConfig{{}, {Size: 10, TTL: time.Minute}} {
+		t.Run(fmt.Sprintf("history=%d", hist.Size), func(t *testing.T) {
+			srv := testenv.Redis(t)
+			a := newRoutedNode(t, srv.URL(), "a", hist, nil)
+			b := newRoutedNode(t, srv.URL(), "b", hist, nil)
+			a.watch(t, "ka")
+			b.watch(t, "kb")
+			b.watch(t, "k/b") // a key that JSON escapes
+
+			publish := func(msg string) {
+				t.Helper()
+				if hist.Size > 0 {
+					if _, err := b.b.Record(context.Background(), []byte(msg), ""); err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
+				var p envelope.Parser
+				env, err := p.Parse([]byte(msg))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out []Routed
+				if env.Broadcast {
+					out = append(out, Routed{Broadcast: true, Payload: []byte(msg)})
+				}
+				for _, k := range env.Recipients {
+					out = append(out, Routed{Key: string(k), Payload: envelope.ForKey(env.Payload, k)})
+				}
+				if err := a.b.Deliver(context.Background(), out); err != nil {
+					t.Fatal(err)
+				}
+			}
+			publish(`{"recipients":["kb","nobody"],"data":{"n":1},"extra":true}`)
+			m := expect(t, b.got, `"n":1`)
+			if !strings.Contains(m, `"recipients":["kb"]`) || !strings.Contains(m, `"extra":true`) {
+				t.Fatalf("routed message %s: want one recipient and every other member", m)
+			}
+			if (hist.Size > 0) != strings.Contains(m, `"wspubsub_ids":["`) {
+				t.Fatalf("routed message %s: ids only with history", m)
+			}
+			nothing(t, a, "ka")
+
+			publish(`{"recipients":["k/b"],"data":2}`)
+			m = expect(t, b.got, `"data":2`)
+			var p envelope.Parser
+			env, err := p.Parse([]byte(m))
+			if err != nil || len(env.Recipients) != 1 || string(env.Recipients[0]) != "k/b" {
+				t.Fatalf("routed message %s parsed as %q, %v", m, env.Recipients, err)
+			}
+
+			publish(`{"broadcast":true,"data":3}`)
+			expect(t, a.got, `"data":3`)
+			expect(t, b.got, `"data":3`)
+
+			// Once unwatched (and the linger passed) ka's messages stop.
+			a.b.Unwatch("ka")
+			a.b.route.sweep(time.Now().Add(unwatchLinger), unwatchLinger)
+			a.watch(t, "kx")
+			publish(`{"recipients":["ka"],"data":4}`)
+			nothing(t, a, "kx")
+		})
+	}
+}
+
+// Watch returns only once the subscription is confirmed: a message
+// published right after it reaches the node (nothing to wait for).
+func TestRedisRoutingWatchIsConfirmed(t *testing.T) {
+	srv := testenv.Redis(t)
+	n := newRoutedNode(t, srv.URL(), "a", HistoryConfig{}, nil)
+	for i := range 200 {
+		key := fmt.Sprintf("key-%d", i)
+		n.watch(t, key)
+		p := envelope.ForKey([]byte(fmt.Sprintf(`{"data":%d}`, i)), []byte(key))
+		if err := n.b.Deliver(context.Background(), []Routed{{Key: key, Payload: p}}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, n.got, fmt.Sprintf(`"data":%d`, i))
+	}
+	if w := n.b.Watched(); w != 200 {
+		t.Fatalf("watched %d keys, want 200", w)
+	}
+}
+
+// A plain PUBLISH on the inbound channel reaches the one node holding the
+// forwarding lease, which routes it; when that node stops, another takes
+// the lease over.
+func TestRedisRoutingForwardsPlainPublishes(t *testing.T) {
+	srv := testenv.Redis(t)
+	forwarded := make(chan string, 10)
+	fwd := func(name string) func(context.Context, []byte) {
+		return func(_ context.Context, msg []byte) { forwarded <- name + ":" + string(msg) }
+	}
+	a := newRoutedNode(t, srv.URL(), "a", HistoryConfig{}, fwd("a"))
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	// The lease is taken on Run's start; publish until the forwarder is
+	// subscribed (a plain PUBLISH with no subscriber reaches no one).
+	first := waitForward(t, rdb, forwarded, "one")
+	if !strings.HasPrefix(first, "a:") {
+		t.Fatalf("forwarded by %s", first)
+	}
+	holder, _ := rdb.Get(ctx, leaseKey("in")).Result()
+	if holder != "a" {
+		t.Fatalf("lease held by %q", holder)
+	}
+	b := newRoutedNode(t, srv.URL(), "b", HistoryConfig{}, fwd("b"))
+	_ = b
+	a.b.Close() // a stops: its lease expires, b takes it over
+	rdb.Del(ctx, leaseKey("in"))
+	m := waitForward(t, rdb, forwarded, "two")
+	if !strings.HasPrefix(m, "b:") {
+		t.Fatalf("after a stopped, forwarded by %s", m)
+	}
+}
+
+func waitForward(t *testing.T, rdb *redis.Client, forwarded <-chan string, what string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		rdb.Publish(context.Background(), "in", what)
+		select {
+		case m := <-forwarded:
+			if strings.HasSuffix(m, what) {
+				return m
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%q never forwarded", what)
+	return ""
+}
+
+// After a Redis restart the routed subscription comes back with every
+// watched key's channel, and OnSubscribed runs once it has (resuming
+// clients catch up from history then).
+func TestRedisRoutingResubscribesAfterRestart(t *testing.T) {
+	srv := testenv.Redis(t)
+	subscribed := make(chan struct{}, 10)
+	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Routed: true, NodeID: "a", MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnSubscribed: func() { subscribed <- struct{}{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	n := routedNode{b: b, got: runBroker(t, b)}
+	<-subscribed
+	n.watch(t, "k1")
+	srv.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("still ready with Redis down")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	srv.Start()
+	select {
+	case <-subscribed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("OnSubscribed not called after the restart")
+	}
+	p := envelope.ForKey([]byte(`{"data":"after"}`), []byte("k1"))
+	if err := b.Deliver(context.Background(), []Routed{{Key: "k1", Payload: p}}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, n.got, `"after"`)
+}
+
+// A subscription that silently stops delivering (no error) is found by its
+// probe, dropped and made again; the hub is told to resync.
+func TestRedisRoutingProbeRebuildsASilentSubscription(t *testing.T) {
+	srv := testenv.Redis(t)
+	var muted atomic.Bool
+	lost := make(chan struct{}, 100)
+	subscribed := make(chan struct{}, 100)
+	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Routed: true, NodeID: "a",
+		ProbeInterval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		OnProbeLost:  func() { lost <- struct{}{} },
+		OnSubscribed: func() { subscribed <- struct{}{} },
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	b.mute = muted.Load
+	n := routedNode{b: b, got: runBroker(t, b)}
+	<-subscribed
+	n.watch(t, "k1")
+	muted.Store(true)
+	select {
+	case <-lost:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the silent subscription's probe was never missed")
+	}
+	muted.Store(false)
+	for len(subscribed) > 0 { // resyncs during the muted spell
+		<-subscribed
+	}
+	select {
+	case <-subscribed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the subscription was not made again")
+	}
+	p := envelope.ForKey([]byte(`{"data":"again"}`), []byte("k1"))
+	if err := b.Deliver(context.Background(), []Routed{{Key: "k1", Payload: p}}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, n.got, `"again"`)
+}

@@ -1,0 +1,452 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The routed subscription is one connection per Redis server that owns
+// subscribed channels: the single Redis, or each master of a cluster (a
+// sharded channel is served by the master of its slot). Their subscriptions
+// are managed here rather than by go-redis's reconnection, which subscribes
+// to all of a connection's channels again in one command: a cluster refuses
+// a command over several slots (CROSSSLOT). A lost connection is dropped
+// and its channels subscribed anew on whichever master owns them by then
+// (after a failover, the promoted replica), one command per slot.
+//
+// Liveness: each connection also carries a probe channel of its own; every
+// probe interval the node publishes on it and expects the probe back before
+// the next one. A probe that does not come back means the subscription
+// stopped delivering without an error (a known failure of pub/sub after a
+// failover): the connection is dropped and rebuilt like a lost one.
+
+// shardSub is one subscription connection.
+type shardSub struct {
+	addr  string
+	ps    *redis.PubSub
+	chans map[string]bool // channels subscribed on it (the manager's)
+	probe string          // its probe channel
+	// probeOut: a probe was published and has not come back yet.
+	probeOut atomic.Bool
+	// hold: a rebuild's subscriptions are being confirmed on it; messages
+	// wait until go is closed (the hub has been told to resync).
+	hold    atomic.Bool
+	release chan struct{}
+	dead    bool // dropped (the manager's)
+}
+
+// shardEvent reports, from a connection's receive goroutine, that it ended
+// (err) or that a rebuild's subscriptions on it are all confirmed.
+type shardEvent struct {
+	sh      *shardSub
+	err     error
+	settled bool
+}
+
+const (
+	settlePing   = "wspubsub-settle"
+	receiveQuiet = 15 * time.Second // a connection quiet this long is pinged
+)
+
+// shards is runRouted's state, owned by its goroutine.
+type shards struct {
+	r         *Redis
+	h         Handler
+	byAddr    map[string]*shardSub
+	owner     map[string]*shardSub // channel → connection
+	events    chan shardEvent
+	rebuild   map[string]bool // channels to subscribe again after a loss
+	retry     *time.Timer
+	scheduled bool                     // retry is armed
+	attempt   int                      // resubscriptions since the last success
+	nodes     map[string]*redis.Client // cluster: a master's client by address
+}
+
+// runRouted is Run with per-key routing.
+func (r *Redis) runRouted(ctx context.Context, h Handler) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer r.setReady(false)
+	if r.cfg.OnInbound != nil {
+		go r.forwardWhileLeased(sctx)
+	}
+	s := &shards{r: r, h: h, byAddr: map[string]*shardSub{}, owner: map[string]*shardSub{},
+		events: make(chan shardEvent, 16), rebuild: map[string]bool{}, nodes: map[string]*redis.Client{}}
+	defer s.closeAll()
+	// The broadcast channel first, as a rebuild: the hub resyncs once it
+	// is confirmed, and the node is ready.
+	s.rebuild[broadcastChannel(r.cfg.Inbound)] = true
+	s.retry = time.NewTimer(0)
+	s.scheduled = true
+	defer s.retry.Stop()
+	probe := time.NewTicker(r.cfg.ProbeInterval)
+	defer probe.Stop()
+	sweep := time.NewTicker(unwatchLinger / 2)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.route.kick:
+			s.apply(sctx, r.route.take())
+		case ev := <-s.events:
+			s.event(sctx, ev)
+		case <-s.retry.C:
+			s.resubscribe(sctx)
+		case <-probe.C:
+			s.probe(sctx)
+		case <-sweep.C:
+			r.route.sweep(time.Now(), unwatchLinger)
+		}
+	}
+}
+
+func (s *shards) closeAll() {
+	for _, sh := range s.byAddr {
+		_ = sh.ps.Close()
+	}
+}
+
+// ownerOf is the address of the server whose connection must carry channel.
+func (s *shards) ownerOf(ctx context.Context, channel string) (string, error) {
+	if s.r.cluster == nil {
+		return "", nil
+	}
+	c, err := s.r.cluster.MasterForKey(ctx, channel)
+	if err != nil {
+		return "", fmt.Errorf("finding the master of a channel's slot: %w", err)
+	}
+	addr := c.Options().Addr
+	s.nodes[addr] = c
+	return addr, nil
+}
+
+// shard returns the live connection to addr, making it if needed.
+func (s *shards) shard(ctx context.Context, addr string) *shardSub {
+	if sh := s.byAddr[addr]; sh != nil {
+		return sh
+	}
+	var ps *redis.PubSub
+	if s.r.cluster != nil {
+		ps = s.nodes[addr].SSubscribe(ctx)
+	} else {
+		ps = s.r.client.(*redis.Client).SSubscribe(ctx)
+	}
+	sh := &shardSub{addr: addr, ps: ps, chans: map[string]bool{}, release: make(chan struct{})}
+	sh.probe = s.probeChannel(ctx, addr)
+	s.byAddr[addr] = sh
+	go s.receive(ctx, sh)
+	s.send(ctx, sh, true, []string{sh.probe})
+	return sh
+}
+
+// probeChannel finds a channel of this node's whose slot addr serves.
+func (s *shards) probeChannel(ctx context.Context, addr string) string {
+	base := "wspubsub:probe:" + s.r.cfg.NodeID + ":{"
+	for i := 0; ; i++ {
+		ch := base + strconv.Itoa(i) + "}"
+		if a, err := s.ownerOf(ctx, ch); err != nil || a == addr || i > 1<<16 {
+			return ch
+		}
+	}
+}
+
+// apply sends queued (un)subscriptions: grouped by connection and, in a
+// cluster, by slot, at most subscribeBatch channels a command.
+func (s *shards) apply(ctx context.Context, ops []subOp) {
+	type group struct {
+		sh   *shardSub
+		slot uint16
+		sub  bool
+	}
+	var order []group
+	chans := map[group][]string{}
+	for _, op := range ops {
+		var sh *shardSub
+		if op.sub {
+			addr, err := s.ownerOf(ctx, op.channel)
+			if err != nil {
+				s.r.cfg.Logger.Warn("redis: cannot subscribe to a key's channel now; retrying", "err", err)
+				s.rebuild[op.channel] = true
+				s.later()
+				continue
+			}
+			sh = s.shard(ctx, addr)
+		} else if sh = s.owner[op.channel]; sh == nil {
+			delete(s.rebuild, op.channel)
+			continue
+		}
+		g := group{sh: sh, sub: op.sub}
+		if s.r.cluster != nil {
+			g.slot = Slot(op.channel)
+		}
+		if chans[g] == nil {
+			order = append(order, g)
+		}
+		chans[g] = append(chans[g], op.channel)
+	}
+	for _, g := range order {
+		list := chans[g]
+		for len(list) > 0 {
+			n := min(len(list), subscribeBatch)
+			s.send(ctx, g.sh, g.sub, list[:n])
+			list = list[n:]
+		}
+	}
+}
+
+// send sends one command; a failure drops the connection (its channels are
+// subscribed again on a new one).
+func (s *shards) send(ctx context.Context, sh *shardSub, sub bool, chans []string) {
+	if sh.dead {
+		if sub { // lost meanwhile: these go with the next attempt
+			for _, ch := range chans {
+				if ch != sh.probe {
+					s.rebuild[ch] = true
+				}
+			}
+			s.later()
+		}
+		return
+	}
+	var err error
+	if sub {
+		for _, ch := range chans {
+			sh.chans[ch] = true
+			s.owner[ch] = sh
+		}
+		err = sh.ps.SSubscribe(ctx, chans...)
+	} else {
+		for _, ch := range chans {
+			delete(sh.chans, ch)
+			delete(s.owner, ch)
+		}
+		err = sh.ps.SUnsubscribe(ctx, chans...)
+	}
+	if err != nil && ctx.Err() == nil {
+		s.lose(sh, fmt.Errorf("sending a subscription command: %w", err))
+	}
+}
+
+// lose drops sh: its channels are subscribed again after a backoff.
+func (s *shards) lose(sh *shardSub, err error) {
+	if sh.dead {
+		return
+	}
+	sh.dead = true
+	_ = sh.ps.Close()
+	delete(s.byAddr, sh.addr)
+	for ch := range sh.chans {
+		delete(s.owner, ch)
+		if ch != sh.probe {
+			s.rebuild[ch] = true
+		}
+	}
+	if s.r.ready.Load() || s.attempt == 0 {
+		s.r.cfg.Logger.Warn("redis subscription lost; reconnecting", "server", sh.addr, "channels", len(sh.chans), "err", err)
+	} else {
+		s.r.cfg.Logger.Debug("redis subscription lost again", "server", sh.addr, "channels", len(sh.chans), "err", err)
+	}
+	s.r.setReady(false)
+	s.r.cfg.OnReconnect()
+	if s.r.cluster != nil {
+		s.r.cluster.ReloadState(context.Background()) // a failover moves slots to a new master
+	}
+	s.later()
+}
+
+// later schedules resubscribe after the next backoff, unless it is.
+func (s *shards) later() {
+	if s.scheduled {
+		return
+	}
+	s.scheduled = true
+	s.retry.Reset(backoff(s.attempt, s.r.cfg.MinBackoff, s.r.cfg.MaxBackoff))
+}
+
+// resubscribe subscribes again to the channels of lost connections (those
+// of keys still watched), holding the messages of each connection they go
+// to until the hub has resynced.
+func (s *shards) resubscribe(ctx context.Context) {
+	s.scheduled = false
+	if len(s.rebuild) == 0 {
+		return
+	}
+	s.attempt++
+	var ops []subOp
+	bc := broadcastChannel(s.r.cfg.Inbound)
+	for ch := range s.rebuild {
+		key, isKey := keyOfChannel(ch)
+		if ch == bc || isKey && s.r.route.isWatched(key) {
+			ops = append(ops, subOp{ch, true})
+		}
+		delete(s.rebuild, ch)
+	}
+	s.r.cfg.Logger.Debug("redis: subscribing again", "channels", len(ops), "attempt", s.attempt)
+	// Mark the connections that will carry them (made now if needed).
+	touched := map[*shardSub]bool{}
+	for _, op := range ops {
+		addr, err := s.ownerOf(ctx, op.channel)
+		if err != nil {
+			s.rebuild[op.channel] = true
+			continue
+		}
+		sh := s.shard(ctx, addr)
+		if !touched[sh] {
+			touched[sh] = true
+			sh.hold.Store(true)
+		}
+	}
+	s.apply(ctx, ops)
+	for sh := range touched {
+		if sh.dead {
+			continue
+		}
+		// Confirmations come in command order: the ping's answer follows them.
+		if err := sh.ps.Ping(ctx, settlePing); err != nil {
+			s.lose(sh, fmt.Errorf("pinging a subscription: %w", err))
+		}
+	}
+	if len(s.rebuild) > 0 {
+		s.later()
+	}
+}
+
+// event handles what a receive goroutine reports.
+func (s *shards) event(ctx context.Context, ev shardEvent) {
+	if ev.err != nil {
+		if s.byAddr[ev.sh.addr] == ev.sh {
+			s.lose(ev.sh, ev.err)
+		}
+		return
+	}
+	if !ev.settled || ev.sh.dead {
+		return
+	}
+	// The hub holds its resuming sessions before the held messages go.
+	s.r.dispatchMu.Lock()
+	s.r.cfg.OnSubscribed()
+	s.r.dispatchMu.Unlock()
+	ev.sh.hold.Store(false)
+	old := ev.sh.release
+	ev.sh.release = make(chan struct{}) // before the close: the reader sees it after waking
+	close(old)
+	if len(s.rebuild) == 0 && !s.holding() {
+		if s.attempt > 1 {
+			s.r.cfg.Logger.Info("redis subscription restored", "attempts", s.attempt)
+		}
+		s.attempt = 0
+		if err := s.r.loadHistory(ctx); err != nil {
+			s.r.cfg.Logger.Warn("redis: history functions not loaded", "err", err)
+		}
+		s.r.setReady(true)
+	}
+}
+
+func (s *shards) holding() bool {
+	for _, sh := range s.byAddr {
+		if sh.hold.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// probe checks the last probe of every connection came back, and sends
+// the next one.
+func (s *shards) probe(ctx context.Context) {
+	for _, sh := range s.byAddr {
+		if sh.hold.Load() {
+			continue
+		}
+		if sh.probeOut.Load() {
+			s.r.cfg.OnProbeLost()
+			s.lose(sh, errors.New("a subscription probe did not come back"))
+			continue
+		}
+		sh.probeOut.Store(true)
+		if err := s.r.client.SPublish(ctx, sh.probe, "p").Err(); err != nil && ctx.Err() == nil {
+			s.r.cfg.Logger.Warn("redis: publishing a subscription probe failed", "err", err)
+		}
+	}
+}
+
+// receive reads one connection until it fails.
+func (s *shards) receive(ctx context.Context, sh *shardSub) {
+	var held [][]byte
+	report := func(ev shardEvent) bool {
+		select {
+		case s.events <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		msg, err := sh.ps.ReceiveTimeout(ctx, receiveQuiet)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if perr := sh.ps.Ping(ctx); perr == nil {
+					continue
+				}
+			}
+			if !errors.Is(err, redis.ErrClosed) {
+				report(shardEvent{sh: sh, err: err})
+			}
+			return
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "ssubscribe" {
+				s.r.route.confirmed(m.Channel)
+			}
+		case *redis.Pong:
+			if m.Payload == settlePing && sh.hold.Load() {
+				release := sh.release
+				if !report(shardEvent{sh: sh, settled: true}) {
+					return
+				}
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return
+				}
+				for _, p := range held {
+					s.dispatch(p)
+				}
+				held = nil
+			}
+		case *redis.Message:
+			switch {
+			case s.r.mute != nil && s.r.mute():
+				// (tests: a subscription that silently stops delivering)
+			case m.Channel == sh.probe:
+				sh.probeOut.Store(false)
+			case sh.hold.Load():
+				held = append(held, []byte(m.Payload))
+			default:
+				s.dispatch(unsafe.Slice(unsafe.StringData(m.Payload), len(m.Payload)))
+			}
+		}
+	}
+}
+
+// dispatch hands one message to the handler: one at a time, whichever
+// connection it came on (the Handler contract).
+func (s *shards) dispatch(p []byte) {
+	s.r.dispatchMu.Lock()
+	defer s.r.dispatchMu.Unlock()
+	s.h(p)
+}
