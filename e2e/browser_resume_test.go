@@ -131,6 +131,7 @@ func TestBrowserResume(t *testing.T) {
 	cases := []struct {
 		name, transport string
 		serverClose     bool // the gateway closes (1001, as a deploy), instead of the network going away
+		drain           bool // the server's close is a drain's 1012 (wspubsub.js: back soon, same transport)
 		args            []string
 	}{
 		{name: "websocket", transport: "websocket"},
@@ -138,6 +139,8 @@ func TestBrowserResume(t *testing.T) {
 		{name: "eventsource", transport: "eventsource"},
 		{name: "polling", transport: "polling", args: []string{"--poll-timeout", "5s"}},
 		{name: "polling-server-close", transport: "polling", serverClose: true, args: []string{"--poll-timeout", "5s"}},
+		{name: "websocket-drain", transport: "websocket", serverClose: true, drain: true},
+		{name: "polling-drain", transport: "polling", serverClose: true, drain: true, args: []string{"--poll-timeout", "5s"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -164,7 +167,11 @@ func TestBrowserResume(t *testing.T) {
 			proxy.hold(!c.serverClose || c.transport != "websocket")
 			if c.serverClose {
 				for _, s := range gw.Hub().Sessions(demoKey) {
-					s.Close(session.CloseGoingAway, "going away")
+					if c.drain {
+						s.Close(session.CloseServiceRestart, "service restart")
+					} else {
+						s.Close(session.CloseGoingAway, "going away")
+					}
 				}
 			}
 			// A long-poll connection outlives a lost request (the next

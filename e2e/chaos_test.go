@@ -36,27 +36,84 @@ func TestChaosExactlyOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos test skipped in -short mode")
 	}
-	const (
-		nKeys      = 50
-		nMsgs      = 10000
-		rate       = 1000 // messages per second at most, so the chaos spans the run
-		publishers = 10   // each owns the keys k with k%publishers == its index: per-key order holds
-	)
+	const nMsgs = 10000
+	redis := testenv.DurableRedis(t)
+	// 1,000 messages a second at most, so that the chaos spans the run.
+	runChaos(t, chaosPlan{nKeys: 50, nMsgs: nMsgs, rate: 1000, publishers: 10, gateways: 2,
+		args: []string{"--redis-url", redis.URL()},
+		chaos: func(r *chaosRun) {
+			t := r.t
+			r.waitAcked(nMsgs / 4)
+			victim := r.gws[r.rng.Intn(len(r.gws))]
+			victim.Kill()
+			r.timeline.add("%s SIGKILLed", victim.name)
+			t.Logf("%s SIGKILLed after %d messages acknowledged", victim.name, r.acked())
+			time.Sleep(time.Duration(200+r.rng.Intn(600)) * time.Millisecond)
+			victim.Start()
+			r.timeline.add("%s restarted (healthy)", victim.name)
+			t.Logf("%s restarted; %d acknowledged", victim.name, r.acked())
+
+			r.waitAcked(nMsgs * 6 / 10)
+			redis.Stop()
+			r.timeline.add("Redis SIGKILLed")
+			redisDown := time.Now()
+			t.Logf("Redis SIGKILLed after %d messages acknowledged", r.acked())
+			time.Sleep(time.Duration(500+r.rng.Intn(1000)) * time.Millisecond)
+			redisUp := time.Now()
+			redis.Start()
+			r.timeline.add("Redis restarted")
+			t.Logf("Redis restarted %v after the SIGKILL; %d acknowledged", time.Since(redisDown).Round(time.Millisecond), r.acked())
+			for _, g := range r.gws {
+				g.waitReady(30 * time.Second)
+			}
+			r.timeline.add("both gateways ready")
+			t.Logf("gateways ready again %v after Redis was; %d acknowledged",
+				time.Since(redisUp).Round(time.Millisecond), r.acked())
+		}})
+}
+
+// chaosPlan is one chaos run: nKeys keys with a resuming client each (the
+// transports in turn), nMsgs messages published by publishers goroutines
+// at rate messages per second at most, through gateways gateway
+// processes (args added to the common flags), and chaos, which breaks
+// things at points chosen by the count acknowledged.
+type chaosPlan struct {
+	nKeys, nMsgs, rate, publishers, gateways int
+	args                                     []string
+	chaos                                    func(*chaosRun)
+}
+
+// chaosRun is what a plan's chaos works with.
+type chaosRun struct {
+	t         *testing.T
+	rng       *rand.Rand
+	gws       []*chaosGateway
+	timeline  *chaosTimeline
+	acked     func() int64
+	waitAcked func(n int64) // returns once n messages are acknowledged (fails the test at the deadline)
+}
+
+// runChaos runs p and checks that every client got every message for its
+// key exactly once and in order, with the acknowledged ids.
+func runChaos(t *testing.T, p chaosPlan) {
+	nKeys, nMsgs, rate, publishers := p.nKeys, p.nMsgs, p.rate, p.publishers // each publisher owns the keys k with k%publishers == its index: per-key order holds
 	began := time.Now()
 	timeline := &chaosTimeline{t0: began}
 	seed := chaosSeed(t)
 	rng := rand.New(rand.NewSource(seed))
-
-	redis := testenv.DurableRedis(t)
 	keys := make([]string, nKeys)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("chaos-key-%02d", i)
 	}
-	args := []string{"--redis-url", redis.URL(), "--history-size", "10000", "--history-ttl", "5m",
-		"--max-sessions-per-addr", "0", "--max-sessions-per-key", "0", "--poll-timeout", "2s"}
-	gws := []*chaosGateway{newChaosGateway(t, "gw0", keys, args...), newChaosGateway(t, "gw1", keys, args...)}
+	args := append([]string{"--history-size", "10000", "--history-ttl", "5m",
+		"--max-sessions-per-addr", "0", "--max-sessions-per-key", "0", "--poll-timeout", "2s"}, p.args...)
+	var gws []*chaosGateway
+	for i := range p.gateways {
+		name := fmt.Sprintf("gw%d", i)
+		gws = append(gws, newChaosGateway(t, name, keys, append(args, "--node-id", name)...))
+	}
 
-	// 50 clients, the transports in turn, each dropping its connection after
+	// One client per key, the transports in turn, each dropping its connection after
 	// 50 ms to 1.5 s (one in five: up to 5 s, so that some live through an
 	// outage) and resuming on a random gateway.
 	clients := make([]*chaosClient, nKeys)
@@ -99,7 +156,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 		}
 		return true
 	})
-	t.Logf("setup %v; 50 clients have their position", time.Since(began).Round(time.Millisecond))
+	t.Logf("setup %v; %d clients have their position", time.Since(began).Round(time.Millisecond), nKeys)
 
 	// The publisher.
 	pub := newChaosPublisher(gws, keys)
@@ -115,7 +172,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 				if (n%nKeys)%publishers != g {
 					continue
 				}
-				if d := time.Until(pubStart.Add(time.Duration(n) * time.Second / rate)); d > 0 {
+				if d := time.Until(pubStart.Add(time.Duration(n) * time.Second / time.Duration(rate))); d > 0 {
 					select {
 					case <-ctx.Done():
 					case <-time.After(d):
@@ -155,32 +212,7 @@ func TestChaosExactlyOnce(t *testing.T) {
 	}
 
 	// The chaos, at points chosen by the count acknowledged.
-	waitAcked(nMsgs / 4)
-	victim := gws[rng.Intn(len(gws))]
-	victim.Kill()
-	timeline.add("%s SIGKILLed", victim.name)
-	t.Logf("%s SIGKILLed after %d messages acknowledged", victim.name, pub.acked.Load())
-	time.Sleep(time.Duration(200+rng.Intn(600)) * time.Millisecond)
-	victim.Start()
-	timeline.add("%s restarted (healthy)", victim.name)
-	t.Logf("%s restarted; %d acknowledged", victim.name, pub.acked.Load())
-
-	waitAcked(nMsgs * 6 / 10)
-	redis.Stop()
-	timeline.add("Redis SIGKILLed")
-	redisDown := time.Now()
-	t.Logf("Redis SIGKILLed after %d messages acknowledged", pub.acked.Load())
-	time.Sleep(time.Duration(500+rng.Intn(1000)) * time.Millisecond)
-	redisUp := time.Now()
-	redis.Start()
-	timeline.add("Redis restarted")
-	t.Logf("Redis restarted %v after the SIGKILL; %d acknowledged", time.Since(redisDown).Round(time.Millisecond), pub.acked.Load())
-	for _, g := range gws {
-		g.waitReady(30 * time.Second)
-	}
-	timeline.add("both gateways ready")
-	t.Logf("gateways ready again %v after Redis was; %d acknowledged",
-		time.Since(redisUp).Round(time.Millisecond), pub.acked.Load())
+	p.chaos(&chaosRun{t: t, rng: rng, gws: gws, timeline: timeline, acked: func() int64 { return pub.acked.Load() }, waitAcked: waitAcked})
 
 	for pubErrs < publishers {
 		if time.Now().After(end) {

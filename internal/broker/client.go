@@ -7,11 +7,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// NewClient returns a Redis client for another part of the gateway
-// (presence) on the same --redis-url as the broker: a single server's URL,
-// or with cluster the seeds of a Redis Cluster (as NewRedis reads them).
-// Its pool is its own, so that its commands never wait behind the
-// broker's.
+// NewClient returns a Redis client on --redis-url: a single server's URL,
+// or with cluster the seeds of a Redis Cluster. The broker makes its own;
+// another part of the gateway (presence) makes one with a pool of its own,
+// so that its commands never wait behind the broker's (poolSize 0: the
+// default size).
 func NewClient(url string, cluster bool, poolSize int) (redis.UniversalClient, error) {
 	if cluster {
 		copt, err := clusterOptions(url)

@@ -46,10 +46,17 @@ type RedisConfig struct {
 	// [5s]; OnProbeLost is called for each probe that did not.
 	ProbeInterval time.Duration
 	OnProbeLost   func()
+	// WaitReplicas, in a cluster, acknowledges a recorded message only
+	// once that many replicas of each master involved have it (WAIT, at
+	// most WaitTimeout): a failover then loses no acknowledged message.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 	// Cluster treats URL as the seeds of a Redis Cluster (needs Routed:
 	// sharded pub/sub spreads the traffic over the shards).
 	Cluster bool
-	// NodeID names this node in the forwarding lease.
+	// NodeID names this node in the forwarding lease and its probe
+	// channels (with a random suffix: two processes given the same id
+	// still hold distinct leases and probes).
 	NodeID string
 	// OnInbound, with Routed, receives the plain PUBLISHes on Inbound while
 	// this node holds the forwarding lease; it must route them (parse,
@@ -70,6 +77,7 @@ type Redis struct {
 	// receives on one connection per server.
 	dispatchMu sync.Mutex
 	mute       func() bool // tests: drop every message received (routed mode)
+	instance   string      // NodeID and a random suffix: this process in leases and probe channels
 }
 
 // NewRedis parses the URL and creates the client; it does not connect yet.
@@ -77,23 +85,12 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.Cluster && !cfg.Routed {
 		return nil, errors.New("a Redis Cluster needs per-key routing (sharded pub/sub)")
 	}
-	r := &Redis{}
-	if cfg.Cluster {
-		copt, err := clusterOptions(cfg.URL)
-		if err != nil {
-			return nil, err
-		}
-		r.cluster = redis.NewClusterClient(copt)
-		r.client = r.cluster
-	} else {
-		opt, err := redis.ParseURL(cfg.URL)
-		if err != nil {
-			return nil, fmt.Errorf("parsing Redis URL: %w", err)
-		}
-		opt.DialTimeout = 2 * time.Second
-		opt.MaxRetries = 1
-		r.client = redis.NewClient(opt)
+	client, err := NewClient(cfg.URL, cfg.Cluster, 0)
+	if err != nil {
+		return nil, err
 	}
+	r := &Redis{client: client}
+	r.cluster, _ = client.(*redis.ClusterClient)
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 50 * time.Millisecond
 	}
@@ -109,6 +106,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.OnReady == nil {
 		cfg.OnReady = func(bool) {}
 	}
+	if cfg.WaitTimeout <= 0 {
+		cfg.WaitTimeout = time.Second
+	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 5 * time.Second
 	}
@@ -119,6 +119,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		cfg.OnSubscribed = func() {}
 	}
 	r.cfg = cfg
+	r.instance = fmt.Sprintf("%s-%08x", cfg.NodeID, rand.Uint32())
 	if cfg.Routed {
 		r.route = newRouter()
 	}

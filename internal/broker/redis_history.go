@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -140,17 +141,13 @@ func (r *Redis) recordInSlots(ctx context.Context, msg []byte, idem string) (Rec
 	out := Recorded{Duplicate: true, IDs: make([]string, len(env.Recipients))}
 	pending := order
 	for attempt := 0; len(pending) > 0; attempt++ {
-		cmds := make([]*redis.Cmd, len(pending))
-		_, _ = r.client.Pipelined(ctx, func(pl redis.Pipeliner) error {
-			for gi, s := range pending {
-				keys := make([]string, len(groups[s]))
-				for j, i := range groups[s] {
-					keys[j] = StreamKey(string(env.Recipients[i]))
-				}
-				cmds[gi] = pl.FCall(ctx, "wspubsub_publish", keys, msg, idem)
+		cmds := r.recordOnMasters(ctx, pending, func(s uint16) []string {
+			keys := make([]string, len(groups[s]))
+			for j, i := range groups[s] {
+				keys[j] = StreamKey(string(env.Recipients[i]))
 			}
-			return nil
-		})
+			return keys
+		}, msg, idem)
 		var failed []uint16
 		var firstErr error
 		for gi, s := range pending {
@@ -186,6 +183,55 @@ func (r *Redis) recordInSlots(ctx context.Context, msg []byte, idem string) (Rec
 		pending = failed
 	}
 	return out, nil
+}
+
+// recordOnMasters runs one FCALL wspubsub_publish per slot, in one
+// pipeline per master (on one connection: with WaitReplicas, the WAIT at
+// its end covers its calls), the masters in parallel. cmds[i] is slot
+// i's call; a master that cannot be reached fails its calls.
+func (r *Redis) recordOnMasters(ctx context.Context, slots []uint16, keysOf func(uint16) []string, msg []byte, idem string) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(slots))
+	byNode := map[*redis.Client][]int{}
+	for i, s := range slots {
+		keys := keysOf(s)
+		cmds[i] = redis.NewCmd(ctx, "fcall", "wspubsub_publish", len(keys))
+		node, err := r.cluster.MasterForKey(ctx, keys[0])
+		if err != nil {
+			cmds[i].SetErr(fmt.Errorf("finding the master of a key's slot: %w", err))
+			continue
+		}
+		byNode[node] = append(byNode[node], i)
+	}
+	var wg sync.WaitGroup
+	for node, idx := range byNode {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var wait *redis.Cmd
+			_, err := node.Pipelined(ctx, func(pl redis.Pipeliner) error {
+				for _, i := range idx {
+					cmds[i] = pl.FCall(ctx, "wspubsub_publish", keysOf(slots[i]), msg, idem)
+				}
+				if n := r.cfg.WaitReplicas; n > 0 {
+					wait = pl.Do(ctx, "wait", n, r.cfg.WaitTimeout.Milliseconds())
+				}
+				return nil
+			})
+			if err == nil && wait != nil {
+				if got, _ := wait.Int64(); got < int64(r.cfg.WaitReplicas) {
+					err = fmt.Errorf("recorded on %d replicas of the master, not %d", got, r.cfg.WaitReplicas)
+					for _, i := range idx {
+						cmds[i].SetErr(err)
+					}
+				}
+			}
+			if err != nil {
+				r.cluster.ReloadState(ctx) // a failover or a slot that moved
+			}
+		}()
+	}
+	wg.Wait()
+	return cmds
 }
 
 // loadHistoryOnce loads the function library unless this broker has.

@@ -248,13 +248,13 @@ func (r *Redis) forwardWhileLeased(ctx context.Context) {
 	defer func() {
 		if stopFwd != nil {
 			stopFwd()
-			r.client.Eval(context.WithoutCancel(ctx), releaseLua, []string{key}, r.cfg.NodeID)
+			r.client.Eval(context.WithoutCancel(ctx), releaseLua, []string{key}, r.instance)
 		}
 	}()
 	t := time.NewTicker(leaseRenew)
 	defer t.Stop()
 	for {
-		held, err := r.client.Eval(ctx, leaseLua, []string{key}, r.cfg.NodeID, leaseTTL.Milliseconds()).Int()
+		held, err := r.client.Eval(ctx, leaseLua, []string{key}, r.instance, leaseTTL.Milliseconds()).Int()
 		switch {
 		case ctx.Err() != nil:
 			return

@@ -179,7 +179,7 @@ func TestRedisRoutingForwardsPlainPublishes(t *testing.T) {
 		t.Fatalf("forwarded by %s", first)
 	}
 	holder, _ := rdb.Get(ctx, leaseKey("in")).Result()
-	if holder != "a" {
+	if holder != a.b.instance || !strings.HasPrefix(holder, "a-") {
 		t.Fatalf("lease held by %q", holder)
 	}
 	b := newRoutedNode(t, srv.URL(), "b", HistoryConfig{}, fwd("b"))

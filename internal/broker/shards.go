@@ -40,7 +40,8 @@ type shardSub struct {
 	// wait until go is closed (the hub has been told to resync).
 	hold    atomic.Bool
 	release chan struct{}
-	dead    bool // dropped (the manager's)
+	up      atomic.Bool // a subscription was confirmed on it: its loss counts as one
+	dead    bool        // dropped (the manager's)
 }
 
 // shardEvent reports, from a connection's receive goroutine, that it ended
@@ -150,7 +151,7 @@ func (s *shards) shard(ctx context.Context, addr string) *shardSub {
 
 // probeChannel finds a channel of this node's whose slot addr serves.
 func (s *shards) probeChannel(ctx context.Context, addr string) string {
-	base := "wspubsub:probe:" + s.r.cfg.NodeID + ":{"
+	base := "wspubsub:probe:" + s.r.instance + ":{"
 	for i := 0; ; i++ {
 		ch := base + strconv.Itoa(i) + "}"
 		if a, err := s.ownerOf(ctx, ch); err != nil || a == addr || i > 1<<16 {
@@ -256,7 +257,9 @@ func (s *shards) lose(sh *shardSub, err error) {
 		s.r.cfg.Logger.Debug("redis subscription lost again", "server", sh.addr, "channels", len(sh.chans), "err", err)
 	}
 	s.r.setReady(false)
-	s.r.cfg.OnReconnect()
+	if sh.up.Load() {
+		s.r.cfg.OnReconnect() // a working subscription lost, not a failed attempt
+	}
 	if s.r.cluster != nil {
 		s.r.cluster.ReloadState(context.Background()) // a failover moves slots to a new master
 	}
@@ -410,6 +413,7 @@ func (s *shards) receive(ctx context.Context, sh *shardSub) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "ssubscribe" {
+				sh.up.Store(true)
 				s.r.route.confirmed(m.Channel)
 			}
 		case *redis.Pong:

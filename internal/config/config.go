@@ -38,6 +38,7 @@ type Serve struct {
 	RedisURL            string
 	Routing             string // "all" or "keys" (see --routing); Validate fills in the default
 	RedisCluster        bool
+	RedisWaitReplicas   int // with --redis-cluster: replicas that must have a recorded message before it is acknowledged
 	Channel             string
 	ConnectedChannel    string
 	DisconnectedChannel string
@@ -106,6 +107,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.str(&c.RedisURL, "redis-url", "", "Redis to subscribe and publish on, e.g. redis://127.0.0.1:6379 (empty: in-process broker)")
 	f.str(&c.Routing, "routing", "", `how messages reach gateways: "all" (each gateway receives every message on --channel) or "keys" (each gateway receives only the messages of the keys connected to it, on per-key sharded channels; needs --redis-url and Redis 7; every gateway on one Redis must agree); empty: "keys" with --redis-cluster, else "all"`)
 	f.boolean(&c.RedisCluster, "redis-cluster", false, "--redis-url is a comma-separated list of Redis Cluster seed addresses (redis://host:port or host:port); implies --routing keys")
+	f.integer(&c.RedisWaitReplicas, "redis-wait-replicas", 0, "with --redis-cluster and history: acknowledge a publish only once this many replicas of each master involved have it (WAIT, 1 s): a failover then loses no acknowledged message")
 	f.str(&c.Channel, "channel", "my_channel", "channel backends publish messages on")
 	f.str(&c.ConnectedChannel, "connected-channel", "connected", "channel for connect events")
 	f.str(&c.DisconnectedChannel, "disconnected-channel", "disconnected", "channel for disconnect events")
@@ -184,6 +186,8 @@ func (c *Serve) Validate() error {
 		}
 	}
 	switch {
+	case c.RedisWaitReplicas < 0 || c.RedisWaitReplicas > 0 && !c.RedisCluster:
+		bad("--redis-wait-replicas must be 0, or positive with --redis-cluster: %d", c.RedisWaitReplicas)
 	case c.RedisCluster && c.RedisURL == "":
 		bad("--redis-cluster needs --redis-url (the cluster's seed addresses)")
 	case c.RedisCluster && c.Routing != "keys":

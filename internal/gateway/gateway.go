@@ -261,7 +261,7 @@ func newBroker(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, resync fu
 	}
 	return broker.NewRedis(broker.RedisConfig{
 		URL: cfg.RedisURL, Inbound: cfg.Channel, Logger: log, History: historyConfig(cfg),
-		Routed: routed, Cluster: cfg.RedisCluster, NodeID: cfg.NodeID, OnInbound: forward,
+		Routed: routed, Cluster: cfg.RedisCluster, WaitReplicas: cfg.RedisWaitReplicas, NodeID: cfg.NodeID, OnInbound: forward,
 		OnProbeLost: m.ProbesLost.Inc,
 		OnReconnect: m.BrokerReconnects.Inc, OnSubscribed: resync,
 		OnReady: func(ok bool) {

@@ -68,7 +68,8 @@ func (c *Cluster) Seeds() string {
 }
 
 // WaitHealthy waits until every running node reports cluster_state:ok and
-// every replica is connected to a master that serves slots.
+// every node that is a replica (a former master back after a failover
+// too) is connected to its master.
 func (c *Cluster) WaitHealthy() {
 	c.t.Helper()
 	c.eventually(60*time.Second, "the cluster healthy", func() bool {
@@ -80,7 +81,7 @@ func (c *Cluster) WaitHealthy() {
 				return false
 			}
 		}
-		for _, r := range c.Replicas {
+		for _, r := range append(append([]*Service(nil), c.Masters...), c.Replicas...) {
 			if r.running() && strings.HasPrefix(c.tryCmd(r, "role"), "slave") &&
 				!strings.Contains(c.tryCmd(r, "info", "replication"), "master_link_status:up") {
 				return false
