@@ -11,7 +11,7 @@
 -- recipients of that slot (wspubsub:h:{<key>}); they are then the
 -- recipients, whatever the message lists:
 --
---   FCALL wspubsub_publish 2 'wspubsub:h:{k1}' 'wspubsub:h:{k1}x' ...
+--   FCALL wspubsub_publish 1 'wspubsub:h:{k1}' '<envelope>' [idempotency-key]
 
 local SIZE = {{SIZE}}       -- messages kept per key
 local TTL = {{TTL}}         -- ms a message is kept
