@@ -30,7 +30,7 @@ func startPresenceNode(t *testing.T, id, redisURL, keyFile string) *presenceNode
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	n := &presenceNode{id: id, base: "http://" + addr, logs: &lockedBuffer{}, exited: make(chan struct{})}
 	n.cmd = exec.Command(binary(t), "--listen", addr, "--keys-file", keyFile, "--redis-url", redisURL,
-		"--node-id", id, "--presence-heartbeat", "1s", "--log-level", "info")
+		"--presence", "--node-id", id, "--presence-heartbeat", "1s", "--log-level", "info")
 	n.cmd.Stderr = n.logs
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ type Serve struct {
 	// the address it listens on).
 	AdvertiseAddr     string
 	PresenceHeartbeat time.Duration // node registry refresh; a node silent for two is gone
+	Presence          bool          // per-key presence (GET /presence): off by default, it costs per key
 
 	RedisURL            string
 	Routing             string // "all" or "keys" (see --routing); Validate fills in the default
@@ -103,6 +104,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.str(&c.Path, "path", "/websocket", "URL path clients connect to")
 	f.str(&c.NodeID, "node-id", host, "this gateway's name in JSON events, presence and the node registry (unique per gateway)")
 	f.str(&c.AdvertiseAddr, "advertise-addr", "", "this gateway's address as other machines reach it, listed by GET /nodes (empty: the address it listens on)")
+	f.boolean(&c.Presence, "presence", false, "keep per-key presence (which keys are online, on which gateways, over which transports) for GET /presence and `wspubsub presence`: in Redis with --redis-url; costs ≈ 120 B of gateway memory per online key and one batched Redis write per key going online or offline (the node registry, GET /nodes, is always kept)")
 	f.dur(&c.PresenceHeartbeat, "presence-heartbeat", 5*time.Second, "with --redis-url: refresh this node's registration this often; a node silent for two heartbeats (crashed) drops out of /presence and /nodes")
 	f.str(&c.RedisURL, "redis-url", "", "Redis to subscribe and publish on, e.g. redis://127.0.0.1:6379 (empty: in-process broker)")
 	f.str(&c.Routing, "routing", "", `how messages reach gateways: "all" (each gateway receives every message on --channel) or "keys" (each gateway receives only the messages of the keys connected to it, on per-key sharded channels; needs --redis-url and Redis 7; every gateway on one Redis must agree); empty: "keys" with --redis-cluster, else "all"`)

@@ -109,8 +109,12 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 			Name: "wspubsub_routed_keys", Help: "Keys whose sharded channels this node subscribes to (--routing keys).",
 		}, func() float64 { return float64(rb.Watched()) }))
 	}
-	if g.presence, err = newPresence(cfg, log, g.metrics, g.advertiseAddr); err != nil {
+	if g.presence, err = newPresence(cfg, log, g.metrics, g.advertiseAddr, func() int { return g.hub.Live() }); err != nil {
 		return nil, err
+	}
+	var keyPresence hub.Presence // per key only with --presence: it costs per online key
+	if cfg.Presence {
+		keyPresence = g.presence
 	}
 	g.hub = hub.New(hub.Config{
 		Store: g.store, Events: g.broker, History: g.history, Router: watcher, Metrics: g.metrics, Logger: log,
@@ -120,7 +124,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		KeepAliveInterval: cfg.PingInterval, UpstreamChannel: cfg.UpstreamChannel,
 		ClientRate: cfg.ClientRate, ClientBurst: cfg.ClientBurst,
 		MaxSessionsPerKey: cfg.MaxSessionsPerKey, MaxSessionsPerAddr: cfg.MaxSessionsPerAddr,
-		AuthFailRate: cfg.AuthFailRate, AuthFailBurst: cfg.AuthFailBurst, Presence: g.presence,
+		AuthFailRate: cfg.AuthFailRate, AuthFailBurst: cfg.AuthFailBurst, Presence: keyPresence,
 	})
 	g.ws = websocket.NewServer(g.ctx, websocket.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,

@@ -35,8 +35,8 @@ const (
 // single server or, with --redis-cluster, a cluster; its own pooled
 // client: presence writes must not queue behind the broker's),
 // otherwise this node alone.
-func newPresence(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, addr func() string) (presence.Presence, error) {
-	pc := presence.Config{NodeID: cfg.NodeID, Addr: addr, Version: version(),
+func newPresence(cfg config.Serve, log *slog.Logger, m *metrics.Metrics, addr func() string, conns func() int) (presence.Presence, error) {
+	pc := presence.Config{NodeID: cfg.NodeID, Addr: addr, Version: version(), Conns: conns,
 		Heartbeat: cfg.PresenceHeartbeat, Logger: log, Metrics: m}
 	if cfg.RedisURL == "" {
 		return presence.NewMemory(pc), nil
@@ -131,6 +131,11 @@ func (g *Gateway) readAllowed(w http.ResponseWriter, r *http.Request, what strin
 // a JSON list of keys (or {"keys":[…]}), at most MaxPresenceKeys.
 func (g *Gateway) servePresence(w http.ResponseWriter, r *http.Request) {
 	if !g.readAllowed(w, r, "/presence") {
+		return
+	}
+	if !g.cfg.Presence {
+		writeJSON(w, http.StatusNotImplemented, map[string]string{"error": "presence is off",
+			"detail": "start every gateway with --presence to keep which keys are online"})
 		return
 	}
 	keys, msg := presenceKeys(w, r)

@@ -31,7 +31,7 @@ func decode[T any](t *testing.T, body string) T {
 }
 
 func TestPresenceEndpoints(t *testing.T) {
-	tg := newTestGateway(t, keystore.NewMemory("k1"), "--node-id", "gw-1", "--advertise-addr", "10.0.0.7:8088")
+	tg := newTestGateway(t, keystore.NewMemory("k1"), "--presence", "--node-id", "gw-1", "--advertise-addr", "10.0.0.7:8088")
 	tg.presence.Join("k1", "websocket")
 	tg.presence.Join("k1", "polling")
 
@@ -77,17 +77,19 @@ func TestPresenceEndpoints(t *testing.T) {
 		t.Errorf("POST without Content-Type: %d, want 400", w.Code)
 	}
 
+	// The registry counts the hub's sessions (none here: the Joins above
+	// went to presence directly).
 	w = tg.do("GET", "127.0.0.1:8088", "/nodes", fromLoopback, "")
 	nodes := decode[struct{ Nodes []presence.Node }](t, w.Body.String()).Nodes
-	if w.Code != http.StatusOK || len(nodes) != 1 || nodes[0].ID != "gw-1" || nodes[0].Addr != "10.0.0.7:8088" || nodes[0].Conns != 2 {
+	if w.Code != http.StatusOK || len(nodes) != 1 || nodes[0].ID != "gw-1" || nodes[0].Addr != "10.0.0.7:8088" || nodes[0].Conns != 0 {
 		t.Fatalf("GET /nodes: %d %s", w.Code, w.Body)
 	}
 }
 
 // TestPresenceCallers: /presence and /nodes admit whom /publish admits.
 func TestPresenceCallers(t *testing.T) {
-	open := newTestGateway(t, keystore.NewMemory())
-	tok := newTestGateway(t, keystore.NewMemory(), "--publish-token", "s3cret")
+	open := newTestGateway(t, keystore.NewMemory(), "--presence")
+	tok := newTestGateway(t, keystore.NewMemory(), "--presence", "--publish-token", "s3cret")
 	for _, path := range []string{"/presence?key=k", "/nodes"} {
 		for _, c := range []struct {
 			g      *testGateway
@@ -125,7 +127,7 @@ func (down) Nodes(context.Context) ([]presence.Node, error) {
 }
 
 func TestPresenceStoreDown(t *testing.T) {
-	tg := newTestGateway(t, keystore.NewMemory())
+	tg := newTestGateway(t, keystore.NewMemory(), "--presence")
 	tg.presence = down{tg.presence}
 	for _, path := range []string{"/presence?key=k", "/nodes"} {
 		w := tg.do("GET", "127.0.0.1:8088", path, fromLoopback, "")

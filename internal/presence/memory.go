@@ -32,7 +32,7 @@ func (m *Memory) Lookup(_ context.Context, keys []string) (map[string][]Entry, e
 
 // Nodes implements Presence: this node.
 func (m *Memory) Nodes(context.Context) ([]Node, error) {
-	return []Node{{ID: m.cfg.NodeID, Addr: m.cfg.Addr(), Conns: m.c.liveTotal(), Version: m.cfg.Version,
+	return []Node{{ID: m.cfg.NodeID, Addr: m.cfg.Addr(), Conns: m.conns(), Version: m.cfg.Version,
 		Started: m.started, Heartbeat: m.cfg.Now()}}, nil
 }
 
@@ -41,3 +41,5 @@ func (m *Memory) Run(context.Context) {}
 
 // Close implements Presence.
 func (m *Memory) Close(context.Context) error { return nil }
+
+func (m *Memory) conns() int { return connsOf(&m.cfg, m.c) }

@@ -71,6 +71,9 @@ type Config struct {
 	NodeID  string
 	Addr    func() string // this node's address for others, read at each heartbeat
 	Version string
+	// Conns, when set, is this node's connection count for the registry
+	// (the hub's: with per-key presence off nothing is counted here).
+	Conns func() int
 	// Heartbeat is the period of the node's registration refresh [5s]; a
 	// node silent for two of its heartbeats is gone.
 	Heartbeat time.Duration
@@ -240,6 +243,15 @@ func (c *counts) pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.dirty)
+}
+
+// connsOf is the node's connection count for the registry: cfg.Conns
+// when set, else what c counted.
+func connsOf(cfg *Config, c *counts) int {
+	if cfg.Conns != nil {
+		return cfg.Conns()
+	}
+	return c.liveTotal()
 }
 
 func (c *counts) liveTotal() int {

@@ -224,7 +224,7 @@ func (r *Redis) heartbeat(ctx context.Context) {
 
 func (r *Redis) record(epoch int64) (string, error) {
 	now := r.cfg.Now()
-	b, err := json.Marshal(record{Node: Node{ID: r.cfg.NodeID, Addr: r.cfg.Addr(), Conns: r.c.liveTotal(),
+	b, err := json.Marshal(record{Node: Node{ID: r.cfg.NodeID, Addr: r.cfg.Addr(), Conns: r.conns(),
 		Version: r.cfg.Version, Started: r.started, Heartbeat: now},
 		Every: r.cfg.Heartbeat.Milliseconds(), Epoch: epoch})
 	return string(b), err
@@ -569,3 +569,5 @@ func (r *Redis) Nodes(ctx context.Context) ([]Node, error) {
 	slices.SortFunc(out, func(a, b Node) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
 }
+
+func (r *Redis) conns() int { return connsOf(&r.cfg, r.c) }
