@@ -70,7 +70,7 @@ const (
 type watch struct {
 	refs  int
 	inSub int           // SSUBSCRIBEs sent and not yet confirmed
-	ready chan struct{} // closed once the latest SSUBSCRIBE is confirmed
+	ready chan struct{} // closed, then nil, once the latest SSUBSCRIBE is confirmed
 	idle  time.Time     // when refs fell to 0
 }
 
@@ -104,12 +104,15 @@ func (r *Redis) Watch(ctx context.Context, key string) error {
 		rt.watches[key] = w
 	}
 	w.refs++
-	if w.inSub == 0 && !isClosed(w.ready) {
+	if w.inSub == 0 && w.ready != nil {
 		w.inSub++
 		rt.queue(subOp{KeyChannel(key), true})
 	}
 	ready := w.ready
 	rt.mu.Unlock()
+	if ready == nil {
+		return nil
+	}
 	select {
 	case <-ready:
 		return nil
@@ -131,15 +134,6 @@ func (r *Redis) Unwatch(key string) {
 		if w.refs--; w.refs == 0 {
 			w.idle = time.Now()
 		}
-	}
-}
-
-func isClosed(c chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
 	}
 }
 
@@ -183,8 +177,9 @@ func (rt *router) confirmed(channel string) {
 	if w.inSub > 0 {
 		w.inSub--
 	}
-	if w.inSub == 0 && !isClosed(w.ready) {
+	if w.inSub == 0 && w.ready != nil {
 		close(w.ready)
+		w.ready = nil // confirmed: no channel kept per watched key
 	}
 }
 

@@ -32,8 +32,7 @@ import (
 type shardSub struct {
 	addr  string
 	ps    *redis.PubSub
-	chans map[string]bool // channels subscribed on it (the manager's)
-	probe string          // its probe channel
+	probe string // its probe channel
 	// probeOut: a probe was published and has not come back yet.
 	probeOut atomic.Bool
 	// hold: a rebuild's subscriptions are being confirmed on it; messages
@@ -141,7 +140,7 @@ func (s *shards) shard(ctx context.Context, addr string) *shardSub {
 	} else {
 		ps = s.r.client.(*redis.Client).SSubscribe(ctx)
 	}
-	sh := &shardSub{addr: addr, ps: ps, chans: map[string]bool{}, release: make(chan struct{})}
+	sh := &shardSub{addr: addr, ps: ps, release: make(chan struct{})}
 	sh.probe = s.probeChannel(ctx, addr)
 	s.byAddr[addr] = sh
 	go s.receive(ctx, sh)
@@ -221,13 +220,11 @@ func (s *shards) send(ctx context.Context, sh *shardSub, sub bool, chans []strin
 	var err error
 	if sub {
 		for _, ch := range chans {
-			sh.chans[ch] = true
 			s.owner[ch] = sh
 		}
 		err = sh.ps.SSubscribe(ctx, chans...)
 	} else {
 		for _, ch := range chans {
-			delete(sh.chans, ch)
 			delete(s.owner, ch)
 		}
 		err = sh.ps.SUnsubscribe(ctx, chans...)
@@ -245,16 +242,21 @@ func (s *shards) lose(sh *shardSub, err error) {
 	sh.dead = true
 	_ = sh.ps.Close()
 	delete(s.byAddr, sh.addr)
-	for ch := range sh.chans {
+	n := 0 // its channels: a walk over all is cheaper than a set per connection
+	for ch, o := range s.owner {
+		if o != sh {
+			continue
+		}
+		n++
 		delete(s.owner, ch)
 		if ch != sh.probe {
 			s.rebuild[ch] = true
 		}
 	}
 	if s.r.ready.Load() || s.attempt == 0 {
-		s.r.cfg.Logger.Warn("redis subscription lost; reconnecting", "server", sh.addr, "channels", len(sh.chans), "err", err)
+		s.r.cfg.Logger.Warn("redis subscription lost; reconnecting", "server", sh.addr, "channels", n, "err", err)
 	} else {
-		s.r.cfg.Logger.Debug("redis subscription lost again", "server", sh.addr, "channels", len(sh.chans), "err", err)
+		s.r.cfg.Logger.Debug("redis subscription lost again", "server", sh.addr, "channels", n, "err", err)
 	}
 	s.r.setReady(false)
 	if sh.up.Load() {
