@@ -7,8 +7,10 @@ package e2e
 // resume with the last id they received.
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"math/rand"
 	"net"
 	"net/http"
 	"os"
@@ -288,4 +290,72 @@ func tallyChaos(log []int, want []int) chaosTally {
 		}
 	}
 	return t
+}
+
+// chaosStopper cancels the clients' context and waits (bounded) for their
+// goroutines; safe to call twice.
+func chaosStopper(t *testing.T, cancel context.CancelFunc, wg *sync.WaitGroup) func() {
+	return func() {
+		cancel()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Errorf("clients did not stop within 15s")
+		}
+	}
+}
+
+// chaosWaitPositions waits until every client has its starting position.
+func chaosWaitPositions(t *testing.T, clients []*chaosClient, what string) {
+	t.Helper()
+	eventually(t, 30*time.Second, what, func() bool {
+		for _, c := range clients {
+			if id, _ := c.state(); id == "" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// chaosPublish starts publishers goroutines sending messages 0…nMsgs-1
+// (message n to key n mod nKeys) at rate messages per second at most; each
+// owns the keys k with k mod publishers equal to its index, so per-key
+// order holds. Each sends its error (nil when done) on the channel.
+func chaosPublish(ctx context.Context, pub *chaosPublisher, seed int64, nMsgs, nKeys, rate, publishers int) (<-chan error, time.Time) {
+	done := make(chan error, publishers)
+	start := time.Now()
+	for g := range publishers {
+		prng := rand.New(rand.NewSource(seed + 1000 + int64(g)))
+		go func() {
+			for n := range nMsgs {
+				if (n%nKeys)%publishers != g {
+					continue
+				}
+				if d := time.Until(start.Add(time.Duration(n) * time.Second / time.Duration(rate))); d > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(d):
+					}
+				}
+				if err := pub.publish(ctx, prng, n); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	return done, start
+}
+
+// chaosWant is the messages client i (of nKeys) must get, in order.
+func chaosWant(i, nMsgs, nKeys int) []int {
+	var want []int
+	for n := i; n < nMsgs; n += nKeys {
+		want = append(want, n)
+	}
+	return want
 }

@@ -137,25 +137,9 @@ func runChaos(t *testing.T, p chaosPlan) {
 		wg.Add(1)
 		go func() { defer wg.Done(); c.run(ctx, gws, hold) }()
 	}
-	stopClients := func() {
-		cancel()
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("clients did not stop within 15s")
-		}
-	}
+	stopClients := chaosStopper(t, cancel, &wg)
 	defer stopClients()
-	eventually(t, 30*time.Second, "every client's starting position", func() bool {
-		for _, c := range clients {
-			if id, _ := c.state(); id == "" {
-				return false
-			}
-		}
-		return true
-	})
+	chaosWaitPositions(t, clients, "every client's starting position")
 	t.Logf("setup %v; %d clients have their position", time.Since(began).Round(time.Millisecond), nKeys)
 
 	// The publisher.
@@ -163,29 +147,7 @@ func runChaos(t *testing.T, p chaosPlan) {
 	pub.t0 = began
 	pub.impatience = 0.02
 	timeline.add("publishing starts")
-	pubDone := make(chan error, publishers)
-	pubStart := time.Now()
-	for g := range publishers {
-		prng := rand.New(rand.NewSource(seed + 1000 + int64(g)))
-		go func() {
-			for n := range nMsgs {
-				if (n%nKeys)%publishers != g {
-					continue
-				}
-				if d := time.Until(pubStart.Add(time.Duration(n) * time.Second / time.Duration(rate))); d > 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(d):
-					}
-				}
-				if err := pub.publish(ctx, prng, n); err != nil {
-					pubDone <- err
-					return
-				}
-			}
-			pubDone <- nil
-		}()
-	}
+	pubDone, pubStart := chaosPublish(ctx, pub, seed, nMsgs, nKeys, rate, publishers)
 	pubErrs := 0
 	waitPub := func(d time.Duration) bool { // false: a publisher failed
 		select {
@@ -267,10 +229,7 @@ func runChaos(t *testing.T, p chaosPlan) {
 	var lostReports []string
 	for i, c := range clients {
 		c.mu.Lock()
-		var want []int
-		for n := i; n < nMsgs; n += nKeys {
-			want = append(want, n)
-		}
+		want := chaosWant(i, nMsgs, nKeys)
 		tl := tallyChaos(c.log, want)
 		if tl.lost+tl.duplicated+tl.outOfOrder+tl.gaps > 0 {
 			t.Errorf("%s (%s): lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d",

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand"
 	"net/http"
 	"os"
 	"os/exec"
@@ -89,51 +88,13 @@ func TestDrainHandsClientsOverWithoutLoss(t *testing.T) {
 			}
 		}()
 	}
-	stopClients := func() {
-		cancel()
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("clients did not stop within 15s")
-		}
-	}
+	stopClients := chaosStopper(t, cancel, &wg)
 	defer stopClients()
-	eventually(t, 30*time.Second, "every client's starting position on A", func() bool {
-		for _, c := range clients {
-			if id, _ := c.state(); id == "" {
-				return false
-			}
-		}
-		return true
-	})
+	chaosWaitPositions(t, clients, "every client's starting position on A")
 
 	pub := newChaosPublisher([]*chaosGateway{a, b}, keys)
 	pub.t0 = began
-	pubDone := make(chan error, publishers)
-	pubStart := time.Now()
-	for g := range publishers {
-		prng := rand.New(rand.NewSource(seed + 1000 + int64(g)))
-		go func() {
-			for n := range nMsgs {
-				if (n%nKeys)%publishers != g {
-					continue
-				}
-				if d := time.Until(pubStart.Add(time.Duration(n) * time.Second / rate)); d > 0 {
-					select {
-					case <-ctx.Done():
-					case <-time.After(d):
-					}
-				}
-				if err := pub.publish(ctx, prng, n); err != nil {
-					pubDone <- err
-					return
-				}
-			}
-			pubDone <- nil
-		}()
-	}
+	pubDone, pubStart := chaosPublish(ctx, pub, seed, nMsgs, nKeys, rate, publishers)
 	eventually(t, 30*time.Second, "a third of the messages acknowledged", func() bool { return pub.acked.Load() >= nMsgs/3 })
 
 	// SIGTERM: A drains, then exits by itself.
@@ -214,10 +175,7 @@ func TestDrainHandsClientsOverWithoutLoss(t *testing.T) {
 	refusals := map[string]int{}
 	for i, c := range clients {
 		c.mu.Lock()
-		var want []int
-		for n := i; n < nMsgs; n += nKeys {
-			want = append(want, n)
-		}
+		want := chaosWant(i, nMsgs, nKeys)
 		tl := tallyChaos(c.log, want)
 		if tl.lost+tl.duplicated+tl.outOfOrder+tl.gaps > 0 {
 			t.Errorf("%s (%s): lost %d, duplicated %d, out of order %d, gap frames %d",

@@ -136,8 +136,14 @@ func (s *stack) httpURL(path string) string { return "http://" + s.gw.Addr().Str
 
 func (s *stack) waitReady() {
 	s.t.Helper()
-	eventually(s.t, 20*time.Second, "gateway ready", func() bool {
-		resp, err := http.Get(s.httpURL("/readyz"))
+	waitReadyAt(s.t, s.gw.Addr().String())
+}
+
+// waitReadyAt waits until the gateway at addr answers /readyz with 200.
+func waitReadyAt(t testing.TB, addr string) {
+	t.Helper()
+	eventually(t, 20*time.Second, "gateway ready", func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
 		if err != nil {
 			return false
 		}

@@ -41,14 +41,7 @@ func (s *stack) node(extra ...string) *gateway.Gateway {
 			t.Errorf("gateway did not stop within 15s")
 		}
 	})
-	eventually(t, 20*time.Second, "gateway ready", func() bool {
-		resp, err := http.Get("http://" + gw.Addr().String() + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitReadyAt(t, gw.Addr().String())
 	return gw
 }
 
