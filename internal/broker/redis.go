@@ -42,8 +42,8 @@ type RedisConfig struct {
 	// key's sharded channel, and this node subscribes to its keys' only.
 	Routed bool
 	// ProbeInterval is how often each subscription connection of the
-	// routed mode is probed (a probe must come back before the next one)
-	// [5s]; OnProbeLost is called for each probe that did not.
+	// routed mode is probed (a probe must come back within two) [5s];
+	// OnProbeLost is called for each connection dropped for that.
 	ProbeInterval time.Duration
 	OnProbeLost   func()
 	// WaitReplicas, in a cluster, acknowledges a recorded message only

@@ -23,8 +23,8 @@ import (
 // (after a failover, the promoted replica), one command per slot.
 //
 // Liveness: each connection also carries a probe channel of its own; every
-// probe interval the node publishes on it and expects the probe back before
-// the next one. A probe that does not come back means the subscription
+// probe interval the node publishes on it and expects a probe back within
+// two intervals. Probes that do not come back mean the subscription
 // stopped delivering without an error (a known failure of pub/sub after a
 // failover): the connection is dropped and rebuilt like a lost one.
 
@@ -33,8 +33,8 @@ type shardSub struct {
 	addr  string
 	ps    *redis.PubSub
 	probe string // its probe channel
-	// probeOut: a probe was published and has not come back yet.
-	probeOut atomic.Bool
+	// probesOut: probes published since one last came back.
+	probesOut atomic.Int32
 	// hold: a rebuild's subscriptions are being confirmed on it; messages
 	// wait until go is closed (the hub has been told to resync).
 	hold    atomic.Bool
@@ -365,19 +365,21 @@ func (s *shards) holding() bool {
 	return false
 }
 
-// probe checks the last probe of every connection came back, and sends
-// the next one.
+// probe sends every connection a probe, unless the last two sent have
+// not come back: then the subscription is taken for dead (a probe has
+// between one and two intervals to come back, so a connection busy with a
+// burst is not dropped for being slow).
 func (s *shards) probe(ctx context.Context) {
 	for _, sh := range s.byAddr {
 		if sh.hold.Load() {
 			continue
 		}
-		if sh.probeOut.Load() {
+		if sh.probesOut.Load() >= 2 {
 			s.r.cfg.OnProbeLost()
-			s.lose(sh, errors.New("a subscription probe did not come back"))
+			s.lose(sh, errors.New("subscription probes did not come back"))
 			continue
 		}
-		sh.probeOut.Store(true)
+		sh.probesOut.Add(1)
 		if err := s.r.client.SPublish(ctx, sh.probe, "p").Err(); err != nil && ctx.Err() == nil {
 			s.r.cfg.Logger.Warn("redis: publishing a subscription probe failed", "err", err)
 		}
@@ -439,7 +441,7 @@ func (s *shards) receive(ctx context.Context, sh *shardSub) {
 			case s.r.mute != nil && s.r.mute():
 				// (tests: a subscription that silently stops delivering)
 			case m.Channel == sh.probe:
-				sh.probeOut.Store(false)
+				sh.probesOut.Store(0)
 			case sh.hold.Load():
 				held = append(held, []byte(m.Payload))
 			default:
