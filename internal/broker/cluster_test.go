@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
 
@@ -144,4 +145,42 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// A resharding moves a watched key's slot to another master: Redis
+// unsubscribes the node from the key's channel there, and the node
+// subscribes again where the slot now is.
+func TestRedisClusterSlotMove(t *testing.T) {
+	c := testenv.RedisCluster(t, 3, 0)
+	keys := keysOnDistinctMasters(t, c, 2)
+	subscribed := make(chan struct{}, 100)
+	n := newClusterNode(t, c, "a", subscribed)
+	n.watch(t, keys[0])
+	n.watch(t, keys[1]) // the destination master has a subscription of this node already
+	deliver := func(what string) {
+		t.Helper()
+		p := envelope.ForKey([]byte(`{"data":"`+what+`"}`), []byte(keys[0]))
+		if err := n.b.Deliver(context.Background(), []Routed{{Key: keys[0], Payload: p}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver("before")
+	expect(t, n.got, `"before"`)
+	c.MoveSlot(KeyChannel(keys[0]), c.MasterOf(StreamKey(keys[1])))
+	// Published until it arrives: until the node has subscribed again on
+	// the new master, a message reaches no one (as pub/sub does).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		deliver("after")
+		select {
+		case m := <-n.got:
+			if strings.Contains(m, `"after"`) {
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the key's messages never came back after its slot moved")
+		}
+	}
 }

@@ -36,7 +36,7 @@ type shardSub struct {
 	// probesOut: probes published since one last came back.
 	probesOut atomic.Int32
 	// hold: a rebuild's subscriptions are being confirmed on it; messages
-	// wait until go is closed (the hub has been told to resync).
+	// wait until release is closed (the hub has been told to resync).
 	hold    atomic.Bool
 	release chan struct{}
 	up      atomic.Bool // a subscription was confirmed on it: its loss counts as one
@@ -44,11 +44,14 @@ type shardSub struct {
 }
 
 // shardEvent reports, from a connection's receive goroutine, that it ended
-// (err) or that a rebuild's subscriptions on it are all confirmed.
+// (err), that a rebuild's subscriptions on it are all confirmed, or that
+// Redis unsubscribed it from a channel (dropped: its slot moved to
+// another master).
 type shardEvent struct {
 	sh      *shardSub
 	err     error
 	settled bool
+	dropped string
 }
 
 const (
@@ -333,6 +336,20 @@ func (s *shards) event(ctx context.Context, ev shardEvent) {
 		}
 		return
 	}
+	if ev.dropped != "" {
+		// Not asked for (an unsubscription asked for has left owner
+		// already): subscribed again where the slot is now.
+		if s.owner[ev.dropped] == ev.sh {
+			delete(s.owner, ev.dropped)
+			s.rebuild[ev.dropped] = true
+			s.r.cfg.Logger.Info("redis: a channel's slot moved; subscribing again", "server", ev.sh.addr)
+			if s.r.cluster != nil {
+				s.r.cluster.ReloadState(ctx)
+			}
+			s.later()
+		}
+		return
+	}
 	if !ev.settled || ev.sh.dead {
 		return
 	}
@@ -416,9 +433,14 @@ func (s *shards) receive(ctx context.Context, sh *shardSub) {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "ssubscribe" {
+			switch m.Kind {
+			case "ssubscribe":
 				sh.up.Store(true)
 				s.r.route.confirmed(m.Channel)
+			case "sunsubscribe":
+				if !report(shardEvent{sh: sh, dropped: m.Channel}) {
+					return
+				}
 			}
 		case *redis.Pong:
 			if m.Payload == settlePing && sh.hold.Load() {

@@ -200,3 +200,26 @@ func (s *Service) running() bool {
 	defer s.mu.Unlock()
 	return s.cmd != nil
 }
+
+// MoveSlot hands key's slot, holding no keys, to master to (CLUSTER
+// SETSLOT … IMPORTING / MIGRATING / NODE on every master), as a
+// resharding does, and waits until the cluster agrees.
+func (c *Cluster) MoveSlot(key string, to *Service) {
+	c.t.Helper()
+	slot := strconv.Itoa(c.Slot(key))
+	from := c.MasterOf(key)
+	fromID := strings.TrimSpace(c.cmd(from, "cluster", "myid"))
+	toID := strings.TrimSpace(c.cmd(to, "cluster", "myid"))
+	c.cmd(to, "cluster", "setslot", slot, "importing", fromID)
+	c.cmd(from, "cluster", "setslot", slot, "migrating", toID)
+	for _, m := range []*Service{to, from} {
+		c.cmd(m, "cluster", "setslot", slot, "node", toID)
+	}
+	for _, m := range c.Masters {
+		if m != to && m != from && m.running() {
+			c.cmd(m, "cluster", "setslot", slot, "node", toID)
+		}
+	}
+	c.eventually(30*time.Second, "the slot moved", func() bool { return c.MasterOf(key) == to })
+	c.WaitHealthy()
+}
