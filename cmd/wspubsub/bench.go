@@ -20,7 +20,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	var c bench.Config
 	var sources, worker string
-	fs.StringVar(&c.Target, "target", "http://127.0.0.1:8088", "gateway base URL (the only host contacted besides Redis and MongoDB)")
+	fs.StringVar(&c.Target, "target", "http://127.0.0.1:8088", "gateway base URL (the only host contacted besides Redis and MongoDB); several, comma-separated: connection i goes to target i mod n, and the result gives each node's figures (nodes)")
 	fs.StringVar(&c.Path, "path", "/websocket", "client path")
 	fs.StringVar(&c.Scenario, "scenario", "idle", "idle, personal, broadcast, rate, churn, resume (clients away while --behind messages per key are published durably, then caught up from the history) or ceiling (this machine's: no gateway, see --calibrate)")
 	fs.IntVar(&c.Conns, "conns", 1000, "client connections")
@@ -37,7 +37,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.MongoDB, "mongo-db", "myDB", "database for --keys mongo")
 	fs.StringVar(&c.MongoCollection, "mongo-collection", "myCollection", "collection for --keys mongo")
 	fs.StringVar(&c.KeysFile, "keys-file", "", "file for --keys file (the gateway's --keys-file)")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "publish through this Redis (empty: POST /publish)")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "publish through this Redis (empty: POST /publish); with --redis-cluster, the cluster's seeds, comma-separated")
+	fs.BoolVar(&c.RedisCluster, "redis-cluster", false, "--redis-url is a comma-separated list of Redis Cluster seeds (implies --routing keys)")
+	fs.StringVar(&c.Routing, "routing", "", `how to publish over Redis: "all" (PUBLISH on --channel; FCALL wspubsub_publish 0) or "keys" (as a routed backend: SPUBLISH on each key's channel, broadcasts on the broadcast channel, durable FCALL per hash slot with the history keys); default "keys" with --redis-cluster, else "all"`)
 	fs.StringVar(&c.Channel, "channel", "my_channel", "the gateway's inbound channel")
 	fs.StringVar(&c.Token, "publish-token", "", "bearer token for POST /publish and /metrics")
 	fs.IntVar(&c.Window, "window", -1, "personal and broadcast: most deliveries in flight (-1: 50,000, or 50 per connection for broadcast; 0: open loop, as fast as Redis takes them)")
@@ -45,7 +47,8 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.SlowShare, "slow-share", 0, "share of connections that never read (they should be closed with 4008; the rest must not suffer)")
 	fs.IntVar(&c.PayloadBytes, "payload-bytes", 0, "pad each message to about this many bytes")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "stop waiting for deliveries after this long without progress")
-	fs.IntVar(&c.GatewayPID, "gateway-pid", 0, "read the gateway's RSS and CPU from /proc (default: its /metrics)")
+	gatewayPIDs := fs.String("gateway-pid", "", "read the gateway's RSS and CPU from /proc (default: its /metrics); with several targets, one pid per target, comma-separated, in the same order")
+	redisPIDs := fs.String("redis-pids", "", "Redis server pids, comma-separated: report each one's CPU seconds and RSS over the run (from /proc)")
 	fs.BoolVar(&c.Durable, "durable", false, "publish through the history: FCALL wspubsub_publish with --redis-url (one pipeline per batch), else POST /publish checked for ids; clients resume (see --resume); reports Redis memory per held message with --redis-url")
 	idem := fs.Bool("idempotency-keys", true, "with --durable, give every publish a (unique) idempotency key, as a retrying publisher would")
 	fs.BoolVar(&c.Resume, "resume", false, "clients connect with since= and follow the ids of the frames they get (default: on with --durable)")
@@ -66,6 +69,13 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 		c.Resume = true
 	}
 	c.NoIdempotencyKeys = !*idem
+	var err error
+	if c.GatewayPIDs, err = bench.ParsePIDs(*gatewayPIDs); err != nil {
+		return fmt.Errorf("--gateway-pid: %w", err)
+	}
+	if c.RedisPIDs, err = bench.ParsePIDs(*redisPIDs); err != nil {
+		return fmt.Errorf("--redis-pids: %w", err)
+	}
 	if sources != "" {
 		c.Sources = strings.Split(sources, ",")
 	}

@@ -34,7 +34,12 @@ import (
 
 // Config describes one run.
 type Config struct {
-	Target                             string        // gateway base URL, http://127.0.0.1:8088
+	Target string // gateway base URL, http://127.0.0.1:8088; or several, comma-separated (see Targets)
+	// Targets are the gateways (default: Target split at commas); with
+	// several, connection i goes to Targets[i mod n], so each holds ~1/n,
+	// and the result gives each node's figures. POST /publish and the
+	// URL's host for the default source addresses use the first.
+	Targets                            []string
 	Path                               string        // client path, /websocket
 	Scenario                           string        // idle, personal, broadcast, rate, churn, resume, ceiling
 	Conns                              int           // connections
@@ -58,6 +63,16 @@ type Config struct {
 	BroadcastList                      bool          // broadcast: name every key in "recipients" instead of "broadcast":true
 	PayloadBytes                       int           // pad each message's data to about this size
 	GatewayPID                         int           // read RSS/CPU from /proc (else from /metrics)
+	GatewayPIDs                        []int         // one per target (default: GatewayPID)
+	RedisPIDs                          []int         // Redis servers whose CPU (from /proc) the result gives
+	// RedisCluster makes RedisURL a comma-separated list of Redis Cluster
+	// seeds. Routing is how the tool publishes over Redis: "all" (PUBLISH
+	// on Channel, FCALL wspubsub_publish 0) or "keys" (as a routed backend:
+	// SPUBLISH on each key's channel or on the broadcast channel, FCALL per
+	// hash slot with the history keys); default "keys" with RedisCluster,
+	// as the gateway's --routing.
+	RedisCluster bool
+	Routing      string
 	// Durable publishes through the history: FCALL wspubsub_publish over
 	// Redis (one pipeline per batch), or POST /publish checked for ids. It
 	// also reads Redis's memory and the history's length before and after.
@@ -161,21 +176,52 @@ func (c *Config) defaults() error {
 	if c.Messages > 50_000_000 {
 		return errors.New("--messages is capped at 50,000,000")
 	}
-	u, err := url.Parse(c.Target)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("bad --target %q", c.Target)
+	if len(c.Targets) == 0 {
+		c.Targets = SplitList(c.Target)
+	}
+	if len(c.Targets) == 0 {
+		return errors.New("--target is empty")
+	}
+	for _, t := range c.Targets {
+		if u, err := url.Parse(t); err != nil || u.Host == "" {
+			return fmt.Errorf("bad --target %q", t)
+		}
+	}
+	c.Target = c.Targets[0]
+	if len(c.GatewayPIDs) == 0 && c.GatewayPID > 0 {
+		c.GatewayPIDs = []int{c.GatewayPID}
+	}
+	if len(c.GatewayPIDs) > 0 && len(c.GatewayPIDs) != len(c.Targets) {
+		return fmt.Errorf("--gateway-pid: %d process ids for %d targets (one per target, in the same order)", len(c.GatewayPIDs), len(c.Targets))
+	}
+	switch c.Routing {
+	case "":
+		c.Routing = "all"
+		if c.RedisCluster {
+			c.Routing = "keys"
+		}
+	case "all", "keys":
+	default:
+		return fmt.Errorf("unknown --routing %q (all, keys)", c.Routing)
+	}
+	if c.RedisCluster && c.RedisURL == "" {
+		return errors.New("--redis-cluster needs --redis-url (the cluster's seeds)")
 	}
 	return nil
 }
 
-// wsURL is the client URL without the query.
-func (c *Config) wsURL() string {
-	u, _ := url.Parse(c.Target)
-	scheme := "ws"
-	if u.Scheme == "https" {
-		scheme = "wss"
+// wsURLs are the client URLs without the query, one per target.
+func (c *Config) wsURLs() []string {
+	out := make([]string, len(c.Targets))
+	for i, t := range c.Targets {
+		u, _ := url.Parse(t)
+		scheme := "ws"
+		if u.Scheme == "https" {
+			scheme = "wss"
+		}
+		out[i] = scheme + "://" + u.Host + c.Path
 	}
-	return scheme + "://" + u.Host + c.Path
+	return out
 }
 
 // Run performs one run and writes the human summary and the JSON line.
@@ -199,8 +245,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 			return res, nil
 		}
 	}
-	g := newGatewayProbe(cfg)
-	rss0, cpu0 := g.read()
+	g := newGateways(cfg)
+	nodes0 := g.samples(cfg.Transport)
+	procs0 := readProcs(cfg.RedisPIDs)
+	rss0, cpu0 := sumSamples(nodes0)
 	res.GatewayRSSBefore = rss0
 
 	if err := provision(ctx, cfg); err != nil {
@@ -258,7 +306,21 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		return n
 	}
 
+	var shards *shardProbe
+	var shards0 map[string]shardInfo
+	if cfg.RedisURL != "" {
+		if shards, err = newShardProbe(ctx, cfg); err != nil {
+			stopAll(workers)
+			return res, err
+		}
+		defer shards.close()
+		if shards0, err = shards.snapshot(ctx); err != nil {
+			stopAll(workers)
+			return res, err
+		}
+	}
 	fw0 := g.values(metricSocketWrites, metricFramesWritten)
+	nodesP, procsP := g.samples(cfg.Transport), readProcs(cfg.RedisPIDs)
 	gcCtx, stopGC := context.WithCancel(ctx)
 	defer stopGC()
 	if cfg.Scenario == "idle" {
@@ -293,12 +355,26 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 	}
 	deliverEnd := time.Now()
+	res.DeliverSeconds = deliverEnd.Sub(pubStart).Seconds()
 	stopGC()
 	<-gcDone
 	res.framesPerWrite(fw0, g.values(metricSocketWrites, metricFramesWritten))
-	rss1, cpu1 := g.read()
+	nodes1 := g.samples(cfg.Transport)
+	res.RedisProcs = redisProcs(cfg.RedisPIDs, procs0, procsP, readProcs(cfg.RedisPIDs))
+	if shards != nil {
+		shards1, err := shards.snapshot(ctx)
+		if err != nil {
+			stopAll(workers)
+			return res, err
+		}
+		res.RedisShards = diffShards(shards0, shards1)
+	}
+	rss1, cpu1 := sumSamples(nodes1)
 	res.GatewayRSSAfter = rss1
 	res.GatewayCPU = cpu1 - cpu0
+	if len(cfg.Targets) > 1 {
+		res.Nodes = nodeResults(cfg, nodes0, nodesP, nodes1)
+	}
 	res.SlowClosed = int64(g.metric("wspubsub_disconnects_total{reason=\"too_slow\"}") - slow0)
 	if mem != nil {
 		if err := mem.after(ctx, res.Redis); err != nil {
@@ -316,6 +392,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		res.Duplicates += st.Duplicates
 		res.OutOfOrder += st.OutOfOrder
 		res.ServerClosed += st.ServerClosed
+		res.Retried += st.Retried
 		res.Positions += st.Positions
 		res.Gaps += st.Gaps
 		res.Unexpected += st.Unexpected

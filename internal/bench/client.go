@@ -17,7 +17,10 @@ import (
 
 // WorkerConfig is one client process's share of the connections.
 type WorkerConfig struct {
-	URL        string        `json:"url"`       // ws://host:port/path
+	URL string `json:"url"` // ws://host:port/path
+	// URLs are several gateways: connection (key index) i goes to
+	// URLs[i mod len(URLs)]. They take precedence over URL.
+	URLs       []string      `json:"urls,omitempty"`
 	KeyPrefix  string        `json:"keyPrefix"` // key i is KeyPrefix + i
 	First      int           `json:"first"`     // index of the first key
 	Count      int           `json:"count"`     // connections to open
@@ -45,6 +48,7 @@ type WorkerStats struct {
 	OutOfOrder        int64         `json:"outOfOrder"`
 	Unexpected        int64         `json:"unexpected"`
 	ServerClosed      int64         `json:"serverClosed"`
+	Retried           int64         `json:"retried"`   // reconnects after a 1013 close
 	Positions         int64         `json:"positions"` // {"id":…} frames (resume from now)
 	Gaps              int64         `json:"gaps"`      // {"gap":true} frames
 	ReconnectFailures int           `json:"reconnectFailures"`
@@ -67,6 +71,7 @@ type Worker struct {
 	conns []*wconn
 
 	received, dups, ooo, unexpected, serverClosed atomic.Int64
+	retried                                       atomic.Int64
 	positions, gaps                               atomic.Int64
 	churnConnects, churnFailures                  atomic.Int64
 	connectFailures, reconnectFailures            int
@@ -90,6 +95,9 @@ type wconn struct {
 	// its reader writes it; open reads it once that reader has returned.
 	lastID []byte
 	gen    int // reconnects so far (polling: a fresh sid each time)
+	// retries counts reconnects after 1013 (retry: one at a time per
+	// connection, after its reader returned).
+	retries int
 }
 
 // NewWorker prepares a worker; Connect opens its connections.
@@ -115,6 +123,15 @@ func (w *Worker) dialer() *net.Dialer {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(w.cfg.Source)}
 	}
 	return d
+}
+
+// urlOf is connection idx's gateway: with several, URLs[idx mod n], so
+// that each holds ~1/n of the connections whatever the client process.
+func (w *Worker) urlOf(idx int) string {
+	if n := len(w.cfg.URLs); n > 0 {
+		return w.cfg.URLs[idx%n]
+	}
+	return w.cfg.URL
 }
 
 func (w *Worker) key(i int) string { return fmt.Sprintf("%s%d", w.cfg.KeyPrefix, i) }
@@ -206,7 +223,7 @@ func (w *Worker) open(c *wconn) error {
 	if w.cfg.Raw != "" {
 		return w.openRaw(c)
 	}
-	url := w.cfg.URL + "?" + w.key(c.idx)
+	url := w.urlOf(c.idx) + "?" + w.key(c.idx)
 	if w.cfg.Resume {
 		url += "&since=" + string(c.lastID) // ids are [0-9a-z.-]: nothing to escape
 	}
@@ -264,7 +281,7 @@ func (w *Worker) open(c *wconn) error {
 		return nil
 	case "polling":
 		// The sid names the connection: a reconnect is a new one.
-		base := toHTTP(w.cfg.URL) + "?" + w.key(c.idx) + "&sid=b" + fmt.Sprint(c.idx)
+		base := toHTTP(w.urlOf(c.idx)) + "?" + w.key(c.idx) + "&sid=b" + fmt.Sprint(c.idx)
 		if c.gen > 0 {
 			base += "r" + fmt.Sprint(c.gen)
 		}
@@ -366,7 +383,7 @@ func (w *Worker) Stop() WorkerStats {
 		Connected: w.cfg.Count - w.connectFailures, ConnectFailures: w.connectFailures,
 		ConnectSeconds: w.connectTime.Seconds(),
 		Received:       w.received.Load(), Duplicates: w.dups.Load(), OutOfOrder: w.ooo.Load(),
-		Unexpected: w.unexpected.Load(), ServerClosed: w.serverClosed.Load(),
+		Unexpected: w.unexpected.Load(), ServerClosed: w.serverClosed.Load(), Retried: w.retried.Load(),
 		Positions: w.positions.Load(), Gaps: w.gaps.Load(), ReconnectFailures: w.reconnectFailures,
 		ChurnConnects: w.churnConnects.Load(), ChurnFailures: w.churnFailures.Load(),
 		Latency: w.hist.snapshot(), Timeline: w.tl.snapshot(),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -15,14 +16,14 @@ import (
 // gateway's naming, documented with FCALL wspubsub_publish; the bench does
 // not import the gateway's packages).
 type redisProbe struct {
-	c    *redis.Client
+	c    redis.UniversalClient
 	keys []string
 	idem bool
 	cpu0 float64
 }
 
 func newRedisProbe(ctx context.Context, cfg Config) (*redisProbe, error) {
-	c, err := redisClient(ctx, cfg.RedisURL)
+	c, err := redisUniversal(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -74,17 +75,14 @@ func (p *redisProbe) after(ctx context.Context, m *RedisStats) error {
 	return nil
 }
 
-// used is INFO memory's used_memory.
+// used is INFO memory's used_memory (summed over a cluster's masters).
 func (p *redisProbe) used(ctx context.Context) (int64, error) {
 	v, err := p.info(ctx, "memory", "used_memory")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseInt(v, 10, 64)
+	return int64(v), err
 }
 
-// cpu is the Redis server's CPU time so far (INFO cpu: used_cpu_user +
-// used_cpu_sys).
+// cpu is the Redis servers' CPU time so far (INFO cpu: used_cpu_user +
+// used_cpu_sys, summed over a cluster's masters).
 func (p *redisProbe) cpu(ctx context.Context) (float64, error) {
 	var total float64
 	for _, f := range []string{"used_cpu_sys", "used_cpu_user"} {
@@ -92,26 +90,36 @@ func (p *redisProbe) cpu(ctx context.Context) (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		s, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			return 0, fmt.Errorf("INFO cpu %s: %w", f, err)
-		}
-		total += s
+		total += v
 	}
 	return total, nil
 }
 
-func (p *redisProbe) info(ctx context.Context, section, field string) (string, error) {
-	info, err := p.c.Info(ctx, section).Result()
-	if err != nil {
-		return "", fmt.Errorf("INFO %s: %w", section, err)
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
-			return v, nil
+// info is one numeric INFO field, summed over the servers (one, or a
+// cluster's masters).
+func (p *redisProbe) info(ctx context.Context, section, field string) (float64, error) {
+	var mu sync.Mutex
+	var total float64
+	err := eachServer(ctx, p.c, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, section).Result()
+		if err != nil {
+			return fmt.Errorf("INFO %s: %w", section, err)
 		}
-	}
-	return "", fmt.Errorf("INFO %s: no %s", section, field)
+		for line := range strings.SplitSeq(info, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					return fmt.Errorf("INFO %s %s: %w", section, field, err)
+				}
+				mu.Lock()
+				total += f
+				mu.Unlock()
+				return nil
+			}
+		}
+		return fmt.Errorf("INFO %s: no %s", section, field)
+	})
+	return total, err
 }
 
 // streams sums XLEN (and, with size, MEMORY USAGE … SAMPLES 0: every

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"github.com/wspubsub/wspubsub/internal/broker"
 	"io"
 	"net/http"
 	"os"
@@ -35,11 +37,26 @@ func newPublisher(ctx context.Context, cfg Config) (publisher, error) {
 		return &httpPublisher{url: strings.TrimSuffix(cfg.Target, "/") + "/publish", token: cfg.Token,
 			durable: cfg.Durable, idem: idem}, nil
 	}
-	c, err := redisClient(ctx, cfg.RedisURL)
+	c, err := redisUniversal(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &redisPublisher{c: c, channel: cfg.Channel, durable: cfg.Durable, idem: idem}, nil
+	p := &redisPublisher{c: c, channel: cfg.Channel, durable: cfg.Durable, idem: idem}
+	if cfg.Routing == "keys" {
+		p.route = &routePlan{broadcast: broker.BroadcastChannel(cfg.Channel), durable: cfg.Durable, cluster: cfg.RedisCluster}
+	} else if cc, ok := c.(*redis.ClusterClient); ok {
+		// A plain PUBLISH names no key: a cluster pipeline would spread it
+		// over the masters, and one key's messages would overtake each
+		// other on the way. One connection keeps them in order, as one
+		// publisher's.
+		m, err := cc.MasterForKey(ctx, cfg.Channel)
+		if err != nil {
+			cc.Close()
+			return nil, fmt.Errorf("finding a master for plain PUBLISH: %w", err)
+		}
+		p.c, p.owner = m, cc
+	}
+	return p, nil
 }
 
 func redisClient(ctx context.Context, redisURL string) (*redis.Client, error) {
@@ -55,21 +72,64 @@ func redisClient(ctx context.Context, redisURL string) (*redis.Client, error) {
 	return c, nil
 }
 
-type redisPublisher struct {
-	c       *redis.Client
-	channel string
-	durable bool   // FCALL wspubsub_publish instead of PUBLISH
-	idem    string // idempotency-key prefix ("" = none)
-	n       uint64 // messages published (idempotency-key suffix)
+// redisUniversal is a client of --redis-url: one server, or with
+// --redis-cluster a Redis Cluster from its seeds (redis://host:port or
+// host:port, comma-separated), whose pipelines send each command to the
+// master of its slot.
+func redisUniversal(ctx context.Context, cfg Config) (redis.UniversalClient, error) {
+	if !cfg.RedisCluster {
+		return redisClient(ctx, cfg.RedisURL)
+	}
+	opt := &redis.ClusterOptions{}
+	for _, seed := range SplitList(cfg.RedisURL) {
+		if !strings.Contains(seed, "://") {
+			opt.Addrs = append(opt.Addrs, seed)
+			continue
+		}
+		o, err := redis.ParseURL(seed)
+		if err != nil {
+			return nil, fmt.Errorf("parsing Redis Cluster seed %q: %w", seed, err)
+		}
+		opt.Addrs = append(opt.Addrs, o.Addr)
+		opt.Username, opt.Password, opt.TLSConfig = o.Username, o.Password, o.TLSConfig
+	}
+	if len(opt.Addrs) == 0 {
+		return nil, errors.New("--redis-cluster: no seed address in --redis-url")
+	}
+	c := redis.NewClusterClient(opt)
+	// Every master answers: the slot map is loaded and the cluster whole.
+	if err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() }); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connecting to the Redis Cluster: %w", err)
+	}
+	return c, nil
 }
 
-// publish sends the batch as one pipeline: one round trip. Durable, each
-// message is FCALL wspubsub_publish 0 <envelope> [<idempotency-key>]: the
-// gateways' Redis function records it in every recipient's history and
-// publishes it, atomically.
+type redisPublisher struct {
+	c       redis.UniversalClient
+	channel string
+	durable bool       // FCALL wspubsub_publish instead of PUBLISH
+	idem    string     // idempotency-key prefix ("" = none)
+	n       uint64     // messages published (idempotency-key suffix)
+	route   *routePlan // --routing keys: publish as a routed backend does
+	cmds    []routedCmd
+	owner   io.Closer // the cluster client c belongs to, if any
+}
+
+// publish sends the batch as one pipeline: one round trip (per master, in
+// parallel, on a cluster). Durable, each message is FCALL wspubsub_publish
+// 0 <envelope> [<idempotency-key>]: the gateways' Redis function records
+// it in every recipient's history and publishes it, atomically. Routed,
+// see routePlan.
 func (p *redisPublisher) publish(ctx context.Context, msgs [][]byte) error {
 	pipe := p.c.Pipeline()
 	for _, m := range msgs {
+		if p.route != nil {
+			if err := p.routed(ctx, pipe, m); err != nil {
+				return err
+			}
+			continue
+		}
 		switch {
 		case !p.durable:
 			pipe.Publish(ctx, p.channel, m)
@@ -87,7 +147,38 @@ func (p *redisPublisher) publish(ctx context.Context, msgs [][]byte) error {
 	return err
 }
 
-func (p *redisPublisher) close() { p.c.Close() }
+// routed queues m's routed commands on pipe; the FCALLs of one message
+// (one per slot) share its idempotency key, as the gateway's do.
+func (p *redisPublisher) routed(ctx context.Context, pipe redis.Pipeliner, m []byte) error {
+	var err error
+	if p.cmds, err = p.route.plan(p.cmds[:0], m); err != nil {
+		return err
+	}
+	idem := ""
+	if p.durable && p.idem != "" {
+		p.n++
+		idem = p.idem + strconv.FormatUint(p.n, 36)
+	}
+	for _, c := range p.cmds {
+		switch {
+		case !c.fcall:
+			pipe.SPublish(ctx, c.channel, c.payload)
+		case idem != "":
+			pipe.FCall(ctx, "wspubsub_publish", c.keys, c.payload, idem)
+		default:
+			pipe.FCall(ctx, "wspubsub_publish", c.keys, c.payload)
+		}
+	}
+	return nil
+}
+
+func (p *redisPublisher) close() {
+	if p.owner != nil {
+		p.owner.Close()
+		return
+	}
+	p.c.Close()
+}
 
 type httpPublisher struct {
 	url, token string
@@ -189,8 +280,8 @@ type gatewayProbe struct {
 	token   string
 }
 
-func newGatewayProbe(cfg Config) *gatewayProbe {
-	return &gatewayProbe{pid: cfg.GatewayPID, metrics: strings.TrimSuffix(cfg.Target, "/") + "/metrics", token: cfg.Token}
+func newGatewayProbe(target string, pid int, token string) *gatewayProbe {
+	return &gatewayProbe{pid: pid, metrics: strings.TrimSuffix(target, "/") + "/metrics", token: token}
 }
 
 func (g *gatewayProbe) get() (*http.Response, error) {
@@ -234,21 +325,37 @@ func (g *gatewayProbe) values(names ...string) []float64 {
 	return out
 }
 
+// series reads every sample of the gateway's /metrics whose name is one of
+// names, labels included (name{label="…"} → value).
+func (g *gatewayProbe) series(names ...string) map[string]float64 {
+	out := map[string]float64{}
+	resp, err := g.get()
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		sp := strings.LastIndexByte(line, ' ')
+		if sp < 0 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name := line[:sp]
+		base, _, _ := strings.Cut(name, "{")
+		for _, n := range names {
+			if base == n {
+				out[name], _ = strconv.ParseFloat(line[sp+1:], 64)
+			}
+		}
+	}
+	return out
+}
+
 func (g *gatewayProbe) read() (rss int64, cpu float64) {
 	if g.pid > 0 {
-		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.pid)); err == nil {
-			for line := range strings.SplitSeq(string(st), "\n") {
-				if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-					kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-					rss = kb * 1024
-				}
-			}
-			if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", g.pid)); err == nil {
-				f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
-				ut, _ := strconv.ParseFloat(f[11], 64)
-				stt, _ := strconv.ParseFloat(f[12], 64)
-				cpu = (ut + stt) / 100 // USER_HZ
-			}
+		if rss, cpu, err := procUsage(g.pid); err == nil {
 			return rss, cpu
 		}
 	}
@@ -270,4 +377,44 @@ func (g *gatewayProbe) read() (rss int64, cpu float64) {
 		}
 	}
 	return rss, cpu
+}
+
+// procUsage reads a process's resident memory (VmRSS) and CPU time so far
+// (user + system, all threads) from /proc.
+func procUsage(pid int) (rss int64, cpu float64, err error) {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for line := range strings.SplitSeq(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			rss = kb * 1024
+		}
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	cpu, err = statCPU(stat)
+	return rss, cpu, err
+}
+
+// statCPU is utime + stime of a /proc/<pid>/stat line, in seconds (the
+// fields after the command name, which may hold spaces and parentheses).
+func statCPU(stat []byte) (float64, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 > len(stat) {
+		return 0, errors.New("/proc stat: no command name")
+	}
+	f := strings.Fields(string(stat[i+2:]))
+	if len(f) < 13 {
+		return 0, errors.New("/proc stat: too few fields")
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("/proc stat: bad utime or stime")
+	}
+	return (ut + st) / 100, nil // USER_HZ
 }

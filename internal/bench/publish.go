@@ -34,15 +34,10 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 	if rate == 0 && cfg.Window > 0 {
 		batchSize = int(max(1, min(256, int64(cfg.Window)/(2*perMsg))))
 	}
-	var tick time.Duration
 	if rate > 0 {
-		// Publish every millisecond (or less often at low rates).
-		tick = time.Millisecond
+		// Publish every millisecond (or less often at low rates), each
+		// message at its time: see due below.
 		batchSize = max(1, rate/1000)
-		if rate < 1000 {
-			tick = time.Second / time.Duration(rate)
-			batchSize = 1
-		}
 	}
 	broadcast := cfg.Scenario == "broadcast"
 	pad := padding(cfg)
@@ -61,7 +56,11 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 		everyone = append(everyone, ']')
 	}
 	batch := make([][]byte, 0, batchSize+4)
-	next := time.Now()
+	t0 := time.Now()
+	// due is how many messages the rate has asked for by now: a publisher
+	// that fell behind (a slow round trip on a saturated box) sends the
+	// backlog in its next batch instead of lowering the offered rate.
+	due := func() int64 { return int64(time.Since(t0).Seconds() * float64(rate)) }
 	if broadcast && everyone == nil {
 		everyone = []byte(`{"broadcast":true`)
 	}
@@ -80,7 +79,11 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 	deadline := time.Now().Add(cfg.Duration + time.Minute)
 	for seq := int64(0); seq < int64(cfg.Messages); {
 		batch = batch[:0]
-		for len(batch) < batchSize && seq < int64(cfg.Messages) {
+		n := batchSize
+		if rate > 0 {
+			n = int(max(int64(batchSize), min(due()-seq, 4096)))
+		}
+		for len(batch) < n && seq < int64(cfg.Messages) {
 			intended++
 			switch {
 			case skip[seq]:
@@ -111,9 +114,9 @@ func publishAll(ctx context.Context, pub publisher, cfg Config, stable, readers,
 		if err := pub.publish(ctx, batch); err != nil {
 			return intended, toReaders, err
 		}
-		if tick > 0 {
-			next = next.Add(tick)
-			if d := time.Until(next); d > 0 {
+		if rate > 0 {
+			// Until the next message is due.
+			if d := time.Until(t0.Add(time.Duration(float64(seq) / float64(rate) * float64(time.Second)))); d > 0 {
 				time.Sleep(d)
 			}
 		}

@@ -76,6 +76,10 @@ func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, done chan struct{}) 
 			case 8:
 				if w.byServer(c, nc, nil) {
 					w.serverClosed.Add(1)
+					if len(payload) >= 2 && binary.BigEndian.Uint16(payload) == closeTryAgain {
+						w.wg.Add(1)
+						go w.retry(c, nc, done)
+					}
 				}
 				return
 			case 9:
@@ -232,4 +236,46 @@ func digits(p []byte, i int) (int64, int, bool) {
 		i++
 	}
 	return v, i, i > start
+}
+
+// closeTryAgain is the close code of a gateway that could not admit a
+// client for now (its key store, history or subscription did not answer
+// in time): the client is to connect again, resuming from its last id.
+const closeTryAgain = 1013
+
+// maxRetries bounds the reconnects of one connection after 1013.
+const maxRetries = 5
+
+// retry reconnects c after the server closed nc with 1013, as a client
+// library does: once nc's reader has returned (done), after a backoff
+// (100 ms, doubling), with since=<its last id> when resuming. Only
+// WebSocket clients do.
+func (w *Worker) retry(c *wconn, nc net.Conn, done chan struct{}) {
+	defer w.wg.Done()
+	<-done
+	c.mu.Lock()
+	if c.nc == nc {
+		_ = nc.Close()
+	}
+	c.mu.Unlock()
+	for c.retries < maxRetries {
+		c.retries++ // before open: once it succeeds, the new reader may retry in turn
+		t := time.NewTimer(100 * time.Millisecond << (c.retries - 1))
+		select {
+		case <-w.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		replaced := c.nc != nc // closed or reopened meanwhile (Disconnect, Stop, churn)
+		c.mu.Unlock()
+		if replaced {
+			return
+		}
+		w.retried.Add(1)
+		if w.open(c) == nil {
+			return
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 )
 
 // Result is one run's outcome; it is printed as one JSON line.
@@ -17,12 +18,20 @@ type Result struct {
 	Procs           int     `json:"client_procs"`
 	Published       int64   `json:"published"`
 	PublishSeconds  float64 `json:"publish_s"`
-	Expected        int64   `json:"expected"`
-	Delivered       int64   `json:"delivered"`
-	Lost            int64   `json:"lost"`
-	Duplicates      int64   `json:"duplicated"`
-	OutOfOrder      int64   `json:"out_of_order"`
-	ServerClosed    int64   `json:"server_closed"`
+	// DeliverSeconds runs from the first publish to the last delivery (or
+	// to the end of the wait for stragglers): the window of the *_publish_s
+	// CPU figures and of delivered_per_s.
+	DeliverSeconds float64 `json:"deliver_s"`
+	Expected       int64   `json:"expected"`
+	Delivered      int64   `json:"delivered"`
+	Lost           int64   `json:"lost"`
+	Duplicates     int64   `json:"duplicated"`
+	OutOfOrder     int64   `json:"out_of_order"`
+	ServerClosed   int64   `json:"server_closed"`
+	// Retried is the reconnects after the server closed a WebSocket with
+	// 1013 (try again: not admitted for now), each resuming from its last
+	// id when resuming — what a client library does.
+	Retried         int64   `json:"reconnects_after_1013,omitempty"`
 	Durable         bool    `json:"durable,omitempty"`
 	Resuming        bool    `json:"resuming_clients,omitempty"`
 	Positions       int64   `json:"positions,omitempty"`         // {"id":…} frames: clients told where "now" is
@@ -56,6 +65,14 @@ type Result struct {
 	// one_per_write_per_s (with --calibrate).
 	Ceiling        *Ceiling `json:"ceiling,omitempty"`
 	RatioToCeiling *float64 `json:"ratio_to_ceiling,omitempty"`
+	// Nodes are each gateway's figures when there are several targets
+	// (the gateway_* figures above are then their sums).
+	Nodes []NodeResult `json:"nodes,omitempty"`
+	// RedisProcs are the Redis servers of --redis-pids (from /proc);
+	// RedisShards each Redis server (a cluster's masters) over the publish
+	// phase, from INFO (with --redis-url).
+	RedisProcs  []RedisProc  `json:"redis_procs,omitempty"`
+	RedisShards []RedisShard `json:"redis_shards,omitempty"`
 }
 
 // framesPerWrite sets the gateway's socket writes and frames over the run
@@ -120,6 +137,9 @@ func report(out io.Writer, r Result) {
 	if r.Published > 0 {
 		fmt.Fprintf(out, "published %d in %.2fs; delivered %d of %d expected (%.0f/s): lost %d, duplicated %d, out of order %d, closed by server %d\n",
 			r.Published, r.PublishSeconds, r.Delivered, r.Expected, r.DeliveredPerSec, r.Lost, r.Duplicates, r.OutOfOrder, r.ServerClosed)
+		if r.Retried > 0 {
+			fmt.Fprintf(out, "reconnects after a 1013 close (try again): %d\n", r.Retried)
+		}
 		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
 			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
 		reportTimeline(out, r.Timeline)
@@ -148,6 +168,34 @@ func report(out io.Writer, r Result) {
 	}
 	if r.ChurnConnects > 0 {
 		fmt.Fprintf(out, "churn: %d reconnects, %d failed\n", r.ChurnConnects, r.ChurnFailures)
+	}
+	for _, n := range r.Nodes {
+		fmt.Fprintf(out, "node %s: %d connections, RSS %.1f → %.1f MB", n.Target, n.Connections, float64(n.RSSBefore)/1e6, float64(n.RSSAfter)/1e6)
+		if n.BytesPerConn > 0 {
+			fmt.Fprintf(out, " (%.0f bytes per connection)", n.BytesPerConn)
+		}
+		fmt.Fprintf(out, ", CPU %.2fs (%.2fs publishing), %d messages in, %d deliveries", n.CPU, n.CPUPublish, n.MessagesIn, n.Deliveries)
+		if n.CPUPerDelivery > 0 {
+			fmt.Fprintf(out, " (%.2f µs CPU each)", n.CPUPerDelivery)
+		}
+		if len(n.Events) > 0 {
+			names := make([]string, 0, len(n.Events))
+			for k := range n.Events {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			for _, k := range names {
+				fmt.Fprintf(out, "; %s %d", k, n.Events[k])
+			}
+		}
+		fmt.Fprintln(out)
+	}
+	for _, p := range r.RedisProcs {
+		fmt.Fprintf(out, "redis pid %d: CPU %.2fs (%.2fs publishing), RSS %.1f → %.1f MB\n", p.PID, p.CPU, p.CPUPublish, float64(p.RSSBefore)/1e6, float64(p.RSSAfter)/1e6)
+	}
+	for _, s := range r.RedisShards {
+		fmt.Fprintf(out, "redis %s (pid %d) while publishing: CPU %.2fs, %d commands, %.1f MB in, %.1f MB out, %d sharded channels, %d clients\n",
+			s.Addr, s.PID, s.CPU, s.Commands, float64(s.NetIn)/1e6, float64(s.NetOut)/1e6, s.ShardChannels, s.Clients)
 	}
 	fmt.Fprintf(out, "gateway RSS %.1f MB → %.1f MB", float64(r.GatewayRSSBefore)/1e6, float64(r.GatewayRSSAfter)/1e6)
 	if r.BytesPerConn > 0 {

@@ -104,9 +104,10 @@ func mergeTimelines(parts []map[int64]map[int]int64, gcAt map[int64]float64) []T
 	return out
 }
 
-// sampleGC reads the gateway's finished GC cycles at every slot boundary
-// until ctx ends; the map it returns is complete once done is closed.
-func sampleGC(ctx context.Context, g *gatewayProbe) (gcAt map[int64]float64, done chan struct{}) {
+// sampleGC reads the gateway's finished GC cycles (summed over several
+// gateways) at every slot boundary until ctx ends; the map it returns is
+// complete once done is closed.
+func sampleGC(ctx context.Context, g gateways) (gcAt map[int64]float64, done chan struct{}) {
 	gcAt = map[int64]float64{}
 	done = make(chan struct{})
 	go func() {

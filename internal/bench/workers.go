@@ -110,7 +110,7 @@ func startWorkers(cfg Config) ([]worker, error) {
 	var out []worker
 	for i := range procs {
 		first := i * cfg.PerProc
-		wc := WorkerConfig{URL: cfg.wsURL(), KeyPrefix: cfg.KeyPrefix, First: first, Count: min(cfg.PerProc, cfg.Conns-first),
+		wc := WorkerConfig{URLs: cfg.wsURLs(), KeyPrefix: cfg.KeyPrefix, First: first, Count: min(cfg.PerProc, cfg.Conns-first),
 			Source: sources[i], Transport: cfg.Transport, Batch: cfg.Batch, Messages: cfg.Messages,
 			Broadcast: cfg.Scenario == "broadcast", SlowFrom: cfg.Conns - int(float64(cfg.Conns)*cfg.SlowShare),
 			Resume: cfg.Resume}

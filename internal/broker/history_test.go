@@ -141,6 +141,12 @@ func runBroker(t *testing.T, b Broker) <-chan string {
 	t.Cleanup(cancel)
 	got := make(chan string, 100)
 	go func() { _ = b.Run(ctx, func(p []byte) { got <- string(p) }) }()
+	waitReady(t, b)
+	return got
+}
+
+func waitReady(t *testing.T, b Broker) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !b.Ready() {
 		if time.Now().After(deadline) {
@@ -148,7 +154,6 @@ func runBroker(t *testing.T, b Broker) <-chan string {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return got
 }
 
 func TestMemoryHistory(t *testing.T) {

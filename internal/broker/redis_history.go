@@ -26,7 +26,7 @@ func HistoryLibrary(cfg HistoryConfig, channel string, routed bool) string {
 		"{{TTL}}", strconv.FormatInt(max(cfg.TTL.Milliseconds(), 1), 10),
 		"{{CHANNEL}}", luaString(channel),
 		"{{ROUTED}}", strconv.FormatBool(routed),
-		"{{BROADCAST}}", luaString(broadcastChannel(channel)),
+		"{{BROADCAST}}", luaString(BroadcastChannel(channel)),
 	).Replace(historyLua)
 }
 

@@ -47,9 +47,9 @@ type Routed struct {
 // KeyChannel is the sharded channel of key's messages.
 func KeyChannel(key string) string { return "wspubsub:k:{" + key + "}" }
 
-// broadcastChannel carries broadcasts to every node (one shard carries
+// BroadcastChannel carries broadcasts to every node (one shard carries
 // them all: a broadcast reaches every node anyway).
-func broadcastChannel(inbound string) string { return "wspubsub:b:{" + inbound + "}" }
+func BroadcastChannel(inbound string) string { return "wspubsub:b:{" + inbound + "}" }
 
 // leaseKey names the node forwarding plain PUBLISHes on inbound.
 func leaseKey(inbound string) string { return "wspubsub:lease:{" + inbound + "}" }
@@ -220,7 +220,7 @@ func (r *Redis) Deliver(ctx context.Context, msgs []Routed) error {
 		for _, m := range msgs {
 			ch := KeyChannel(m.Key)
 			if m.Broadcast {
-				ch = broadcastChannel(r.cfg.Inbound)
+				ch = BroadcastChannel(r.cfg.Inbound)
 			}
 			p.SPublish(ctx, ch, m.Payload)
 		}
@@ -243,7 +243,11 @@ func (r *Redis) forwardWhileLeased(ctx context.Context) {
 	defer func() {
 		if stopFwd != nil {
 			stopFwd()
-			r.client.Eval(context.WithoutCancel(ctx), releaseLua, []string{key}, r.instance)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			if err := r.client.Eval(rctx, releaseLua, []string{key}, r.instance).Err(); err != nil {
+				r.cfg.Logger.Warn("redis: forwarding lease not given back; another node takes it when it expires", "err", err)
+			}
 		}
 	}()
 	t := time.NewTicker(leaseRenew)

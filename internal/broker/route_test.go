@@ -18,8 +18,9 @@ import (
 
 // routedNode is one gateway's routed broker on a shared Redis.
 type routedNode struct {
-	b   *Redis
-	got <-chan string
+	b    *Redis
+	got  <-chan string
+	stop func() // ends its Run and waits for it
 }
 
 func newRoutedNode(t *testing.T, url, id string, hist HistoryConfig, onInbound func(context.Context, []byte)) routedNode {
@@ -30,7 +31,14 @@ func newRoutedNode(t *testing.T, url, id string, hist HistoryConfig, onInbound f
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return routedNode{b: b, got: runBroker(t, b)}
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan string, 100)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = b.Run(ctx, func(p []byte) { got <- string(p) }) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	waitReady(t, b)
+	return routedNode{b: b, got: got, stop: stop}
 }
 
 func (n routedNode) watch(t *testing.T, key string) {
@@ -182,10 +190,11 @@ func TestRedisRoutingForwardsPlainPublishes(t *testing.T) {
 	if holder != a.b.instance || !strings.HasPrefix(holder, "a-") {
 		t.Fatalf("lease held by %q", holder)
 	}
-	b := newRoutedNode(t, srv.URL(), "b", HistoryConfig{}, fwd("b"))
-	_ = b
-	a.b.Close() // a stops: its lease expires, b takes it over
-	rdb.Del(ctx, leaseKey("in"))
+	newRoutedNode(t, srv.URL(), "b", HistoryConfig{}, fwd("b"))
+	a.stop() // a stops: it gives the lease back, b takes it over
+	if v, err := rdb.Get(ctx, leaseKey("in")).Result(); err == nil && strings.HasPrefix(v, "a-") {
+		t.Fatalf("a stopped and still holds the lease")
+	}
 	m := waitForward(t, rdb, forwarded, "two")
 	if !strings.HasPrefix(m, "b:") {
 		t.Fatalf("after a stopped, forwarded by %s", m)

@@ -79,14 +79,18 @@ func (r *Redis) runRouted(ctx context.Context, h Handler) error {
 	defer cancel()
 	defer r.setReady(false)
 	if r.cfg.OnInbound != nil {
-		go r.forwardWhileLeased(sctx)
+		fwdDone := make(chan struct{})
+		go func() { defer close(fwdDone); r.forwardWhileLeased(sctx) }()
+		// Run returns once the lease is given back: another node forwards
+		// at once, not after the lease's expiry.
+		defer func() { cancel(); <-fwdDone }()
 	}
 	s := &shards{r: r, h: h, byAddr: map[string]*shardSub{}, owner: map[string]*shardSub{},
 		events: make(chan shardEvent, 16), rebuild: map[string]bool{}, nodes: map[string]*redis.Client{}}
 	defer s.closeAll()
 	// The broadcast channel first, as a rebuild: the hub resyncs once it
 	// is confirmed, and the node is ready.
-	s.rebuild[broadcastChannel(r.cfg.Inbound)] = true
+	s.rebuild[BroadcastChannel(r.cfg.Inbound)] = true
 	s.retry = time.NewTimer(0)
 	s.scheduled = true
 	defer s.retry.Stop()
@@ -290,7 +294,7 @@ func (s *shards) resubscribe(ctx context.Context) {
 	}
 	s.attempt++
 	var ops []subOp
-	bc := broadcastChannel(s.r.cfg.Inbound)
+	bc := BroadcastChannel(s.r.cfg.Inbound)
 	for ch := range s.rebuild {
 		key, isKey := keyOfChannel(ch)
 		if ch == bc || isKey && s.r.route.isWatched(key) {

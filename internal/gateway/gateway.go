@@ -333,8 +333,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 	<-httpDone
 	g.cancel() // abandon anything still authenticating
 	stopRun()
-	_ = g.broker.Close()
-	<-brokerDone
+	// The broker's Run ends with its context (giving back what it holds in
+	// Redis, like the forwarding lease) before its client is closed.
+	select {
+	case <-brokerDone:
+		_ = g.broker.Close()
+	case <-time.After(2 * time.Second):
+		_ = g.broker.Close()
+		<-brokerDone
+	}
 	_ = g.store.Close(sctx)
 	g.log.Info("stopped")
 	if errors.Is(err, http.ErrServerClosed) {

@@ -1,5 +1,6 @@
 // Command plot renders BENCHMARKS.md's figures from the JSON lines that
-// `wspubsub bench` prints (collected by scripts/bench-plots.sh). It is its
+// `wspubsub bench` prints (collected by scripts/bench-plots.sh,
+// bench-all.sh and bench-cluster.sh). It is its
 // own module so gonum/plot stays out of the gateway's dependencies.
 //
 //	go run . -rate ../../docs/bench/rate.jsonl -idle ../../docs/bench/idle.jsonl -out ../../docs/bench
@@ -36,6 +37,17 @@ type result struct {
 		Max float64 `json:"max_ms"`
 		GC  int     `json:"gateway_gc"`
 	} `json:"timeline"`
+	DeliverS float64 `json:"deliver_s"`
+	Nodes    []struct {
+		Target     string  `json:"target"`
+		RSSBefore  float64 `json:"rss_before"`
+		RSSAfter   float64 `json:"rss_after"`
+		CPUPublish float64 `json:"cpu_publish_s"`
+		Conns      float64 `json:"connections"`
+	} `json:"nodes"`
+	RedisProcs []struct {
+		CPUPublish float64 `json:"cpu_publish_s"`
+	} `json:"redis_procs"`
 	Latency struct {
 		P50  float64 `json:"p50_ms"`
 		P90  float64 `json:"p90_ms"`
@@ -76,8 +88,17 @@ func main() {
 	rate := flag.String("rate", "", "JSON lines of rate runs")
 	idle := flag.String("idle", "", "JSON lines of idle runs")
 	timeline := flag.String("timeline", "", "JSON line of one rate run (its latency over time is plotted)")
+	cluster := flag.String("cluster", "", "JSON lines of a multi-node run (scripts/bench-cluster.sh): each node's and Redis master's CPU, each node's memory")
 	out := flag.String("out", ".", "output directory")
 	flag.Parse()
+	if *cluster != "" {
+		rs, err := read(*cluster)
+		if err != nil {
+			fail(err)
+		}
+		plotClusterCPU(rs, filepath.Join(*out, "cluster-cpu.png"))
+		plotClusterMemory(rs, filepath.Join(*out, "cluster-memory.png"))
+	}
 	if *timeline != "" {
 		rs, err := read(*timeline)
 		if err != nil {
@@ -165,6 +186,109 @@ func plotTimeline(r result, path string) {
 		p.Legend.Add("gateway GC cycle in the slot", s)
 	}
 	save(p, path)
+}
+
+// plotClusterCPU draws, for each run, the cores each gateway and each
+// Redis master used while publishing (CPU seconds over the first publish →
+// last delivery window): how evenly the nodes share the work, and Redis's
+// part of it.
+func plotClusterCPU(rs []result, path string) {
+	var runs []result
+	for _, r := range rs {
+		if len(r.Nodes) > 0 && r.DeliverS > 0 {
+			runs = append(runs, r)
+		}
+	}
+	if len(runs) == 0 {
+		return
+	}
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("wspubsub: cores used per gateway and per Redis master while publishing (%d connections)", runs[0].Conns)
+	p.Y.Label.Text = "cores (CPU seconds per second)"
+	p.Legend.Top = true
+	var names []string
+	for _, r := range runs {
+		names = append(names, r.Label)
+	}
+	p.NominalX(names...)
+	nodes, shards := len(runs[0].Nodes), len(runs[0].RedisProcs)
+	w := vg.Points(60 / float64(nodes+shards))
+	for i := range nodes + shards {
+		var vals plotter.Values
+		for _, r := range runs {
+			v := 0.0
+			switch {
+			case i < nodes && i < len(r.Nodes):
+				v = r.Nodes[i].CPUPublish / r.DeliverS
+			case i >= nodes && i-nodes < len(r.RedisProcs):
+				v = r.RedisProcs[i-nodes].CPUPublish / r.DeliverS
+			}
+			vals = append(vals, v)
+		}
+		b, err := plotter.NewBarChart(vals, w)
+		if err != nil {
+			panic(err)
+		}
+		b.LineStyle.Width = 0
+		b.Offset = w * vg.Length(float64(i)-float64(nodes+shards-1)/2)
+		if i < nodes {
+			b.Color = color.RGBA{46, 91, uint8(255 - 20*i), 255}
+			if i == 0 {
+				p.Legend.Add(fmt.Sprintf("gateways gw1…gw%d", nodes), b)
+			}
+		} else {
+			b.Color = color.RGBA{uint8(230 - 25*(i-nodes)), 90, 20, 255}
+			if i == nodes {
+				p.Legend.Add(fmt.Sprintf("Redis masters 1…%d", shards), b)
+			}
+		}
+		p.Add(b)
+	}
+	p.Legend.Left = true
+	p.Y.Max *= 1.2 // room for the legend
+	save(p, path)
+}
+
+// plotClusterMemory draws each gateway's RSS empty and with its share of
+// the idle run's connections.
+func plotClusterMemory(rs []result, path string) {
+	for _, r := range rs {
+		if r.Scenario != "idle" || len(r.Nodes) == 0 {
+			continue
+		}
+		p := plot.New()
+		p.Title.Text = fmt.Sprintf("wspubsub: RSS per gateway, %d idle connections over %d gateways (%.0f B per connection)",
+			r.Connected, len(r.Nodes), r.BytesPerCon)
+		p.Y.Label.Text = "MB"
+		p.Legend.Top, p.Legend.Left = true, true
+		var names []string
+		var before, after plotter.Values
+		for i, n := range r.Nodes {
+			names = append(names, fmt.Sprintf("gw%d (%.0f conns)", i+1, n.Conns))
+			before = append(before, n.RSSBefore/1e6)
+			after = append(after, n.RSSAfter/1e6)
+		}
+		p.NominalX(names...)
+		w := vg.Points(18)
+		for i, s := range []struct {
+			name string
+			v    plotter.Values
+			c    color.Color
+		}{{"empty gateway", before, color.RGBA{160, 160, 160, 255}}, {"with its connections", after, color.RGBA{46, 91, 255, 255}}} {
+			b, err := plotter.NewBarChart(s.v, w)
+			if err != nil {
+				panic(err)
+			}
+			b.LineStyle.Width = 0
+			b.Color = s.c
+			b.Offset = w * vg.Length(float64(i)-0.5)
+			p.Add(b)
+			p.Legend.Add(s.name, b)
+		}
+		p.Y.Max *= 1.2 // room for the legend
+		save(p, path)
+		return
+	}
 }
 
 func save(p *plot.Plot, path string) {
