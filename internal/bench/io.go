@@ -80,23 +80,11 @@ func redisUniversal(ctx context.Context, cfg Config) (redis.UniversalClient, err
 	if !cfg.RedisCluster {
 		return redisClient(ctx, cfg.RedisURL)
 	}
-	opt := &redis.ClusterOptions{}
-	for _, seed := range SplitList(cfg.RedisURL) {
-		if !strings.Contains(seed, "://") {
-			opt.Addrs = append(opt.Addrs, seed)
-			continue
-		}
-		o, err := redis.ParseURL(seed)
-		if err != nil {
-			return nil, fmt.Errorf("parsing Redis Cluster seed %q: %w", seed, err)
-		}
-		opt.Addrs = append(opt.Addrs, o.Addr)
-		opt.Username, opt.Password, opt.TLSConfig = o.Username, o.Password, o.TLSConfig
+	u, err := broker.NewClient(cfg.RedisURL, true, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-cluster: %w", err)
 	}
-	if len(opt.Addrs) == 0 {
-		return nil, errors.New("--redis-cluster: no seed address in --redis-url")
-	}
-	c := redis.NewClusterClient(opt)
+	c := u.(*redis.ClusterClient)
 	// Every master answers: the slot map is loaded and the cluster whole.
 	if err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() }); err != nil {
 		c.Close()
