@@ -24,13 +24,14 @@ type presenceNode struct {
 	exited   chan struct{}
 }
 
-// startPresenceNode runs the gateway binary as node id on the shared Redis.
-func startPresenceNode(t *testing.T, id, redisURL, keyFile string) *presenceNode {
+// startPresenceNode runs the gateway binary as node id on the shared Redis
+// (redis: its flags).
+func startPresenceNode(t *testing.T, id string, redis []string, keyFile string) *presenceNode {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	n := &presenceNode{id: id, base: "http://" + addr, logs: &lockedBuffer{}, exited: make(chan struct{})}
-	n.cmd = exec.Command(binary(t), "--listen", addr, "--keys-file", keyFile, "--redis-url", redisURL,
-		"--presence", "--node-id", id, "--presence-heartbeat", "1s", "--log-level", "info")
+	n.cmd = exec.Command(binary(t), append([]string{"--listen", addr, "--keys-file", keyFile,
+		"--presence", "--node-id", id, "--presence-heartbeat", "1s", "--log-level", "info"}, redis...)...)
 	n.cmd.Stderr = n.logs
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -43,14 +44,7 @@ func startPresenceNode(t *testing.T, id, redisURL, keyFile string) *presenceNode
 			t.Logf("%s log:\n%s", id, n.logs.String())
 		}
 	})
-	eventually(t, 20*time.Second, id+" ready", func() bool {
-		resp, err := http.Get(n.base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitReadyAt(t, addr)
 	return n
 }
 
@@ -151,15 +145,22 @@ func waitNodes(t *testing.T, n *presenceNode, want ...string) {
 // CLI prints it, and after one gateway is SIGKILLed its entries and its
 // registration disappear (within two heartbeats; the test only bounds the
 // wait generously).
+// On one Redis, and on a 3-master Redis Cluster with per-key routing.
 func TestClusterPresence(t *testing.T) {
-	rsrv := testenv.Redis(t)
+	t.Run("single", func(t *testing.T) { clusterPresence(t, []string{"--redis-url", testenv.Redis(t).URL()}) })
+	t.Run("cluster", func(t *testing.T) {
+		clusterPresence(t, []string{"--redis-url", testenv.RedisCluster(t, 3, 0).Seeds(), "--redis-cluster"})
+	})
+}
+
+func clusterPresence(t *testing.T, redis []string) {
 	keyFile := filepath.Join(t.TempDir(), "keys")
 	if err := os.WriteFile(keyFile, []byte("k-a\nk-b\nk-c\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g1 := startPresenceNode(t, "gw-1", rsrv.URL(), keyFile)
-	g2 := startPresenceNode(t, "gw-2", rsrv.URL(), keyFile)
-	g3 := startPresenceNode(t, "gw-3", rsrv.URL(), keyFile)
+	g1 := startPresenceNode(t, "gw-1", redis, keyFile)
+	g2 := startPresenceNode(t, "gw-2", redis, keyFile)
+	g3 := startPresenceNode(t, "gw-3", redis, keyFile)
 	for _, g := range []*presenceNode{g1, g2, g3} {
 		waitNodes(t, g, "gw-1", "gw-2", "gw-3")
 	}
