@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every wspubsub test on this machine, installing and building what the
-# tests need: redis-server, chromium and gcc (for -race) (Debian packages), the FerretDB-based
+# tests need: redis-server and redis-cli (which makes the Redis Cluster of the cluster tests),
+# chromium and gcc (for -race) (Debian packages), the FerretDB-based
 # MongoDB-wire helper (tools/mongowire, from the Go module proxy) and
 # jQuery 1.9.1 for the 2014-page test (npm registry). The tests start their
 # own servers on free loopback ports and stop them afterwards.
@@ -16,6 +17,7 @@ fi
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
