@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -11,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wspubsub/wspubsub/internal/config"
-	"github.com/wspubsub/wspubsub/internal/gateway"
 	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
@@ -34,31 +31,7 @@ func TestMain(m *testing.M) {
 func gatewayFor(t *testing.T, n int) (target, redisURL string) {
 	t.Helper()
 	r := testenv.Redis(t)
-	keys := keystore.NewMemory()
-	for i := range n {
-		keys.Add("bench-" + itoa(i))
-	}
-	cfg, err := config.ParseServe([]string{"--listen", "127.0.0.1:0", "--redis-url", r.URL()}, func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw, err := gateway.New(cfg, gateway.Options{Store: keys, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = gw.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	target = "http://" + gw.Addr().String()
-	deadline := time.Now().Add(10 * time.Second)
-	for !gwReady(target) {
-		if time.Now().After(deadline) {
-			t.Fatal("gateway not ready")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return target, r.URL()
+	return gatewaysOn(t, 1, n, "--redis-url", r.URL())[0], r.URL()
 }
 
 func gwReady(target string) bool {

@@ -295,20 +295,10 @@ func (g *gatewayProbe) metric(name string) float64 { return g.values(name)[0] }
 // values reads samples of the gateway's /metrics in one request (0 for
 // those absent).
 func (g *gatewayProbe) values(names ...string) []float64 {
+	all := g.series(names...)
 	out := make([]float64, len(names))
-	resp, err := g.get()
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		for i, name := range names {
-			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-				out[i], _ = strconv.ParseFloat(v, 64)
-			}
-		}
+	for i, name := range names {
+		out[i] = all[name]
 	}
 	return out
 }
