@@ -304,7 +304,8 @@ func (g *gatewayProbe) values(names ...string) []float64 {
 }
 
 // series reads every sample of the gateway's /metrics whose name is one of
-// names, labels included (name{label="…"} → value).
+// names (every label set: name{label="…"} → value), or that is one of
+// names written with its labels.
 func (g *gatewayProbe) series(names ...string) map[string]float64 {
 	out := map[string]float64{}
 	resp, err := g.get()
@@ -323,7 +324,7 @@ func (g *gatewayProbe) series(names ...string) map[string]float64 {
 		name := line[:sp]
 		base, _, _ := strings.Cut(name, "{")
 		for _, n := range names {
-			if base == n {
+			if base == n || name == n { // a name alone, or with its labels
 				out[name], _ = strconv.ParseFloat(line[sp+1:], 64)
 			}
 		}
