@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -179,8 +178,9 @@ func (h errorLines) WithGroup(n string) slog.Handler {
 	return h
 }
 
-// startInProcess runs a gateway in this process with opts (an in-process
-// broker: publish through POST /publish).
+// startInProcess runs a gateway in this process with opts and args (on the
+// in-process broker unless args name a Redis; g publishes through POST
+// /publish) and waits until it is ready.
 func startInProcess(t *testing.T, opts gateway.Options, args ...string) (*gateway.Gateway, *target) {
 	t.Helper()
 	base := []string{"--listen", "127.0.0.1:0", "--shutdown-timeout", "5s", "--log-level", "debug"}
@@ -208,14 +208,7 @@ func startInProcess(t *testing.T, opts gateway.Options, args ...string) (*gatewa
 	})
 	g := &target{base: "http://" + gw.Addr().String(), path: cfg.Path, alive: func() error { return nil }}
 	g.publish = func(raw string) error { return publishHTTP(g.base, raw) }
-	eventually(t, 10*time.Second, "gateway ready", func() bool {
-		resp, err := http.Get(g.base + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	waitReadyAt(t, gw.Addr().String())
 	return gw, g
 }
 

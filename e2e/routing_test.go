@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/gateway"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
@@ -20,28 +19,8 @@ import (
 // node starts one more gateway beside s's, on the same Redis and MongoDB,
 // with s's flags and extra ones (a later flag wins).
 func (s *stack) node(extra ...string) *gateway.Gateway {
-	t := s.t
-	t.Helper()
-	cfg, err := config.ParseServe(append(append([]string(nil), s.args...), extra...), func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	gw, err := gateway.New(cfg, gateway.Options{Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatalf("gateway: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
-		}
-	})
-	waitReadyAt(t, gw.Addr().String())
+	s.t.Helper()
+	gw, _ := startInProcess(s.t, gateway.Options{Logger: testenv.Logger(s.t)}, append(append([]string(nil), s.args...), extra...)...)
 	return gw
 }
 

@@ -86,19 +86,18 @@ func (p *eventPump) emit(e event) {
 	}
 }
 
-// take moves everything queued into dst (reused) and returns it. A queue
-// that grew large is let go once drained rather than kept.
+// take returns everything queued and gives the queue dst's storage (the
+// slices swap: no copy). A queue that grew large is let go once drained
+// rather than kept.
 func (p *eventPump) take(dst []event) []event {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	dst = append(dst[:0], p.queue...)
+	out := p.queue
+	p.queue = dst[:0]
 	if cap(p.queue) > 4*eventBatch {
 		p.queue = nil
-	} else {
-		clear(p.queue)
-		p.queue = p.queue[:0]
 	}
-	return dst
+	return out
 }
 
 func (p *eventPump) queued() int {
@@ -144,9 +143,6 @@ func (p *eventPump) run() {
 	for {
 		taken = p.take(taken)
 		if len(taken) == 0 {
-			if cap(taken) > 4*eventBatch {
-				taken = nil
-			}
 			select {
 			case <-p.wake:
 				continue
