@@ -30,6 +30,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 redis-server --version
+# Per-key routing and the Redis Cluster tests use sharded pub/sub (Redis 7).
+redis_major=$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')
+if [ "${redis_major:-0}" -lt 7 ]; then
+  echo "redis-server 7 or later is needed (sharded pub/sub); this one is $(redis-server --version)" >&2
+  exit 1
+fi
 chromium --version 2>/dev/null || true
 node --version
 
