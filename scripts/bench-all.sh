@@ -110,7 +110,7 @@ jq -r --arg date "$DATE" '
      elif .scenario == "broadcast" and (.label | test("list")) then "\(.delivered_per_s | n) deliveries/s by a recipients list of every key, \(.lost) lost (\(.conns) conns)"
      elif .scenario == "broadcast" then "\(.delivered_per_s | n) deliveries/s, \(.lost) lost (\(.conns) conns)"
      elif .scenario == "rate" then "\(.published / .publish_s | n) msg/s offered: p99 \(.latency.p99_ms) ms (p50 \(.latency.p50_ms), p99.9 \(.latency.p999_ms)), \(.delivered_per_s | n) msg/s delivered, \(.lost) lost"
-     elif .label == "idle-memory" then "\(.gateway_bytes_per_conn // 0 | n) bytes per idle connection (\(.connected) conns)"
+     elif .label == "idle-memory" then "\(.gateway_bytes_per_conn // 0 | n) bytes per idle connection (\(.connected) conns)" + (if .gateway_bytes_per_conn_marginal then ", \(.gateway_bytes_per_conn_marginal | n) each beyond the first \(.warm_conns)" else "" end)
      else "\(.connects_per_s | n) connects/s (\(.connected) conns)" end) as $figure
   | (if .label == "ceiling" then "1× (the ceiling)"
      elif .scenario == "rate" then (.ratio_to_ceiling | r) + " offered" elif .scenario == "idle" then "—" else (.ratio_to_ceiling | r) end) as $ratio

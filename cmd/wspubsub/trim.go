@@ -21,7 +21,7 @@ import (
 const (
 	trimEvery    = 2 * time.Second  // how often the heap is looked at
 	trimQuietBPS = 1 << 20          // allocation rate under which the process is quiet (bytes/s)
-	trimGarbage  = 8 << 20          // reclaimable memory worth a trim (bytes)
+	trimGarbage  = 2 << 20          // reclaimable memory worth a trim (bytes)
 	trimMinGap   = 10 * time.Second // at most one trim this often
 )
 
@@ -45,13 +45,13 @@ func (h heapSample) reclaimable() uint64 {
 
 // shouldTrim decides on two samples taken trimEvery apart: quiet
 // (allocating less than trimQuietBPS) and holding more than trimGarbage
-// that could be given back, a quarter of the live heap at least.
+// that could be given back, an eighth of the live heap at least.
 func shouldTrim(prev, cur heapSample) bool {
 	if cur.allocs-prev.allocs > uint64(trimQuietBPS*trimEvery.Seconds()) {
 		return false
 	}
 	r := cur.reclaimable()
-	return r > trimGarbage && r > cur.live/4
+	return r > trimGarbage && r > cur.live/8
 }
 
 func readHeap(s []metrics.Sample) heapSample {

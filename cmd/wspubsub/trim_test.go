@@ -15,7 +15,8 @@ func TestShouldTrimOnlyWhenQuietWithGarbage(t *testing.T) {
 	}{
 		{"after a connect burst", heapSample{allocs: 100*mb + 10_000, objects: 60 * mb, live: 25 * mb}, true},
 		{"under load", heapSample{allocs: 200 * mb, objects: 60 * mb, live: 25 * mb}, false},
-		{"little garbage", heapSample{allocs: 100 * mb, objects: 30 * mb, live: 25 * mb}, false},
+		{"little garbage", heapSample{allocs: 100 * mb, objects: 26 * mb, live: 25 * mb}, false},
+		{"a few MB of garbage after a connect burst", heapSample{allocs: 100 * mb, objects: 30 * mb, live: 25 * mb}, true},
 		{"garbage small against the live heap", heapSample{allocs: 100 * mb, objects: 1010 * mb, live: 1000 * mb}, false},
 		{"objects below live (a GC in between)", heapSample{allocs: 100 * mb, objects: 20 * mb, live: 25 * mb}, false},
 		{"pages freed by the last GC, still held", heapSample{allocs: 100 * mb, objects: 29 * mb, live: 30 * mb, free: 30 * mb}, true},

@@ -49,6 +49,13 @@ type Result struct {
 	GatewayRSSBefore int64           `json:"gateway_rss_before"`
 	GatewayRSSAfter  int64           `json:"gateway_rss_after"`
 	BytesPerConn     float64         `json:"gateway_bytes_per_conn,omitempty"`
+	// Idle runs of at least 10 × idleWarmConns open WarmConns first and
+	// read the RSS then (GatewayRSSWarm): BytesPerConnMarginal is the
+	// growth from there over the run's own connections, without the
+	// gateway's one-time costs that BytesPerConn spreads over all of them.
+	WarmConns            int     `json:"warm_conns,omitempty"`
+	GatewayRSSWarm       int64   `json:"gateway_rss_warm,omitempty"`
+	BytesPerConnMarginal float64 `json:"gateway_bytes_per_conn_marginal,omitempty"`
 	GatewayCPU       float64         `json:"gateway_cpu_s"`
 	ClientCPU        float64         `json:"client_cpu_s"`
 	WallSeconds      float64         `json:"wall_s"`
@@ -199,7 +206,11 @@ func report(out io.Writer, r Result) {
 	}
 	fmt.Fprintf(out, "gateway RSS %.1f MB → %.1f MB", float64(r.GatewayRSSBefore)/1e6, float64(r.GatewayRSSAfter)/1e6)
 	if r.BytesPerConn > 0 {
-		fmt.Fprintf(out, " (%.0f bytes per connection)", r.BytesPerConn)
+		fmt.Fprintf(out, " (%.0f bytes per connection", r.BytesPerConn)
+		if r.BytesPerConnMarginal > 0 {
+			fmt.Fprintf(out, "; %.0f each beyond the first %d, at %.1f MB", r.BytesPerConnMarginal, r.WarmConns, float64(r.GatewayRSSWarm)/1e6)
+		}
+		fmt.Fprint(out, ")")
 	}
 	fmt.Fprintf(out, "; CPU gateway %.2fs, load tool %.2fs, wall %.1fs\n", r.GatewayCPU, r.ClientCPU, r.WallSeconds)
 	b, _ := json.Marshal(r)
