@@ -28,13 +28,20 @@ func artifactDir(t *testing.T) string {
 	return dir
 }
 
-// browser starts a headless Chromium with a fresh profile.
-func browser(t *testing.T) context.Context {
+// browser starts a headless Chromium with a fresh profile (and extra
+// flags, if any).
+func browser(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
-	path, err := exec.LookPath("chromium")
+	// $CHROMIUM names another Chromium-based browser (Google Chrome: on
+	// Ubuntu the chromium package is a snap, which these tests cannot run).
+	path := os.Getenv("CHROMIUM")
+	var err error
+	if path == "" {
+		path, err = exec.LookPath("chromium")
+	}
 	if err != nil {
 		if os.Getenv("WSPUBSUB_REQUIRE_SERVICES") == "1" {
-			t.Fatal("chromium is required (WSPUBSUB_REQUIRE_SERVICES=1)")
+			t.Fatal("chromium is required (WSPUBSUB_REQUIRE_SERVICES=1; CHROMIUM=/path/to/browser to use another)")
 		}
 		t.Skip("chromium not installed; scripts/test.sh installs it")
 	}
@@ -44,6 +51,7 @@ func browser(t *testing.T) context.Context {
 		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
 		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1100, 900),
 	}
+	opts = append(opts, extra...)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelC := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancelC(); cancelA() })

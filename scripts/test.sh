@@ -15,10 +15,52 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
+# snap_shim PATH: is this browser a snap, or Ubuntu's shim that asks for
+# one? A snap's private /tmp and confinement break the browser tests.
+snap_shim() {
+  local real
+  real=$(readlink -f "$1")
+  case "$real" in /snap/* | */bin/snap) return 0 ;; esac
+  [ "$(head -c 2 "$real" 2>/dev/null)" = "#!" ] && grep -qE "/snap/|chromium snap" "$real"
+}
+
+# The browser tests run $CHROMIUM, else chromium from PATH. On Ubuntu the
+# chromium package is a snap (`apt-get install chromium` fails or installs
+# a shim): find a real one or say what to install, before apt-get.
+ubuntu=""
+if [ -r /etc/os-release ]; then
+  ubuntu=$(. /etc/os-release; case " ${ID:-} ${ID_LIKE:-} " in *" ubuntu "*) echo yes ;; esac)
+fi
+if [ -n "${CHROMIUM:-}" ]; then
+  if [ ! -x "$CHROMIUM" ]; then echo "CHROMIUM=$CHROMIUM is not an executable file" >&2; exit 1; fi
+elif [ -n "$ubuntu" ]; then
+  for b in chromium google-chrome-stable google-chrome chromium-browser; do
+    p=$(command -v "$b" || true)
+    if [ -n "$p" ] && ! snap_shim "$p"; then export CHROMIUM="$p"; break; fi
+  done
+  if [ -z "${CHROMIUM:-}" ]; then
+    cat >&2 <<'MSG'
+The browser tests need Chromium or Google Chrome, and on Ubuntu the chromium
+package is a snap: `apt-get install chromium` fails or installs a shim that asks
+for snap, and a snap's private /tmp breaks the tests. Install instead:
+
+  Google Chrome's .deb (amd64):
+    wget https://dl.google.com/linux/direct/google-chrome-stable_current_amd64.deb
+    sudo apt-get install -y ./google-chrome-stable_current_amd64.deb
+
+  or any Chromium that is not a snap (e.g. Debian's chromium package),
+
+then run ./scripts/test.sh again: google-chrome on PATH is found, or point
+CHROMIUM=/path/to/browser at the browser to use.
+MSG
+    exit 1
+  fi
+fi
+
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
-command -v chromium >/dev/null || missing+=(chromium)
+[ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 # go test -race needs cgo, hence a C compiler.
@@ -36,7 +78,7 @@ if [ "${redis_major:-0}" -lt 7 ]; then
   echo "redis-server 7 or later is needed (sharded pub/sub); this one is $(redis-server --version)" >&2
   exit 1
 fi
-chromium --version 2>/dev/null || true
+"${CHROMIUM:-chromium}" --version 2>/dev/null || true
 node --version
 
 BIN="${WSPUBSUB_BIN_DIR:-$PWD/bin}"

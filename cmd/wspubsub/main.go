@@ -7,9 +7,13 @@
 //	wspubsub bench [flags]        load-test a gateway
 //	wspubsub presence [flags] KEY where keys are connected (nodes, connections)
 //	wspubsub nodes [flags]        the live gateway nodes
+//	wspubsub keys add|rm|ls ...   edit the client keys in MongoDB or a key file
+//	wspubsub config [flags]       the effective serve configuration
+//	wspubsub version              the version, VCS revision and Go version
 //
 // Run a sub-command with --help for its flags; every flag has a WSPUBSUB_*
-// environment twin.
+// environment twin. Exit status: 0 success, 1 failure at run time, 2 usage
+// error (a *config.UsageError).
 package main
 
 import (
@@ -33,9 +37,18 @@ func main() {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+	cmd := "serve" // flags without a sub-command run the gateway, as the original did
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help":
+			cmd, args = "help", nil
+		case "-version", "--version":
+			cmd, args = "version", nil
+		default:
+			if len(args[0]) > 0 && args[0][0] != '-' {
+				cmd, args = args[0], args[1:]
+			}
+		}
 	}
 	var err error
 	switch cmd {
@@ -49,18 +62,40 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = presenceCmd(args, stdout, stderr)
 	case "nodes":
 		err = nodesCmd(args, stdout, stderr)
+	case "keys":
+		err = keysCmd(args, stdout, stderr)
+	case "config":
+		err = configCmd(args, stdout, stderr)
+	case "version":
+		if len(args) > 0 {
+			err = &config.UsageError{Err: errors.New("version takes no arguments")}
+			break
+		}
+		printVersion(stdout)
 	case "help":
-		fmt.Fprint(stdout, "usage: wspubsub [serve|publish|bench|presence|nodes] [flags]\n\n  serve     run the gateway (default)\n  publish   publish a message\n  bench     load-test a gateway (connections, delivery rate, latency, memory)\n  presence  where keys are connected: nodes, connections, transports\n  nodes     the live gateway nodes\n\nRun 'wspubsub <command> --help' for flags.\n")
+		if len(args) > 0 && args[0] != "help" { // wspubsub help keys: keys --help
+			return run([]string{args[0], "--help"}, stdin, stdout, stderr)
+		}
+		printOverview(stdout)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "wspubsub: unknown command %q (want serve, publish, bench, presence or nodes)\n", cmd)
+		fmt.Fprintf(stderr, "wspubsub: unknown command %q\nRun 'wspubsub --help' for the commands (%s).\n", cmd, commandNames())
 		return 2
 	}
+	return exitStatus(cmd, err, stderr)
+}
+
+// exitStatus prints err and maps it to the exit status: 0 for success and
+// --help, 2 for a usage error (a *config.UsageError anywhere in the chain),
+// 1 for a failure at run time.
+func exitStatus(cmd string, err error, stderr io.Writer) int {
+	var usage *config.UsageError
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "wspubsub %s: %v\nRun 'wspubsub %s --help' for usage.\n", cmd, err, cmd)
+		return 2
 	default:
 		fmt.Fprintln(stderr, "wspubsub:", err)
 		return 1

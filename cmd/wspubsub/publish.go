@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wspubsub/wspubsub/internal/broker"
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/envelope"
 )
@@ -40,6 +42,9 @@ func publish(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
 	if cfg.RedisURL != "" {
+		// go-redis's own lines (a Redis that refuses) on stderr as log
+		// lines, once per message per 10 s, rather than its raw ones.
+		broker.RouteClientLogs(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 		return publishRedis(ctx, cfg, msg, stdout)
 	}
 	return publishHTTP(ctx, cfg, msg, stdout)

@@ -53,14 +53,14 @@ type Result struct {
 	// read the RSS then (GatewayRSSWarm): BytesPerConnMarginal is the
 	// growth from there over the run's own connections, without the
 	// gateway's one-time costs that BytesPerConn spreads over all of them.
-	WarmConns            int     `json:"warm_conns,omitempty"`
-	GatewayRSSWarm       int64   `json:"gateway_rss_warm,omitempty"`
-	BytesPerConnMarginal float64 `json:"gateway_bytes_per_conn_marginal,omitempty"`
-	GatewayCPU       float64         `json:"gateway_cpu_s"`
-	ClientCPU        float64         `json:"client_cpu_s"`
-	WallSeconds      float64         `json:"wall_s"`
-	Resume           *ResumeResult   `json:"resume,omitempty"`
-	Redis            *RedisStats     `json:"redis,omitempty"`
+	WarmConns            int           `json:"warm_conns,omitempty"`
+	GatewayRSSWarm       int64         `json:"gateway_rss_warm,omitempty"`
+	BytesPerConnMarginal float64       `json:"gateway_bytes_per_conn_marginal,omitempty"`
+	GatewayCPU           float64       `json:"gateway_cpu_s"`
+	ClientCPU            float64       `json:"client_cpu_s"`
+	WallSeconds          float64       `json:"wall_s"`
+	Resume               *ResumeResult `json:"resume,omitempty"`
+	Redis                *RedisStats   `json:"redis,omitempty"`
 	// The gateway's socket writes and the frames they carried over the
 	// run (Δ wspubsub_socket_writes_total, Δ wspubsub_frames_written_total
 	// from its /metrics), and their ratio.

@@ -1,7 +1,8 @@
 // Package broker connects the gateway to the pub/sub system backends publish
 // on. It owns the Broker interface and its Redis and in-process
 // implementations, which behave the same: inbound messages on one channel are
-// handed to a Handler; events are published on named channels.
+// handed to a Handler; events are published on named channels. It also
+// sends the go-redis library's own log lines through slog (logs.go).
 //
 // A broker must not parse messages or know about connections: it moves
 // bytes. Run must survive backend outages by itself (reconnect, resubscribe)

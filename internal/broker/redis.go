@@ -78,7 +78,19 @@ type Redis struct {
 	dispatchMu sync.Mutex
 	mute       func() bool // tests: drop every message received (routed mode)
 	instance   string      // NodeID and a random suffix: this process in leases and probe channels
+	// addr is where Redis is, for log lines: host:port (a cluster's
+	// seeds, comma-separated), never the URL (it may hold a password).
+	addr string
+	// reached: a subscription was confirmed once. Until then a failure is
+	// "cannot reach Redis" (logged once, then every unreachableEvery),
+	// not a lost subscription.
+	reached     atomic.Bool
+	unreachable *lineLimiter
 }
+
+// unreachableEvery is how often "cannot reach Redis" is repeated while
+// Redis has never answered.
+const unreachableEvery = 30 * time.Second
 
 // NewRedis parses the URL and creates the client; it does not connect yet.
 func NewRedis(cfg RedisConfig) (*Redis, error) {
@@ -89,8 +101,13 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{client: client}
+	r := &Redis{client: client, unreachable: newLineLimiter(unreachableEvery, time.Now)}
 	r.cluster, _ = client.(*redis.ClusterClient)
+	if r.cluster != nil {
+		r.addr = strings.Join(r.cluster.Options().Addrs, ",")
+	} else if c, ok := client.(*redis.Client); ok {
+		r.addr = c.Options().Addr
+	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 50 * time.Millisecond
 	}
@@ -127,6 +144,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 }
 
 func (r *Redis) setReady(v bool) {
+	if v {
+		r.reached.Store(true)
+	}
 	if r.ready.Swap(v) != v {
 		r.cfg.OnReady(v)
 	}
@@ -159,7 +179,10 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 					continue
 				}
 			}
-			if r.ready.Load() || attempt == 0 {
+			switch {
+			case !r.reached.Load():
+				r.cannotReach(err)
+			case r.ready.Load() || attempt == 0:
 				r.cfg.Logger.Warn("redis subscription lost; reconnecting", "channel", r.cfg.Inbound, "err", err)
 			}
 			r.setReady(false)
@@ -173,7 +196,10 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
-				if attempt > 0 {
+				switch {
+				case attempt > 0 && !r.reached.Load():
+					r.cfg.Logger.Info("redis reached; subscribed", "addr", r.addr, "channel", m.Channel, "attempts", attempt)
+				case attempt > 0:
 					r.cfg.Logger.Info("redis subscription restored", "channel", m.Channel, "attempts", attempt)
 				}
 				attempt = 0
@@ -192,6 +218,20 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		case *redis.Pong:
 		}
 	}
+}
+
+// cannotReach logs that Redis has not answered yet: once, then at most
+// every unreachableEvery (with the attempts held back meanwhile).
+func (r *Redis) cannotReach(err error) {
+	ok, held := r.unreachable.allow("cannot reach")
+	if !ok {
+		return
+	}
+	args := []any{"err", err}
+	if held > 0 {
+		args = append(args, "failed_attempts_since_last_line", held)
+	}
+	r.cfg.Logger.Warn("cannot reach Redis at "+r.addr+"; retrying", args...)
 }
 
 // clusterOptions reads a comma-separated list of seeds, each a redis://

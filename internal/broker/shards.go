@@ -181,7 +181,11 @@ func (s *shards) apply(ctx context.Context, ops []subOp) {
 		if op.sub {
 			addr, err := s.ownerOf(ctx, op.channel)
 			if err != nil {
-				s.r.cfg.Logger.Warn("redis: cannot subscribe to a key's channel now; retrying", "err", err)
+				if s.r.reached.Load() {
+					s.r.cfg.Logger.Warn("redis: cannot subscribe to a key's channel now; retrying", "err", err)
+				} else {
+					s.r.cannotReach(err)
+				}
 				s.rebuild[op.channel] = true
 				s.later()
 				continue
@@ -260,9 +264,12 @@ func (s *shards) lose(sh *shardSub, err error) {
 			s.rebuild[ch] = true
 		}
 	}
-	if s.r.ready.Load() || s.attempt == 0 {
+	switch {
+	case !s.r.reached.Load(): // never subscribed: nothing was lost
+		s.r.cannotReach(err)
+	case s.r.ready.Load() || s.attempt == 0:
 		s.r.cfg.Logger.Warn("redis subscription lost; reconnecting", "server", sh.addr, "channels", n, "err", err)
-	} else {
+	default:
 		s.r.cfg.Logger.Debug("redis subscription lost again", "server", sh.addr, "channels", n, "err", err)
 	}
 	s.r.setReady(false)
@@ -366,7 +373,10 @@ func (s *shards) event(ctx context.Context, ev shardEvent) {
 	ev.sh.release = make(chan struct{}) // before the close: the reader sees it after waking
 	close(old)
 	if len(s.rebuild) == 0 && !s.holding() {
-		if s.attempt > 1 {
+		switch {
+		case s.attempt > 1 && !s.r.reached.Load():
+			s.r.cfg.Logger.Info("redis reached; subscribed", "addr", s.r.addr, "attempts", s.attempt)
+		case s.attempt > 1:
 			s.r.cfg.Logger.Info("redis subscription restored", "attempts", s.attempt)
 		}
 		s.attempt = 0

@@ -1,7 +1,8 @@
-// Package config turns command-line flags and their WSPUBSUB_* environment
-// twins into validated settings for the serve and publish sub-commands. It
-// owns the defaults (the original app's constants) and must not start
-// anything.
+// Package config turns command-line flags, their WSPUBSUB_* environment
+// twins and serve's --config TOML file into validated settings for the
+// sub-commands, and says where each came from (`wspubsub config`). It owns
+// the defaults (the original app's constants) and the wording of usage
+// errors; it must not start anything.
 package config
 
 import (
@@ -30,6 +31,9 @@ type Serve struct {
 	Listen string
 	Path   string
 	NodeID string
+	// TLSCert and TLSKey are PEM files: set, the listener serves https://
+	// and wss:// only (re-read when they change); both or neither.
+	TLSCert, TLSKey string
 	// AdvertiseAddr is this node's address in the node registry (empty:
 	// the address it listens on).
 	AdvertiseAddr     string
@@ -52,6 +56,7 @@ type Serve struct {
 	KeysFile        string
 	KeyCheckTimeout time.Duration
 	RecheckInterval time.Duration
+	Auth            // JWT, JWKS or the auth hook (auth.go)
 
 	IdleTimeout     time.Duration
 	PollTimeout     time.Duration
@@ -92,16 +97,29 @@ type Serve struct {
 
 // Demo reports whether no key store is configured: the gateway then runs on
 // the embedded demo key.
-func (c *Serve) Demo() bool { return c.MongoURI == "" && c.KeysFile == "" }
+func (c *Serve) Demo() bool {
+	return c.MongoURI == "" && c.KeysFile == "" && c.JWTKey == "" && c.JWKSURL == "" && c.AuthURL == ""
+}
 
 // ParseServe parses the serve sub-command's arguments. getenv is usually
 // os.Getenv; out receives --help.
 func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve, error) {
+	c, _, err := parseServe(newFlagSet("wspubsub serve", out), args, getenv)
+	return c, err
+}
+
+// parseServe declares the serve settings on f (which may carry flags of its
+// own command: config's --format) and parses args, the environment and the
+// --config file into them. Every mistake is a *UsageError.
+func parseServe(f *flagSet, args []string, getenv func(string) string) (Serve, *flagSet, error) {
 	var c Serve
-	f := newFlagSet("wspubsub serve", out)
+	var file string // read by f.parse: it is the flag named "config"
+	f.str(&file, "config", "", "TOML file of serve settings named as these flags (redis-url = \"redis://…\"); flags and WSPUBSUB_* variables win over it; wspubsub config shows the result")
 	host, _ := os.Hostname()
 	f.str(&c.Listen, "listen", DefaultListen, "address to listen on (demo mode, without --mongo-uri or --keys-file: "+DefaultDemoListen+")")
 	f.str(&c.Path, "path", "/websocket", "URL path clients connect to")
+	f.str(&c.TLSCert, "tls-cert", "", "PEM certificate chain: serve https:// and wss:// (HTTP/2 for EventSource and polling) instead of plain HTTP; re-read when it changes (needs --tls-key)")
+	f.str(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	f.str(&c.NodeID, "node-id", host, "this gateway's name in JSON events, presence and the node registry (unique per gateway)")
 	f.str(&c.AdvertiseAddr, "advertise-addr", "", "this gateway's address as other machines reach it, listed by GET /nodes (empty: the address it listens on)")
 	f.boolean(&c.Presence, "presence", false, "keep per-key presence (which keys are online, on which gateways, over which transports) for GET /presence and `wspubsub presence`: in Redis with --redis-url; costs ≈ 120 B of gateway memory per online key and one batched Redis write per key going online or offline (the node registry, GET /nodes, is always kept)")
@@ -121,6 +139,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.str(&c.KeysFile, "keys-file", "", "file with one key per line, re-read when it changes (used when --mongo-uri is empty)")
 	f.dur(&c.KeyCheckTimeout, "key-check-timeout", 2*time.Second, "timeout of one key lookup")
 	f.dur(&c.RecheckInterval, "recheck-interval", 5*time.Minute, "re-validate connected keys this often; removed keys are closed with 4403 (0 disables)")
+	c.authFlags(f)
 	f.dur(&c.IdleTimeout, "idle-timeout", 60*time.Second, "close a connection silent for this long")
 	f.dur(&c.PollTimeout, "poll-timeout", 30*time.Second, "hold an empty long-poll this long before answering 200 with no body")
 	f.dur(&c.PingInterval, "ping-interval", 25*time.Second, "send keep-alive pings this often (less than --idle-timeout)")
@@ -137,7 +156,7 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.integer(&c.MaxConnections, "max-connections", 0, "connection limit; beyond it HTTP 503 (0: open-file limit minus 256)")
 	f.list(&c.AllowedOrigins, "allowed-origins", "browser origins allowed besides the gateway's own, comma-separated (https://app.example.com, *.example.com, *)")
 	f.list(&c.AllowedHosts, "allowed-hosts", "Host header values served, comma-separated (push.example.com, *.example.com, 10.0.0.0/8, *); others get 421 (default: any; demo mode: localhost, *.localhost, 127.0.0.0/8, ::1)")
-	f.str(&c.PublishToken, "publish-token", "", "bearer token required by POST /publish when set; also admits to /metrics and /readyz details")
+	f.str(&c.PublishToken, "publish-token", "", "bearer token required by POST /publish when set; also admits to /metrics, /status and /readyz details")
 	f.boolean(&c.PublishAPI, "publish-api", true, "serve POST /publish (--publish-token, or without one direct loopback callers)")
 	f.str(&c.UpstreamChannel, "upstream-channel", "", `publish client text other than "ping" here as {"key","data","conn","at"} (empty: ignore it)`)
 	f.float(&c.ClientRate, "client-rate", 10, "client messages per second allowed per key (all its connections together); faster closes with 4029 (WebSocket) or answers 429 (POST)")
@@ -153,15 +172,18 @@ func ParseServe(args []string, getenv func(string) string, out io.Writer) (Serve
 	f.str(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles on this loopback address, e.g. 127.0.0.1:6060 (empty: off)")
 	f.boolean(&c.DebugAddrPublic, "debug-addr-public", false, "allow a non-loopback --debug-addr (pprof open to anyone who can reach it)")
 	if err := f.parse(args, getenv); err != nil {
-		return c, err
+		return c, f, err
 	}
 	if f.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(f.Args(), " "))
+		return c, f, &UsageError{Err: fmt.Errorf("unexpected arguments: %s (serve takes only flags)", strings.Join(f.Args(), " "))}
 	}
 	if c.Demo() && !f.isSet("listen") {
 		c.Listen = DefaultDemoListen
 	}
-	return c, c.Validate()
+	if err := c.Validate(); err != nil {
+		return c, f, &UsageError{Err: err}
+	}
+	return c, f, nil
 }
 
 // Validate checks the settings against each other.
@@ -208,6 +230,7 @@ func (c *Serve) Validate() error {
 	if c.RecheckInterval < 0 {
 		bad("--recheck-interval must not be negative: %v", c.RecheckInterval)
 	}
+	c.validateAuth(bad)
 	if c.DrainPeriod < 0 {
 		bad("--drain-period must not be negative: %v", c.DrainPeriod)
 	}
@@ -261,6 +284,9 @@ func (c *Serve) Validate() error {
 		if !validHostPattern(h) {
 			bad("--allowed-hosts: %q is not a host name, *.suffix, IP address, CIDR range or *", h)
 		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("--tls-cert and --tls-key go together: give both PEM files (or neither, for plain HTTP)")
 	}
 	if c.DebugAddr != "" {
 		host, _, err := net.SplitHostPort(c.DebugAddr)
@@ -353,11 +379,11 @@ func ParsePublish(args []string, getenv func(string) string, out io.Writer) (Pub
 		return c, err
 	}
 	if f.NArg() != 1 {
-		return c, errors.New("publish takes exactly one argument: the message JSON (or - for stdin)")
+		return c, &UsageError{Err: errors.New("publish takes exactly one argument: the message JSON (or - for stdin)")}
 	}
 	c.Message = f.Arg(0)
 	if len(c.To) > 0 && c.Broadcast {
-		return c, errors.New("--to and --broadcast exclude each other")
+		return c, &UsageError{Err: errors.New("--to and --broadcast exclude each other")}
 	}
 	return c, nil
 }

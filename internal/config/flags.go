@@ -23,7 +23,11 @@ func EnvName(name string) string {
 // flag given on the command line wins over its variable.
 type flagSet struct {
 	*flag.FlagSet
-	given map[string]bool // set on the command line or through the environment
+	given  map[string]bool   // set on the command line, through the environment or in the --config file
+	source map[string]string // where each given flag's value came from (see Setting.Source)
+	// cmdOnly flags steer the command itself (config's --format): no
+	// environment twin, not a setting of the file, not listed.
+	cmdOnly map[string]bool
 }
 
 func newFlagSet(name string, out io.Writer) *flagSet {
@@ -57,27 +61,56 @@ func (f *flagSet) list(p *[]string, name, text string) {
 	f.Var((*listValue)(p), name, usage(name, text))
 }
 
-// parse parses args, then fills flags not given from the environment.
+// parse parses args, then fills flags not given from the environment, then
+// (when the set has a --config flag and it is set) those still not given from
+// the TOML file: flags > environment > file > defaults. Every mistake is a
+// *UsageError that says just what is wrong, with a suggestion where one is
+// close; the usage is printed only for --help.
 func (f *flagSet) parse(args []string, getenv func(string) string) error {
-	if err := f.Parse(args); err != nil {
+	if err := f.parseArgs(args); err != nil {
 		return err
 	}
-	given := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
-	f.given = given
+	given, source := map[string]bool{}, map[string]string{}
+	f.Visit(func(fl *flag.Flag) { given[fl.Name], source[fl.Name] = true, "flag --"+fl.Name })
+	f.given, f.source = given, source
 	var errs []error
 	f.VisitAll(func(fl *flag.Flag) {
-		if given[fl.Name] {
+		if given[fl.Name] || f.cmdOnly[fl.Name] {
 			return
 		}
 		if v, ok := lookup(getenv, EnvName(fl.Name)); ok {
-			given[fl.Name] = true
+			given[fl.Name], source[fl.Name] = true, "env "+EnvName(fl.Name)
 			if err := fl.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(fl.Name), v, err))
+				errs = append(errs, fmt.Errorf("%s=%q: %s", EnvName(fl.Name), v, valueProblem(fl, err)))
 			}
 		}
 	})
-	return errors.Join(errs...)
+	if fl := f.Lookup("config"); len(errs) == 0 && fl != nil && fl.Value.String() != "" {
+		errs = append(errs, f.loadFile(fl.Value.String()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return &UsageError{Err: err}
+	}
+	return nil
+}
+
+// parseArgs runs the flag package quietly: on a mistake it would print the
+// error and the whole usage, which buries the one line that matters.
+func (f *flagSet) parseArgs(args []string) error {
+	out, usage := f.Output(), f.Usage
+	f.SetOutput(io.Discard)
+	f.Usage = func() {}
+	err := f.Parse(args)
+	f.SetOutput(out)
+	f.Usage = usage
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		usage()
+		return err
+	}
+	return &UsageError{Err: f.flagProblem(err)}
 }
 
 // isSet reports whether flag name was given, on the command line or

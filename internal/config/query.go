@@ -28,7 +28,7 @@ func ParsePresence(args []string, getenv func(string) string, out io.Writer) (Qu
 		return *c, err
 	}
 	if f.NArg() == 0 {
-		return *c, errors.New("presence takes one or more keys")
+		return *c, &UsageError{Err: errors.New("presence takes one or more keys")}
 	}
 	c.Keys = f.Args()
 	return *c, nil
@@ -45,7 +45,7 @@ func ParseNodes(args []string, getenv func(string) string, out io.Writer) (Query
 		return *c, err
 	}
 	if f.NArg() > 0 {
-		return *c, errors.New("nodes takes no arguments")
+		return *c, &UsageError{Err: errors.New("nodes takes no arguments")}
 	}
 	return *c, nil
 }

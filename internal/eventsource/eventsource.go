@@ -212,6 +212,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 func (s *Server) pump(w http.ResponseWriter, rc *http.ResponseController, r *http.Request, sess *session.Session, t *stream) string {
 	var msgs []*session.Message
 	for {
+		// The deadline bounds writes, not the wait between them: HTTP/2
+		// (over TLS) enforces it with a timer that resets a quiet stream.
+		_ = rc.SetWriteDeadline(time.Time{})
 		select {
 		case <-r.Context().Done():
 			return metrics.DiscClient

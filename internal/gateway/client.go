@@ -124,7 +124,7 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 // peerOf establishes who a net/http client request comes from.
 func (g *Gateway) peerOf(r *http.Request) (session.Peer, error) {
 	addr := g.clientAddr(r.RemoteAddr, strings.Join(r.Header.Values("X-Forwarded-For"), ","), r.Header.Get("X-Real-IP"))
-	p := session.Peer{Key: KeyFromQuery(r.URL.RawQuery), Addr: addr}
+	p := session.Peer{Key: KeyFromQuery(r.URL.RawQuery), Addr: addr, Origin: r.Header.Get("Origin")}
 	if err := g.resumeOf(&p, r.URL.RawQuery, r.Header.Values("Last-Event-ID")); err != nil {
 		return p, err
 	}
@@ -163,7 +163,7 @@ func (g *Gateway) gate(hs *websocket.Handshake) (session.Peer, int) {
 	if err != nil {
 		return session.Peer{}, http.StatusBadRequest
 	}
-	p := session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP)}
+	p := session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP), Origin: hs.Origin}
 	if g.resumeOf(&p, u.RawQuery, nil) != nil {
 		return session.Peer{}, http.StatusBadRequest
 	}

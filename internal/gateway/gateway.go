@@ -1,12 +1,16 @@
 // Package gateway is wspubsub's HTTP surface and its assembly: it builds the
 // key store, broker, hub and transports from configuration, serves the
-// client endpoint, /healthz, /readyz, /metrics and /publish, and runs the
-// graceful shutdown. It must not route messages or touch sockets itself:
-// that is the hub's and the transports' work.
+// client endpoint, /healthz, /readyz, /metrics, /publish and the status
+// page (/status, /status.json), and runs the graceful shutdown. It must not
+// route messages or touch sockets itself: that is the hub's and the
+// transports' work — save accepting them (listener.go: the socket bounds;
+// tls.go: with --tls-cert, the TLS handshake and the 400 to plain requests
+// on the TLS port).
 package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wspubsub/wspubsub/internal/auth"
 	"github.com/wspubsub/wspubsub/internal/broker"
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/eventsource"
@@ -59,6 +64,8 @@ type Gateway struct {
 	cancel context.CancelFunc
 
 	drainer drainState // the drain between ctx's end and the shutdown (drain.go)
+
+	statusPage *statusPage // the live status page's sampler and probes (status.go)
 }
 
 // Options lets embedders and tests supply their own backends; nil fields
@@ -83,6 +90,12 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 
 	var err error
+	var tlsCfg *tls.Config // --tls-cert (tls.go): a pair that does not load fails the start before anything is dialled
+	if cfg.TLSCert != "" {
+		if tlsCfg, err = tlsConfig(cfg, log); err != nil {
+			return nil, err
+		}
+	}
 	g.demo = opt.Store == nil && cfg.Demo()
 	g.hosts = newHostPolicy(cfg.AllowedHosts, g.demo)
 	if g.store = opt.Store; g.store == nil {
@@ -93,6 +106,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 	if g.demo && len(cfg.AllowedHosts) == 0 {
 		log.Info("demo mode: serving loopback host names only (set --allowed-hosts to widen)", "allowed_hosts", strings.Join(loopbackHosts, ","))
 	}
+	routeRedisLogs(cfg, log) // startup.go: go-redis's lines through slog
 	if g.broker = opt.Broker; g.broker == nil {
 		g.broker, err = newBroker(cfg, log, g.metrics, func() { g.hub.Resync(g.ctx) }, g.forward)
 		if err != nil {
@@ -117,15 +131,16 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		keyPresence = g.presence
 	}
 	g.hub = hub.New(hub.Config{
-		Store: g.store, Events: g.broker, History: g.history, Router: watcher, Metrics: g.metrics, Logger: log,
+		Store: g.store, Auth: auth.Of(g.store), Events: g.broker, History: g.history, Router: watcher, Metrics: g.metrics, Logger: log,
 		NodeID: cfg.NodeID, ConnectedChannel: cfg.ConnectedChannel, DisconnectedChannel: cfg.DisconnectedChannel,
 		JSONEvents: cfg.EventFormat == "json", MaxMessageBytes: cfg.MaxMessageBytes,
-		KeyCheckTimeout: cfg.KeyCheckTimeout, RecheckInterval: recheck(cfg.RecheckInterval),
+		KeyCheckTimeout: admissionTimeout(cfg), RecheckInterval: recheck(cfg.RecheckInterval),
 		KeepAliveInterval: cfg.PingInterval, UpstreamChannel: cfg.UpstreamChannel,
 		ClientRate: cfg.ClientRate, ClientBurst: cfg.ClientBurst,
 		MaxSessionsPerKey: cfg.MaxSessionsPerKey, MaxSessionsPerAddr: cfg.MaxSessionsPerAddr,
 		AuthFailRate: cfg.AuthFailRate, AuthFailBurst: cfg.AuthFailBurst, Presence: keyPresence,
 	})
+	g.newStatusPage()
 	g.ws = websocket.NewServer(g.ctx, websocket.Config{
 		Hub: g.hub, Metrics: g.metrics, Logger: log,
 		IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout,
@@ -173,6 +188,7 @@ func New(cfg config.Serve, opt Options) (*Gateway, error) {
 		IdleTimeout:    cfg.IdleTimeout,      // keep-alive connections between requests
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:      tlsCfg,
 	}
 	return g, nil
 }
@@ -211,6 +227,8 @@ func fdLimit() int {
 
 func newStore(cfg config.Serve, log *slog.Logger) (keystore.KeyStore, error) {
 	switch {
+	case tokenAuth(cfg): // --jwt-key, --jwks-url, --auth-url (auth.go)
+		return newTokenStore(cfg, log)
 	case cfg.MongoURI != "":
 		log.Info("key store: MongoDB", "db", cfg.MongoDB, "collection", cfg.MongoCollection, "field", cfg.MongoKeyField)
 		return keystore.NewMongo(keystore.MongoConfig{URI: cfg.MongoURI, Database: cfg.MongoDB,
@@ -299,6 +317,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 	go func() { brokerDone <- g.broker.Run(runCtx, g.hub.Dispatch) }()
 	go g.hub.Run(runCtx)
 	go g.presence.Run(runCtx) // registration, heartbeats, presence writes
+	// Say at once when the key store is unreachable (startup.go).
+	go g.checkStore(runCtx, storeRetry)
+	// One reading of the counters a second, for /status (status.go).
+	go g.statusPage.sampler.Run(runCtx)
 	if m, ok := g.broker.(*broker.Memory); ok && m != nil {
 		g.metrics.BrokerReady.Set(1)
 	}
@@ -306,9 +328,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 		go g.serveDebug()
 	}
 	serveErr := make(chan error, 1)
-	httpLn := g.ws.Listen(g.ln, g.cfg.Path, g.gate)
+	var httpLn net.Listener
+	useTLS := g.srv.TLSConfig != nil // read before Serve, which sets up HTTP/2 in it
+	if useTLS {
+		httpLn = g.listenTLS() // every connection through crypto/tls and net/http (tls.go)
+	} else {
+		httpLn = g.ws.Listen(g.ln, g.cfg.Path, g.gate)
+	}
 	go func() { serveErr <- g.srv.Serve(httpLn) }()
-	g.log.Info("wspubsub listening", "addr", g.ln.Addr().String(), "path", g.cfg.Path, "max_connections", g.maxConns)
+	g.log.Info("wspubsub listening", "addr", g.ln.Addr().String(), "path", g.cfg.Path, "max_connections", g.maxConns, "tls", useTLS)
 
 	var err error
 	select {

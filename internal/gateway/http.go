@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wspubsub/wspubsub/internal/config"
+	"github.com/wspubsub/wspubsub/internal/keystore"
 	"github.com/wspubsub/wspubsub/internal/web"
 )
 
@@ -28,7 +29,11 @@ func (g *Gateway) routes() http.Handler {
 	mux.HandleFunc("GET /presence", g.servePresence) // presence.go: /publish's callers only
 	mux.HandleFunc("POST /presence", g.servePresence)
 	mux.HandleFunc("GET /nodes", g.serveNodes)
-	web.Register(mux, web.DemoConfig{Path: g.cfg.Path, DemoKey: g.demoKey(), Publish: g.demo && g.cfg.PublishAPI})
+	for _, path := range web.StatusPaths() { // status.go: /metrics's callers only
+		mux.HandleFunc("GET "+path, g.serveStatusPage())
+	}
+	mux.HandleFunc("GET /status.json", g.serveStatusJSON)
+	web.Register(mux, web.DemoConfig{Path: g.cfg.Path, DemoKey: g.demoKey(), Publish: g.demo && g.cfg.PublishAPI, Broker: g.brokerKind()})
 	return g.checkHost(mux)
 }
 
@@ -52,7 +57,8 @@ func (g *Gateway) serveReady(w http.ResponseWriter, r *http.Request) {
 		status["broker"], code = "not subscribed", http.StatusServiceUnavailable
 	}
 	if err := g.store.Ping(ctx); err != nil {
-		status["store"], code = err.Error(), http.StatusServiceUnavailable
+		// A short reason: the driver's error can hold its whole topology.
+		status["store"], code = keystore.Reason(err), http.StatusServiceUnavailable
 	}
 	if code != http.StatusOK {
 		status["status"] = "unavailable"

@@ -60,23 +60,25 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
 	defer cancel()
-	ok, throttled, err := h.check(cctx, s)
+	id, throttled, err := h.check(cctx, s)
 	if throttled {
 		return h.throttled(s)
 	}
 	switch {
+	case errors.Is(err, keystore.ErrUnauthorized):
+		h.reject(metrics.RejectUnauthorized)
+		h.sampled.Log(slog.LevelInfo, "connection rejected: "+refusal(err), "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr, "why", err.Error())
+		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	case err != nil && h.closing.Load():
 		return &ErrRejected{session.CloseGoingAway, "going away"}
 	case err != nil:
 		h.reject(metrics.RejectStoreUnavailable)
 		h.sampled.Log(slog.LevelWarn, "connection rejected: key store unavailable", "key", key, "conn", s.ID, "err", err)
 		return &ErrRejected{session.CloseTryAgain, "try again later"}
-	case !ok:
-		h.reject(metrics.RejectUnauthorized)
-		h.sampled.Log(slog.LevelInfo, "connection rejected: unknown key", "key", key, "conn", s.ID, "transport", s.Transport, "addr", s.Addr)
-		return &ErrRejected{session.CloseUnauthorized, "unauthorized"}
 	}
+	h.adopt(s, id)
 	if err := h.watch(ctx, s); err != nil {
+		h.expiry.outdated()
 		return err
 	}
 	if s.Resumes() {
@@ -86,6 +88,7 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	}
 	if err := h.register(s); err != nil {
 		h.unwatch(s)
+		h.expiry.outdated()
 		return err
 	}
 	if s.Resumes() {
@@ -94,6 +97,7 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 			return err
 		}
 	}
+	h.alias(s)
 	h.live.Add(1)
 	h.m.Connects.WithLabelValues(s.Transport).Inc()
 	h.m.Connections.WithLabelValues(s.Transport).Inc()
@@ -148,25 +152,22 @@ func (h *Hub) throttled(s *session.Session) error {
 	return &ErrRejected{session.CloseTooMany, "too many failed key checks"}
 }
 
-// check asks the store about s's key. At most AuthFailBurst lookups of one
+// check asks the authenticator about s's credential. At most AuthFailBurst lookups of one
 // address run at once, and each asks whether the address still has budget
 // only once its turn has come: concurrent wrong keys cannot all slip past a
 // check made before any of them failed, while concurrent good keys are
-// merely queued. A failed lookup spends one unit of the budget.
-func (h *Hub) check(ctx context.Context, s *session.Session) (ok, throttled bool, err error) {
+// merely queued. A refused credential (unknown key, bad or expired token,
+// a hook's 401/403) spends one unit of the budget.
+func (h *Hub) check(ctx context.Context, s *session.Session) (id keystore.Identity, throttled bool, err error) {
 	release, err := h.lookupSlot(ctx, s.Addr)
 	if err != nil {
-		return false, false, fmt.Errorf("waiting for a key lookup slot: %w", err)
+		return id, false, fmt.Errorf("waiting for a key lookup slot: %w", err)
 	}
 	defer release() // also when the store panics
 	if !h.authFails.Has(s.Addr, time.Now()) {
-		return false, true, nil
+		return id, true, nil
 	}
-	ok, err = h.cfg.Store.Contains(ctx, s.Key)
-	if err == nil && !ok {
-		h.authFails.Take(s.Addr, time.Now())
-	}
-	return ok, false, err
+	return h.authenticate(ctx, s, s.Key)
 }
 
 // lookupSlot waits (bounded by ctx) for one of the AuthFailBurst key
@@ -267,6 +268,10 @@ func (h *Hub) leave(s *session.Session, fallback string) bool {
 		return false
 	}
 	h.unwatch(s)
+	h.unalias(s)
+	if !s.Expires().IsZero() {
+		h.expiry.outdated()
+	}
 	reason := fallback
 	if s.IsClosed() && !s.ClosedByPeer() {
 		reason = CloseReason(s.CloseCode(), fallback)
@@ -337,6 +342,10 @@ func (h *Hub) recheck(ctx context.Context) {
 			h.log.Error("key re-check failed: internal error", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
+	rev, ok := h.cfg.Auth.(keystore.Revocable)
+	if !ok {
+		return // tokens and hook answers are bounded by their expiry instead
+	}
 	var keys []string
 	for i := range h.shards {
 		sh := &h.shards[i]
@@ -348,7 +357,7 @@ func (h *Hub) recheck(ctx context.Context) {
 	}
 	for _, k := range keys {
 		cctx, cancel := context.WithTimeout(ctx, h.cfg.KeyCheckTimeout)
-		ok, err := h.cfg.Store.Contains(cctx, k)
+		ok, err := rev.Contains(cctx, k)
 		cancel()
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {

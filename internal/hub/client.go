@@ -19,7 +19,9 @@ var ErrRateLimited = errors.New("client message rate exceeded")
 
 // ClientText handles one text message a client sent on session s, whatever
 // the transport. The rate limit is per key, so spreading messages over
-// several connections of one key gains nothing. "ping" returns the heartbeat reply; any other text is
+// several connections of one key gains nothing. On a session whose
+// credential expires, {"token":"…"} presents a fresh one (refresh.go).
+// "ping" returns the heartbeat reply; any other text is
 // published on the upstream channel as {"key","data","conn","at"} when one
 // is configured, and otherwise counted and ignored. Size limits are the
 // transports' (they must refuse before reading a whole oversized message).
@@ -28,6 +30,9 @@ func (h *Hub) ClientText(s *session.Session, text []byte) (reply []byte, err err
 		h.m.ClientMessages.WithLabelValues("rate_limited").Inc()
 		h.sampled.Log(slog.LevelInfo, "client message refused: rate limit", "key", keystore.Redact(s.Key), "conn", s.ID)
 		return nil, ErrRateLimited
+	}
+	if h.refresh(s, text) {
+		return nil, nil
 	}
 	if string(text) == "ping" {
 		h.m.ClientMessages.WithLabelValues("ping").Inc()

@@ -1,5 +1,8 @@
 // Package hub is the gateway's connection registry and router. It admits
-// sessions (checking their key), keeps every live session of every key,
+// sessions (turning their credential into a routing key through a
+// keystore.Authenticator, which it never looks behind), keeps every live
+// session of every key, closes those whose credential expires (expiry.go)
+// unless they present a fresh one (refresh.go),
 // routes each inbound message to the sessions of its recipients, publishes
 // connected/disconnected events, re-validates keys periodically and drives
 // keep-alives.
@@ -26,6 +29,10 @@ import (
 
 // Config configures a Hub. Zero durations take the defaults in brackets.
 type Config struct {
+	// Auth admits clients: it turns a credential into an identity
+	// (routing key, expiry). When nil, Store is used as one
+	// (keystore.FromStore): the key is its own identity, never expires.
+	Auth   keystore.Authenticator
 	Store  keystore.KeyStore
 	Events broker.Broker // where connected/disconnected events go
 	// History, when not nil, serves resuming clients (session.Peer.Resume).
@@ -109,6 +116,9 @@ type Hub struct {
 	seq     uint64 // Dispatch's message number (Dispatch's goroutine only)
 
 	draining atomic.Bool // Admit refuses new sessions with CloseServiceRestart (drain.go)
+
+	expiry  expiries                      // sessions whose credential expires (expiry.go)
+	aliases map[string][]*session.Session // by credential, those admitted with one that is not their key (under amu)
 }
 
 // New builds a hub; call Run to start its background work.
@@ -137,6 +147,9 @@ func New(cfg Config) *Hub {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Auth == nil && cfg.Store != nil {
+		cfg.Auth = keystore.FromStore(cfg.Store)
+	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New()
 	}
@@ -144,7 +157,8 @@ func New(cfg Config) *Hub {
 		clientText: ratelimit.New(cfg.ClientRate, cfg.ClientBurst),
 		authFails:  ratelimit.New(cfg.AuthFailRate, cfg.AuthFailBurst),
 		sampled:    ratelimit.NewSampled(cfg.Logger, LogRate, LogBurst),
-		perAddr:    map[string]int{}, slots: map[string]*slot{}}
+		perAddr:    map[string]int{}, slots: map[string]*slot{}, aliases: map[string][]*session.Session{}}
+	h.expiry.init()
 	h.parser.MaxBytes = cfg.MaxMessageBytes
 	for i := range h.shards {
 		h.shards[i].keys = make(map[string][]*session.Session)
@@ -181,6 +195,7 @@ func (h *Hub) Run(ctx context.Context) {
 	parts := max(1, int(h.cfg.KeepAliveInterval/(shardCount*10*time.Millisecond)))
 	ka := time.NewTicker(h.cfg.KeepAliveInterval / time.Duration(shardCount*parts))
 	defer ka.Stop()
+	go h.runExpiry(ctx)
 	next := 0 // tick number within one interval
 	var recheck <-chan time.Time
 	if h.cfg.RecheckInterval > 0 {
@@ -229,17 +244,21 @@ func (h *Hub) eachIn(sh *shard, f func(*session.Session)) {
 	}
 }
 
-// Find returns the live session of key that belongs to client (see
-// session.Peer.Client), or nil.
+// Find returns the live session that belongs to client (see
+// session.Peer.Client) and was admitted with key — its routing key, or
+// the credential it presented when that was another (a token) — or nil.
 func (h *Hub) Find(key, client string) *session.Session {
 	if client == "" {
 		return nil
+	}
+	if s := h.findAlias(key, client); s != nil {
+		return s
 	}
 	sh := h.shardOf([]byte(key))
 	sh.mu.RLock()
 	defer sh.mu.RUnlock()
 	for _, s := range sh.keys[key] {
-		if s.Client == client && !s.IsClosed() {
+		if s.Client == client && !s.IsClosed() && s.Credential() == "" {
 			return s
 		}
 	}

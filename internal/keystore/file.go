@@ -38,7 +38,7 @@ func NewFile(path string) (*File, error) {
 func (f *File) reload(force bool) error {
 	st, err := os.Stat(f.path)
 	if err != nil {
-		f.err = fmt.Errorf("%w: reading key file: %v", ErrUnavailable, err)
+		f.err = fmt.Errorf("%w: reading key file: %w", ErrUnavailable, err)
 		return f.err
 	}
 	if !force && st.ModTime().Equal(f.mod) && st.Size() == f.size {
@@ -47,7 +47,7 @@ func (f *File) reload(force bool) error {
 	}
 	data, err := os.ReadFile(f.path)
 	if err != nil {
-		f.err = fmt.Errorf("%w: reading key file: %v", ErrUnavailable, err)
+		f.err = fmt.Errorf("%w: reading key file: %w", ErrUnavailable, err)
 		return f.err
 	}
 	keys := make(map[string]struct{})

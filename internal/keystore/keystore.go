@@ -1,7 +1,11 @@
 // Package keystore answers one question for the gateway: is this client key
 // known? It owns the KeyStore interface and its implementations (MongoDB,
-// a key file, memory). It must not know about connections or the hub, and
-// must never log a whole key (see Redact).
+// a key file, memory), and the Editor that `wspubsub keys` changes the
+// MongoDB and file stores with (the gateway only reads), and the
+// Authenticator seam through which the hub admits clients whichever backend
+// checks them (auth.go: a KeyStore is adapted with FromStore; tokens and the
+// auth hook live in package auth). It must not know
+// about connections or the hub, and must never log a whole key (see Redact).
 package keystore
 
 import (

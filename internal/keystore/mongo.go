@@ -69,7 +69,7 @@ func (m *Mongo) Contains(ctx context.Context, key string) (bool, error) {
 	case errors.Is(err, mongo.ErrNoDocuments):
 		return false, nil
 	default:
-		return false, fmt.Errorf("%w: looking up key in MongoDB: %v", ErrUnavailable, err)
+		return false, fmt.Errorf("%w: looking up key in MongoDB: %w", ErrUnavailable, err)
 	}
 }
 
@@ -78,7 +78,7 @@ func (m *Mongo) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, m.timeout)
 	defer cancel()
 	if err := m.client.Ping(ctx, readpref.Primary()); err != nil {
-		return fmt.Errorf("%w: pinging MongoDB: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: pinging MongoDB: %w", ErrUnavailable, err)
 	}
 	return nil
 }

@@ -24,6 +24,10 @@ const (
 	RejectHistory          = "history_unavailable" // a resuming client's history could not be read
 	RejectDraining         = "draining"            // the gateway is draining (a deploy): refused with 1012
 	RejectRouting          = "routing_unavailable" // the key's channel could not be subscribed to (--routing keys)
+	// On a TLS port (--tls-cert): plain HTTP or other non-TLS bytes (HTTP
+	// 400, closed), and TLS handshakes that failed or timed out.
+	RejectNotTLS       = "not_tls"
+	RejectTLSHandshake = "tls_handshake"
 )
 
 // Resume outcomes (wspubsub_resumes_total{outcome}).

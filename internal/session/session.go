@@ -80,13 +80,28 @@ type Peer struct {
 	// for from now). Set only when the gateway keeps history.
 	Resume bool
 	Since  string
+	// Origin is the browser's Origin header ("" for other clients), for
+	// an auth hook. The session keeps it only until admission, and after
+	// it only when its credential expires (a refresh asks the hook again):
+	// it is not among the fields every idle session carries (who).
+	Origin string
+}
+
+// who is the part of a Peer that every session keeps, for its whole life.
+// An idle session is one allocation of a size class (192 bytes): a field
+// more here moves every connection to the next (224).
+type who struct {
+	Key    string
+	Addr   string
+	Client string
+	Since  string
 }
 
 // Session is one authenticated (or authenticating) client connection.
 type Session struct {
 	ID        uint64
 	Transport string // "websocket", ...
-	Peer
+	who              // the Peer's fields (Key, Addr, Client, Since; Resume below)
 	// DispatchSeq is the hub's: the number of the last message it routed
 	// here, so a message listing a recipient twice is delivered once. Only
 	// the hub's Dispatch goroutine touches it.
@@ -96,13 +111,18 @@ type Session struct {
 	// life is 0 while open; the close sets it once, whole: bit 0 closed,
 	// bit 1 by the client, the code above (one word rather than a sync.Once
 	// and three flags keeps an idle session in a smaller allocation).
-	life atomic.Uint32
-	res  *resume // nil unless Peer.Resume
+	life   atomic.Uint32
+	Resume bool      // the Peer's: beside life, in what would be padding
+	res    *resume   // nil unless Resume
+	id     *identity // nil unless admitted with a token or an expiry, or not yet admitted with an Origin (identity.go)
 }
 
 // New returns a session whose queue holds at most limit bytes.
 func New(id uint64, p Peer, transport string, t Transport, limit int) *Session {
-	s := &Session{ID: id, Peer: p, Transport: transport, t: t}
+	s := &Session{ID: id, who: who{Key: p.Key, Addr: p.Addr, Client: p.Client, Since: p.Since}, Resume: p.Resume, Transport: transport, t: t}
+	if p.Origin != "" {
+		s.id = &identity{origin: p.Origin} // until admission (SetIdentity)
+	}
 	s.q.limit = limit
 	if p.Resume {
 		s.res = &resume{}

@@ -1,6 +1,10 @@
 package session
 
-import "testing"
+import (
+	"strconv"
+	"testing"
+	"unsafe"
+)
 
 type nopTransport struct{ wakes, closes int }
 
@@ -79,5 +83,17 @@ func TestPeerCloseIsNotAVerdict(t *testing.T) {
 	s2.CloseByPeer(1000)
 	if s2.ClosedByPeer() || s2.CloseCode() != CloseRevoked {
 		t.Fatal("a peer close after the server's overrode it")
+	}
+}
+
+// An idle connection's memory is a product goal (BENCHMARKS.md): the
+// session is one allocation in the 192-byte size class, and a field more
+// moves every connection to the next class (224 bytes).
+func TestSessionFitsItsSizeClass(t *testing.T) {
+	if strconv.IntSize != 64 {
+		t.Skip("sizes are measured on 64-bit platforms")
+	}
+	if n := unsafe.Sizeof(Session{}); n > 192 {
+		t.Fatalf("Session is %d bytes, more than its 192-byte size class: keep per-session extras behind a pointer (identity, resume)", n)
 	}
 }

@@ -1,7 +1,7 @@
 // Package web serves wspubsub's browser side from the binary: the JS client
-// (/wspubsub.js as an ES module, /wspubsub.script.js as a classic script)
-// and the demo page at /. It must not know about the hub or transports: the
-// page talks to the gateway like any other page.
+// (/wspubsub.js as an ES module, /wspubsub.script.js as a classic script),
+// the demo page at / (with /favicon.ico) and the live status page (status.go). It must not know
+// about the hub or transports: the pages talk to the gateway like any other.
 package web
 
 import (
@@ -11,7 +11,7 @@ import (
 	"regexp"
 )
 
-//go:embed static/index.html static/demo.js static/demo.css static/wspubsub.js
+//go:embed static/index.html static/demo.js static/demo-cli.js static/demo.css static/wspubsub.js
 var static embed.FS
 
 // DemoConfig is what the demo page learns from /demo/config.json.
@@ -19,6 +19,9 @@ type DemoConfig struct {
 	Path    string `json:"path"`    // the client endpoint
 	DemoKey string `json:"demoKey"` // prefilled key ("" when not in demo mode)
 	Publish bool   `json:"publish"` // show the publish box
+	// Broker is "memory" (in-process) or "redis" (--redis-url): the
+	// publish box says which carries its messages.
+	Broker string `json:"broker"`
 }
 
 var exportRE = regexp.MustCompile(`(?m)^export (default .*$)?`)
@@ -45,6 +48,8 @@ func Register(mux *http.ServeMux, cfg DemoConfig) {
 	}
 	serve("/{$}", "index.html", "text/html; charset=utf-8")
 	serve("/demo.js", "demo.js", "text/javascript; charset=utf-8")
+	serve("/demo-cli.js", "demo-cli.js", "text/javascript; charset=utf-8")
+	serveFavicon(mux) // favicon.go
 	serve("/demo.css", "demo.css", "text/css; charset=utf-8")
 	serve("/wspubsub.js", "wspubsub.js", "text/javascript; charset=utf-8")
 	mux.HandleFunc("GET /wspubsub.script.js", func(w http.ResponseWriter, _ *http.Request) {

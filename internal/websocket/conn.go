@@ -57,6 +57,7 @@ type conn struct {
 	unpolled bool   // never (again) watched: the socket is closing
 
 	slow bool // the slow lane owns the socket (under wmu)
+	tls  bool // nc is a *tls.Conn: every write goes through the slow lane (write.go)
 }
 
 // admit checks the key through the hub; a rejected connection is closed

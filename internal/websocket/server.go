@@ -12,13 +12,16 @@
 // when a client sends something, a goroutine reads it and exits. Writes are
 // coalesced — everything queued for a connection goes out in one writev —
 // by a small pool of writers. Only a connection whose socket is wrapped
-// (bytes buffered behind its handshake, or no descriptor) keeps a reader
-// goroutine of its own.
+// (bytes buffered behind its handshake, TLS, or no descriptor) keeps a
+// reader goroutine of its own; a TLS connection's writes also run on a
+// goroutine of their own (the slow lane), since crypto/tls cannot resume a
+// write cut short by a deadline.
 package websocket
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -138,8 +141,12 @@ func (s *Server) start(nc net.Conn, peer session.Peer) {
 	// wrapper between it and the socket as a frame on its stack (one too
 	// many doubles the stack, 2 → 4 KB); and the poller watches only
 	// sockets read directly.
-	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
-		c.rd = u.NetConn()
+	// A TLS connection is read and written through crypto/tls: its
+	// NetConn is the ciphertext, and it has no descriptor to poll.
+	if c.tls = isTLS(nc); !c.tls {
+		if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
+			c.rd = u.NetConn()
+		}
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
@@ -237,6 +244,16 @@ func joinHeader(a, b string) string {
 type readWriter struct {
 	io.Reader
 	io.Writer
+}
+
+// isTLS reports whether nc (or the connection under its handshake's
+// buffer) is a TLS connection.
+func isTLS(nc net.Conn) bool {
+	if b, ok := nc.(*bufferedConn); ok {
+		nc = b.Conn
+	}
+	_, ok := nc.(*tls.Conn)
+	return ok
 }
 
 // bufferedConn keeps bytes the client sent right behind its handshake.

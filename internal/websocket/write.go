@@ -81,12 +81,14 @@ func (c *conn) write(w *writer) bool {
 	if err == nil {
 		return true
 	}
-	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, os.ErrDeadlineExceeded) {
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, os.ErrDeadlineExceeded) || err == errTLSWrite {
 		for _, part := range rest {
 			c.pending = append(c.pending, part...)
 		}
 		c.slow = true
-		c.srv.cfg.Metrics.WriteStalls.Inc()
+		if err != errTLSWrite {
+			c.srv.cfg.Metrics.WriteStalls.Inc()
+		}
 		go c.slowLane()
 		return false
 	}
@@ -100,6 +102,9 @@ func (c *conn) write(w *writer) bool {
 func (c *conn) writeNow(w *writer) (net.Buffers, error) {
 	w.calls = 0
 	if c.raw == nil {
+		if c.tls {
+			return w.bufs, errTLSWrite
+		}
 		w.calls = 1
 		_ = c.nc.SetWriteDeadline(time.Now().Add(stallSlice))
 		b := w.bufs
@@ -112,6 +117,12 @@ func (c *conn) writeNow(w *writer) (net.Buffers, error) {
 	}
 	return w.rest, w.err
 }
+
+// errTLSWrite hands a TLS connection's write to the slow lane: crypto/tls
+// breaks a connection for good once a write hits its deadline, so a TLS
+// write may not be cut at stallSlice; the slow lane's goroutine waits the
+// full write timeout instead, and no pool writer waits on it.
+var errTLSWrite = errors.New("tls: written by the slow lane")
 
 func (c *conn) fail() {
 	c.writeErr.Store(true)

@@ -1,9 +1,10 @@
 // The demo page: connect with a key, watch the state, see messages arrive,
-// and (on embedded defaults) publish one. Everything goes through
+// and (on the demo key store) publish one. Everything goes through
 // wspubsub.js, as a real page would. The page resumes: every message shows
 // its id, a reconnect is marked where it happened (what follows the mark was
 // caught up from the gateway's history, then live), and a gap is announced.
 import { WsPubSub } from "/wspubsub.js";
+import { publishCommand, modeHint } from "/demo-cli.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -135,7 +136,8 @@ $("ping").onclick = () => client.send("ping");
 
 if (config.publish) {
   $("publish-card").hidden = false;
-  const cli = () => `go run ./cmd/wspubsub publish --to ${$("key").value.trim()} '${$("publish-data").value.replace(/\s+/g, " ")}'`;
+  $("publish-mode").textContent = modeHint(config.broker);
+  const cli = () => publishCommand(location.origin, $("key").value.trim(), $("publish-data").value);
   $("publish-cli").textContent = cli();
   $("key").oninput = $("publish-data").oninput = () => { $("publish-cli").textContent = cli(); };
   $("publish").onclick = async () => {

@@ -21,6 +21,15 @@
 // arrive in order and once. onmessage(e) then has e.id besides e.data (e.data
 // stays the frame without its id, byte-identical to the original's), and
 // ongap(e) fires when the gateway's history no longer reaches back.
+//
+// Tokens (a gateway with --jwt-key, --jwks-url or --auth-url): with
+// token: async () => "<jwt>", the client calls token() before every
+// (re)connect and appends key=<token> to the URL (give the URL without a
+// key), and, shortly before the token's exp (refreshBefore, 30 s, or half
+// its remaining life if that is shorter), fetches a fresh one: a WebSocket
+// sends it as the frame {"token":"…"}; EventSource and long-polling
+// reconnect with it (resuming with since=, nothing is lost). A close 4403
+// "token expired" then reconnects with a fresh token instead of giving up.
 
 const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 const TRANSPORTS = ["websocket", "eventsource", "polling"];
@@ -29,6 +38,24 @@ const FINAL_CODES = new Set([4401, 4403]);
 // soon, on the same transport (the load balancer sends us to another node).
 const RESTART = 1012;
 const HEARTBEAT = "heartbeat message";
+const TOKEN_EXPIRED = "token expired";
+const MAX_TIMER = 2147483647;
+
+/**
+ * tokenExpiry returns a JWT's exp in milliseconds since the epoch, or null
+ * when it has none or is not a JWT (it is read, not verified: the gateway
+ * verifies).
+ */
+export function tokenExpiry(token) {
+  try {
+    const part = String(token).split(".")[1];
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4);
+    const exp = JSON.parse(atob(b64)).exp;
+    return typeof exp === "number" ? exp * 1000 : null;
+  } catch (_) {
+    return null;
+  }
+}
 
 /**
  * backoffDelay returns the wait before reconnect attempt n (0-based): a
@@ -222,6 +249,10 @@ const factories = {
  * default; a since= in the URL works too), storageKey (opt in to keeping the
  * last id in sessionStorage under this name, so a reload resumes; a stored id
  * wins over since). lastId is the id of the last message received.
+ *
+ * Tokens: token (an async function returning a JWT or hook credential,
+ * called before each (re)connect and before the token expires), and
+ * refreshBefore (30 s: how long before exp a fresh token is fetched).
  */
 export class WsPubSub {
   constructor(url, options = {}) {
@@ -229,6 +260,7 @@ export class WsPubSub {
       websocket: !options.disableWebSocket, eventsource: !options.disableEventSource,
       polling: !options.disableXHRPolling, baseDelay: 100, maxDelay: 10000,
       heartbeatInterval: 20000, heartbeatTimeout: 10000, autoPing: true, resume: true,
+      token: null, refreshBefore: 30000,
     }, options);
     this.options = o;
     this._resume = o.resume !== false;
@@ -261,6 +293,10 @@ export class WsPubSub {
     this._pingTimer = null;
     this._pendingPings = 0;
     this._stopped = false;
+    this._token = null;       // the token of the current connection (token option)
+    this._nextToken = null;   // a fresh token for the next connect
+    this._tokenGen = 0;       // the connect a pending token() is for
+    this._refreshTimer = null;
     this._connect();
   }
 
@@ -273,6 +309,25 @@ export class WsPubSub {
 
   _connect() {
     if (this._stopped) return;
+    if (!this.options.token) return this._open(this.url);
+    // A token refreshed for a reconnect (EventSource, polling) is used
+    // once; otherwise ask the page for one.
+    const fresh = this._nextToken;
+    this._nextToken = null;
+    const gen = ++this._tokenGen;
+    Promise.resolve().then(() => fresh || this.options.token()).then((tok) => {
+      if (this._stopped || gen !== this._tokenGen) return;
+      this._token = String(tok);
+      this._open(withParam(this.url, "key", this._token));
+    }, () => {
+      if (this._stopped || gen !== this._tokenGen) return;
+      // No token now: try again later, on the same transport.
+      const delay = backoffDelay(this._attempt++, this.options.baseDelay, this.options.maxDelay, this._env.random);
+      this._timer = this._env.setTimeout(() => this._connect(), delay);
+    });
+  }
+
+  _open(url) {
     const order = this.transports();
     if (this._tn >= order.length) {
       // Every transport failed to connect: start over after the longest wait.
@@ -294,7 +349,7 @@ export class WsPubSub {
     try {
       current = { name, impl: null };
       this._t = current;
-      current.impl = this._factories[name](this.url, this._env, cb, this._sid);
+      current.impl = this._factories[name](url, this._env, cb, this._sid);
     } catch (e) {
       this._closed(1006, String(e), false);
     }
@@ -307,7 +362,52 @@ export class WsPubSub {
     const first = this.readyState !== OPEN;
     this.readyState = OPEN;
     this._startHeartbeat();
+    this._scheduleRefresh();
     if (first) this.onopen();
+  }
+
+  // _scheduleRefresh arms the fetch of a fresh token before the current
+  // one expires.
+  _scheduleRefresh() {
+    this._stopRefresh();
+    const exp = this.options.token ? tokenExpiry(this._token) : null;
+    if (exp === null) return;
+    const left = exp - this._env.now();
+    const delay = Math.max(0, left - Math.min(this.options.refreshBefore, left / 2));
+    // Timers take at most 2^31-1 ms (24.8 days); longer would fire at once.
+    if (delay > MAX_TIMER) {
+      this._refreshTimer = this._env.setTimeout(() => this._scheduleRefresh(), MAX_TIMER);
+      return;
+    }
+    this._refreshTimer = this._env.setTimeout(() => this._refresh(), delay);
+  }
+
+  _stopRefresh() {
+    if (this._refreshTimer !== null) this._env.clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+  }
+
+  // _refresh presents a fresh token: a WebSocket in a frame, the other
+  // transports by reconnecting with it. When token() fails the connection
+  // is kept; the gateway closes it at exp (4403 "token expired") and the
+  // client reconnects.
+  _refresh() {
+    this._refreshTimer = null;
+    const t = this._t;
+    Promise.resolve().then(() => this.options.token()).then((tok) => {
+      if (this._stopped || this._t !== t || !t || !t.impl) return;
+      if (t.name === "websocket") {
+        this._token = String(tok);
+        t.impl.send(JSON.stringify({ token: this._token }));
+        this._scheduleRefresh();
+        return;
+      }
+      this._nextToken = String(tok);
+      this._stopHeartbeat();
+      this._t = null;
+      t.impl.close();
+      this._connect();
+    }, () => {});
   }
 
   _message(text) {
@@ -340,10 +440,13 @@ export class WsPubSub {
 
   _closed(code, reason, wasOpen) {
     this._stopHeartbeat();
+    this._stopRefresh();
     this._t = null;
     this.transport = null;
     if (this._stopped) return;
-    if (FINAL_CODES.has(code)) return this._final(code, reason || (code === 4401 ? "unauthorized" : "revoked"));
+    // An expired token is not a revoked key: fetch a fresh one.
+    const expired = code === 4403 && reason === TOKEN_EXPIRED && this.options.token;
+    if (FINAL_CODES.has(code) && !expired) return this._final(code, reason || (code === 4401 ? "unauthorized" : "revoked"));
     const restart = code === RESTART;
     if (wasOpen) {
       this.readyState = CONNECTING;
@@ -414,6 +517,7 @@ export class WsPubSub {
     this._stopped = true;
     this.readyState = CLOSING;
     this._stopHeartbeat();
+    this._stopRefresh();
     if (this._timer !== null) this._env.clearTimeout(this._timer);
     const t = this._t;
     this._t = null;

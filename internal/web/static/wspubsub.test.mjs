@@ -2,7 +2,7 @@
 // transports and a fake clock: node --test internal/web/static/
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WsPubSub, backoffDelay, toHTTP, bullet, parseFrame, splitSince } from "./wspubsub.js";
+import { WsPubSub, backoffDelay, toHTTP, bullet, parseFrame, splitSince, tokenExpiry } from "./wspubsub.js";
 
 // fakeClock runs timers when told to, in time order.
 function fakeClock() {
@@ -214,7 +214,7 @@ test("the position frame sets lastId and is not a message", () => {
   opened[0].cb.onopen();
   opened[0].cb.onmessage('{"id":"9.0-4"}');
   assert.equal(c.lastId, "9.0-4");
-  assert.deepEqual(log, ["open"]);
+  assert.deepEqual(log.filter((l) => l !== "beat"), ["open"]);
 });
 
 test("messages carry their id; e.data is the original frame", () => {
@@ -408,4 +408,128 @@ test("$.bullet keeps the original frames unless the page opts in", () => {
   const r = bullet("ws://gw/websocket?k", { env, resume: true });
   assert.equal(FakeWS.last.url, "ws://gw/websocket?k&since=");
   r.close();
+});
+
+// fakeJWT makes an unsigned token whose payload is claims (the client
+// reads exp, never verifies).
+function fakeJWT(claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  return b64({ alg: "HS256" }) + "." + b64(claims) + ".sig";
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+test("tokenExpiry reads a JWT's exp in milliseconds", () => {
+  assert.equal(tokenExpiry(fakeJWT({ sub: "a", exp: 60 })), 60000);
+  assert.equal(tokenExpiry(fakeJWT({ sub: "a" })), null);
+  assert.equal(tokenExpiry("not-a-token"), null);
+});
+
+// tokenClient returns a client whose token() hands out numbered tokens
+// expiring at exps[i] (seconds on the fake clock).
+function tokenClient(exps, opts = {}) {
+  const issued = [];
+  const token = async () => {
+    const t = fakeJWT({ sub: "alice", exp: exps[Math.min(issued.length, exps.length - 1)], n: issued.length });
+    issued.push(t);
+    return t;
+  };
+  return Object.assign(client(Object.assign({ token, autoPing: false }, opts)), { issued });
+}
+
+test("token: called before connecting, sent as key=", async () => {
+  const { opened, issued } = tokenClient([60]);
+  assert.equal(opened.length, 0, "no transport before the token is known");
+  await tick();
+  assert.equal(issued.length, 1);
+  assert.equal(opened[0].url, "ws://gw/websocket?k&key=" + encodeURIComponent(issued[0]));
+});
+
+test("token: a WebSocket sends a fresh token in a frame before exp", async () => {
+  const { opened, issued, clock, log } = tokenClient([60, 120]);
+  await tick();
+  opened[0].cb.onopen();
+  clock.advance(29999);
+  await tick();
+  assert.equal(issued.length, 1, "not refreshed before exp - refreshBefore");
+  clock.advance(1);
+  await tick();
+  assert.equal(issued.length, 2);
+  assert.deepEqual(opened[0].sent.filter((d) => d !== "ping"), [JSON.stringify({ token: issued[1] })]);
+  assert.equal(opened.length, 1, "the WebSocket stays");
+  // The next refresh follows the fresh token's exp (120 s): at 90 s.
+  clock.advance(59999);
+  await tick();
+  assert.equal(issued.length, 2);
+  clock.advance(1);
+  await tick();
+  assert.equal(issued.length, 3);
+  assert.deepEqual(log.filter((l) => l !== "beat"), ["open"]);
+});
+
+test("token: a short-lived token is refreshed at half its remaining life", async () => {
+  const { opened, issued, clock } = tokenClient([2, 60]);
+  await tick();
+  opened[0].cb.onopen();
+  clock.advance(1000);
+  await tick();
+  assert.equal(issued.length, 2);
+});
+
+test("token: EventSource reconnects with the fresh token, resuming, without a second onopen", async () => {
+  const { c, opened, issued, clock, log } = tokenClient([60, 120], { websocket: false });
+  await tick();
+  assert.equal(opened[0].name, "eventsource");
+  opened[0].cb.onopen();
+  opened[0].cb.onmessage('{"id":"7-0","data":1}');
+  clock.advance(30000);
+  await tick();
+  await tick();
+  assert.equal(opened.length, 2);
+  assert.ok(opened[0].closed, "the old stream is closed");
+  assert.equal(opened[1].name, "eventsource");
+  assert.ok(opened[1].url.endsWith("key=" + encodeURIComponent(issued[1])));
+  assert.equal(opened[1].since, "7-0", "resumes where it was");
+  assert.equal(issued.length, 2, "the refreshed token is used, not a third");
+  opened[1].cb.onopen();
+  assert.equal(c.readyState, WsPubSub.OPEN);
+  assert.deepEqual(log.filter((l) => l === "open"), ["open"]);
+});
+
+test("token: 4403 token expired reconnects with a fresh token; 4403 revoked is final", async () => {
+  const { opened, issued, clock, log } = tokenClient([60]);
+  await tick();
+  opened[0].cb.onopen();
+  opened[0].cb.onclose(4403, "token expired", true);
+  clock.advance(10000);
+  await tick();
+  assert.equal(issued.length, 2);
+  assert.equal(opened.length, 2);
+  assert.equal(opened[1].name, "websocket");
+  opened[1].cb.onopen();
+  opened[1].cb.onclose(4403, "revoked", true);
+  clock.advance(20000);
+  await tick();
+  assert.equal(opened.length, 2);
+  assert.ok(log.includes("error:4403"));
+});
+
+test("token: a failing token() is retried with backoff, same transport", async () => {
+  let calls = 0;
+  const { opened, clock } = client({ token: async () => { calls++; if (calls < 2) throw new Error("offline"); return fakeJWT({ sub: "a", exp: 60 }); } });
+  await tick();
+  assert.equal(opened.length, 0);
+  clock.advance(10000);
+  await tick();
+  assert.equal(calls, 2);
+  assert.equal(opened[0].name, "websocket");
+});
+
+test("token: a token valid for months is not refreshed at once (timer limit)", async () => {
+  const { opened, issued, clock } = tokenClient([100 * 24 * 3600, 200 * 24 * 3600]);
+  await tick();
+  opened[0].cb.onopen();
+  clock.advance(2147483647);
+  await tick();
+  assert.equal(issued.length, 1, "still the first token after 24.8 days of a 100-day token");
 });
