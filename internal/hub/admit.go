@@ -73,7 +73,7 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 		return &ErrRejected{session.CloseGoingAway, "going away"}
 	case err != nil:
 		h.reject(metrics.RejectStoreUnavailable)
-		h.sampled.Log(slog.LevelWarn, "connection rejected: key store unavailable", "key", key, "conn", s.ID, "err", err)
+		h.sampled.Log(slog.LevelWarn, "connection rejected: key store unavailable", "key", key, "conn", s.ID, "reason", keystore.Reason(err)) // not the driver's topology dump
 		return &ErrRejected{session.CloseTryAgain, "try again later"}
 	}
 	h.adopt(s, id)
