@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -199,9 +200,14 @@ func TestBinaryAuthFlagConflicts(t *testing.T) {
 			t.Errorf("%v: %v\n%s", args, err, out)
 		}
 	}
-	out, err := exec.Command(binary(t), "serve", "--listen", "127.0.0.1:0", "--jwt-key", "short").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "at least 32 bytes") {
-		t.Errorf("short --jwt-key: %v\n%s", err, out)
+	// A key the gateway cannot use is a usage error (exit 2), and
+	// `wspubsub config`, the check before a deploy, finds it too.
+	for _, cmd := range []string{"serve", "config"} {
+		out, err := exec.Command(binary(t), cmd, "--listen", "127.0.0.1:0", "--jwt-key", "short").CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "at least 32 bytes") {
+			t.Errorf("%s with a short --jwt-key: %v\n%s", cmd, err, out)
+		}
 	}
 }
 

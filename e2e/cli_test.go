@@ -83,11 +83,11 @@ func TestBinaryHelpListsEveryCommand(t *testing.T) {
 		t.Errorf("README.md does not show the current overview after \"$ wspubsub --help\":\n%s", first)
 	}
 	r := runCLI(t, nil, "serve", "--help")
-	if r.code != 0 || !strings.Contains(r.stderr, "-redis-url") {
+	if r.code != 0 || !strings.Contains(r.stdout, "-redis-url") {
 		t.Fatalf("serve --help: %v", r)
 	}
 	r = runCLI(t, nil, "help", "keys")
-	if r.code != 0 || !strings.Contains(r.stderr, "wspubsub keys add") {
+	if r.code != 0 || !strings.Contains(r.stdout, "wspubsub keys add") {
 		t.Fatalf("help keys: %v", r)
 	}
 }

@@ -47,7 +47,7 @@ func TestBinaryMistypedFlag(t *testing.T) {
 	// bench's internal worker flag is not part of its usage; its flags
 	// have environment twins.
 	r := runCLI(t, nil, "bench", "--help")
-	if r.code != 0 || strings.Contains(r.stderr, "worker") || !strings.Contains(r.stderr, "WSPUBSUB_CONNS") {
+	if r.code != 0 || strings.Contains(r.stdout, "worker") || !strings.Contains(r.stdout, "WSPUBSUB_CONNS") {
 		t.Errorf("bench --help: %v", r)
 	}
 	if r := runCLI(t, []string{"WSPUBSUB_CONNS=many"}, "bench"); r.code != 2 || !strings.Contains(r.stderr, "WSPUBSUB_CONNS") {

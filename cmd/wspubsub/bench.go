@@ -19,7 +19,7 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 2 && args[0] == "--worker" { // a client process this command started (internal/bench)
 		return bench.RunWorker(args[1], os.Stdin, os.Stdout)
 	}
-	fs := config.NewFlagSet("wspubsub bench", stderr)
+	fs := config.NewFlagSet("wspubsub bench", stdout) // --help
 	var c bench.Config
 	var sources, gatewayPIDs, redisPIDs string
 	idem := true

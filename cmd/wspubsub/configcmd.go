@@ -11,8 +11,11 @@ import (
 // value and where it came from, secrets hidden (--format toml: a --config
 // file of it). An invalid configuration is a usage error (exit 2).
 func configCmd(args []string, stdout, stderr io.Writer) error {
-	e, err := config.ParseConfig(args, os.Getenv, stderr)
+	e, err := config.ParseConfig(args, os.Getenv, stdout) // --help
 	if err != nil {
+		return err
+	}
+	if err := checkKeyMaterial(e.Serve); err != nil {
 		return err
 	}
 	if e.Format == "toml" {

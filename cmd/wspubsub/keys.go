@@ -13,7 +13,7 @@ import (
 // keysCmd edits the key store: `wspubsub keys add|rm|ls`. Keys are printed
 // whole here, by design: it is the operator's own store.
 func keysCmd(args []string, stdout, stderr io.Writer) error {
-	cfg, err := config.ParseKeys(args, os.Getenv, stderr)
+	cfg, err := config.ParseKeys(args, os.Getenv, stdout) // --help
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/wspubsub/wspubsub/internal/auth"
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/gateway"
 )
@@ -53,7 +54,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "serve":
-		err = serve(args, stderr)
+		err = serve(args, stdout, stderr)
 	case "publish":
 		err = publish(args, stdin, stdout, stderr)
 	case "bench":
@@ -102,9 +103,12 @@ func exitStatus(cmd string, err error, stderr io.Writer) int {
 	}
 }
 
-func serve(args []string, stderr io.Writer) error {
-	cfg, err := config.ParseServe(args, os.Getenv, stderr)
+func serve(args []string, stdout, stderr io.Writer) error {
+	cfg, err := config.ParseServe(args, os.Getenv, stdout) // stdout: only --help writes there
 	if err != nil {
+		return err
+	}
+	if err := checkKeyMaterial(cfg); err != nil {
 		return err
 	}
 	log := newLogger(cfg, stderr)
@@ -155,4 +159,17 @@ func newLogger(cfg config.Serve, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// checkKeyMaterial reads --jwt-key as the gateway will (a file, a PEM
+// public key or a long enough secret): a bad one is a usage error, found by
+// `wspubsub config` as well as by serve, before anything starts.
+func checkKeyMaterial(cfg config.Serve) error {
+	if cfg.JWTKey == "" {
+		return nil
+	}
+	if _, _, err := auth.ParseKey(cfg.JWTKey); err != nil {
+		return &config.UsageError{Err: err}
+	}
+	return nil
 }

@@ -22,7 +22,7 @@ import (
 // /presence, in batches of the gateway's limit) and prints a table, or
 // the answer's JSON with --json.
 func presenceCmd(args []string, stdout, stderr io.Writer) error {
-	cfg, err := config.ParsePresence(args, os.Getenv, stderr)
+	cfg, err := config.ParsePresence(args, os.Getenv, stdout) // --help
 	if err != nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func presenceCmd(args []string, stdout, stderr io.Writer) error {
 
 // nodesCmd lists the live gateway nodes (GET /nodes).
 func nodesCmd(args []string, stdout, stderr io.Writer) error {
-	cfg, err := config.ParseNodes(args, os.Getenv, stderr)
+	cfg, err := config.ParseNodes(args, os.Getenv, stdout) // --help
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ import (
 // otherwise to a running gateway's POST /publish. It validates the message
 // first so a typo is reported here, not dropped by the gateway.
 func publish(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	cfg, err := config.ParsePublish(args, os.Getenv, stderr)
+	cfg, err := config.ParsePublish(args, os.Getenv, stdout) // --help
 	if err != nil {
 		return err
 	}

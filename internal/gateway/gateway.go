@@ -241,7 +241,7 @@ func newStore(cfg config.Serve, log *slog.Logger) (keystore.KeyStore, error) {
 		log.Info("key store: file", "path", cfg.KeysFile, "keys", f.Len())
 		return f, nil
 	default:
-		log.Warn("!!! DEMO MODE: no --mongo-uri or --keys-file; the only valid key is the public demo key — do not expose this gateway",
+		log.Warn("!!! DEMO MODE: no key store (--mongo-uri, --keys-file, --jwt-key, --jwks-url or --auth-url); the only valid key is the public demo key — do not expose this gateway",
 			"key", config.DemoKey)
 		return keystore.NewMemory(config.DemoKey), nil
 	}

@@ -130,7 +130,7 @@ type Series struct {
 	Totals      Counters         `json:"-"`
 }
 
-// Series returns the samples taken after since (the zero time: all of
+// Series returns the samples taken after since, to the millisecond (the zero time: all of
 // them), with their rates. The oldest sample kept has no sample before it,
 // so it only serves as the base of the next one's rates.
 func (s *Sampler) Series(since time.Time) Series {
@@ -152,8 +152,8 @@ func (s *Sampler) Series(since time.Time) Series {
 	}
 	for i := 1; i < s.n; i++ {
 		prev, cur := s.at(i-1), s.at(i)
-		if !cur.at.After(since) {
-			continue
+		if !since.IsZero() && cur.at.UnixMilli() <= since.UnixMilli() {
+			continue // compared as reported (t is in milliseconds): ?since=<a t> excludes that sample
 		}
 		dt := cur.at.Sub(prev.at).Seconds()
 		out.T = append(out.T, cur.at.UnixMilli())

@@ -119,3 +119,24 @@ func TestSamplerRunSamplesUntilCancelled(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// ?since= is a t the page was given, in milliseconds: the sample it names
+// is not sent again, though the sampler keeps nanoseconds.
+func TestSeriesSinceExcludesTheNamedSample(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 700_000)} // 0.7 ms past a millisecond
+	s := New(Config{Read: func() Counters { return Counters{} }, Size: 8, Now: clock.now})
+	for range 4 {
+		s.Sample()
+		clock.add(time.Second)
+	}
+	all := s.Series(time.Time{})
+	if len(all.T) != 3 {
+		t.Fatalf("%d points, want 3", len(all.T))
+	}
+	if got := s.Series(time.UnixMilli(all.T[len(all.T)-1])); len(got.T) != 0 {
+		t.Errorf("since the last t %d: %v, want nothing", all.T[len(all.T)-1], got.T)
+	}
+	if got := s.Series(time.UnixMilli(all.T[0])); !slices.Equal(got.T, all.T[1:]) {
+		t.Errorf("since the first t: %v, want %v", got.T, all.T[1:])
+	}
+}

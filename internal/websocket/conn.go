@@ -18,9 +18,9 @@ import (
 	"github.com/wspubsub/wspubsub/internal/session"
 )
 
-// closeWait bounds how long a server-initiated close waits for the client's
-// close reply before the socket is dropped.
-const closeWait = 2 * time.Second
+// defaultCloseWait bounds how long a server-initiated close waits for the
+// client's close reply before the socket is dropped (Config.CloseWait).
+const defaultCloseWait = 2 * time.Second
 
 // conn is one WebSocket connection; it implements session.Transport.
 // Its fields are ordered to keep it in a 160-byte allocation: an idle
@@ -58,6 +58,9 @@ type conn struct {
 
 	slow bool // the slow lane owns the socket (under wmu)
 	tls  bool // nc is a *tls.Conn: every write goes through the slow lane (write.go)
+	// peerClosed: the client's close frame has been read (by whichever
+	// goroutine owns the read side, which also runs the teardown).
+	peerClosed bool
 }
 
 // admit checks the key through the hub; a rejected connection is closed
@@ -83,7 +86,7 @@ func (c *conn) serve() {
 
 // end tears the connection down, once, on the goroutine whose read saw it
 // end: the hub lets the session go with reason, the client gets its close
-// frame (and is given closeWait to answer it), the socket is closed.
+// frame (and is given CloseWait to answer it), the socket is closed.
 func (c *conn) end(reason string) {
 	c.unpoll()
 	if c.writeErr.Load() {
@@ -107,14 +110,33 @@ func (c *conn) abort() {
 	c.srv.open.Add(-1)
 }
 
-// awaitClose waits until the close frame has been written (bounded), then
-// drains the client's reply so it sees a clean close, and closes the socket.
+// awaitClose waits until the close frame has been written (bounded), then,
+// unless the client's close frame has been read already, reads up to its
+// close reply (bounded by CloseWait), and closes the socket: RFC 6455 has
+// the server close the TCP connection first, and clients (browsers, Node)
+// wait for that before they report the close, so it must follow the close
+// reply at once rather than wait for the client to hang up.
 func (c *conn) awaitClose() {
-	if c.closeFrameOut() {
-		_ = c.setReadDeadline(time.Now().Add(closeWait))
-		_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, 1<<16))
+	if c.closeFrameOut() && !c.peerClosed {
+		_ = c.setReadDeadline(time.Now().Add(c.srv.cfg.CloseWait))
+		drainUntilClose(io.LimitReader(c.nc, 1<<16))
 	}
 	_ = c.closeSocket()
+}
+
+// drainUntilClose discards the client's frames up to and including its
+// close frame (read whole: bytes left unread would turn the socket's close
+// into a reset), or until r ends or fails.
+func drainUntilClose(r io.Reader) {
+	for {
+		h, err := ws.ReadHeader(r)
+		if err != nil {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, r, h.Length); err != nil || h.OpCode == ws.OpClose {
+			return
+		}
+	}
 }
 
 // closeFrameOut waits, at most the write timeout, for the close frame to go
@@ -213,6 +235,7 @@ func (c *conn) readFrame() string {
 			code = ws.StatusNormalClosure
 		}
 		c.sess.CloseByPeer(int(code))
+		c.peerClosed = true
 		return metrics.DiscClient
 	case ws.OpText, ws.OpBinary:
 		if hdr.Fin { // a whole message in one frame, the usual case: no copy

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"strings"
@@ -277,4 +278,71 @@ func TestConnPanicClosesWith1011(t *testing.T) {
 	}
 	h.hub.Dispatch([]byte(`{"recipients":["good"],"data":1}`))
 	ok.expectText(`{"data":1}`)
+}
+
+// RFC 6455: once both close frames have crossed, the server closes the TCP
+// connection, and clients (browsers, Node) wait for that before reporting
+// the close. With CloseWait an hour long, a socket that the server closes
+// at all here was closed because of the close reply, not by the bound.
+func TestConnClosesTheSocketRightAfterTheCloseHandshake(t *testing.T) {
+	store := keystore.NewMemory("good", "revoked")
+	h := newHarness(t, store, hub.Config{RecheckInterval: 10 * time.Millisecond}, Config{CloseWait: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.hub.Run(ctx)
+	// expectEOF answers the server's close frame (code), keeps its own end
+	// open, and waits for the server to close the connection.
+	expectEOF := func(p *peer, what string) {
+		t.Helper()
+		_ = p.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if n, err := io.Copy(io.Discard, p.c); err != nil {
+			t.Fatalf("%s: the server kept the socket open after the close handshake (%d more bytes): %v", what, n, err)
+		}
+	}
+	answer := func(p *peer, code int) {
+		t.Helper()
+		for {
+			hd, b, err := p.read(10 * time.Second)
+			if err != nil {
+				t.Fatalf("waiting for close %d: %v", code, err)
+			}
+			if hd.OpCode != ws.OpClose {
+				continue
+			}
+			if got, _ := ws.ParseCloseFrameData(b); int(got) != code {
+				t.Fatalf("closed with %d, want %d", got, code)
+			}
+			p.write(frame(ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusCode(code), "")))
+			return
+		}
+	}
+
+	// Refused at admission: 4401, then the reply, then EOF.
+	p := h.connect("unknown", "192.0.2.1")
+	answer(p, 4401)
+	expectEOF(p, "refused key")
+
+	// Closed by the client: its close, the server's reply, then EOF.
+	p = h.connect("good", "192.0.2.2")
+	h.waitLive(1)
+	p.write(frame(ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))
+	for {
+		hd, _, err := p.read(10 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the close reply: %v", err)
+		}
+		if hd.OpCode == ws.OpClose {
+			break
+		}
+	}
+	expectEOF(p, "client close")
+
+	// Closed by the server on a live (idle, polled) connection: 4403.
+	p = h.connect("revoked", "192.0.2.3")
+	h.waitLive(1)
+	store.Remove("revoked")
+	answer(p, 4403)
+	expectEOF(p, "revoked key")
+	h.waitGone()
+	h.noRecoveredPanics()
 }

@@ -17,7 +17,7 @@ package websocket
 //
 // A frame that arrives in pieces is read with blocking reads bounded by
 // the connection's deadline (the idle timeout since its last frame, or
-// closeWait once its close frame is out): a client that trickles a frame
+// CloseWait once its close frame is out): a client that trickles a frame
 // holds a goroutine no longer than its reader would have been held before.
 //
 // Deadlines of idle connections are the poller's: it sweeps them every
@@ -90,7 +90,7 @@ func (c *conn) closeSocket() error {
 }
 
 // setReadDeadline sets the read deadline of c's socket; for a watched one
-// (the writer's closeWait once the close frame is out) it becomes the
+// (the writer's CloseWait once the close frame is out) it becomes the
 // poller's deadline too.
 func (c *conn) setReadDeadline(t time.Time) error {
 	if !c.polled {
@@ -179,7 +179,7 @@ func (p *poller) add(c *conn) bool {
 		p.seq++
 		d := p.idle
 		if c.sess.IsClosed() {
-			d = closeWait // its close frame may be out already
+			d = c.srv.cfg.CloseWait // its close frame may be out already
 		}
 		c.pfd, c.pseq, c.busy = int32(fd), p.seq, false
 		p.slots[fd] = pollSlot{c: c, deadline: p.now() + d}

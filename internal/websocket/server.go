@@ -58,6 +58,10 @@ type Config struct {
 	// until it has passed, gathering frames into one write [0: never waits].
 	CoalesceGap time.Duration
 	Writers     int // writer goroutines [GOMAXPROCS/2, at least 1]
+	// CloseWait bounds how long a server-initiated close waits for the
+	// client's close reply (RFC 6455: the server then closes the TCP
+	// connection, which the client waits for) [2s].
+	CloseWait time.Duration
 }
 
 // Server accepts WebSocket connections.
@@ -90,6 +94,9 @@ func NewServer(ctx context.Context, cfg Config) *Server {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.CloseWait <= 0 {
+		cfg.CloseWait = defaultCloseWait
 	}
 	return &Server{
 		cfg:       cfg,

@@ -60,7 +60,7 @@ func (c *conn) flush(w *writer) (wrote bool) {
 		w.bufs = append(w.bufs[:0], *f)
 		c.write(w)
 		// The reader now waits only briefly for the client's close reply.
-		_ = c.setReadDeadline(time.Now().Add(closeWait))
+		_ = c.setReadDeadline(time.Now().Add(c.srv.cfg.CloseWait))
 		c.closeWritten()
 	}
 	return wrote
