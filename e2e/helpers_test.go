@@ -49,8 +49,9 @@ func newStack(t *testing.T, args []string, keys ...string) *stack {
 	return newStackOn(t, testenv.Redis(t), args, keys...)
 }
 
-// newStackOn is newStack on a Redis the test started (a durable one, say).
-func newStackOn(t *testing.T, rsrv *testenv.Service, args []string, keys ...string) *stack {
+// newServices is a stack without its gateway yet: MongoDB started, keys
+// inserted, clients of both.
+func newServices(t *testing.T, rsrv *testenv.Service, keys ...string) *stack {
 	t.Helper()
 	s := &stack{t: t, redis: rsrv, mongo: testenv.Mongo(t)}
 	s.rdb = redis.NewClient(&redis.Options{Addr: s.redis.Addr()})
@@ -64,6 +65,13 @@ func newStackOn(t *testing.T, rsrv *testenv.Service, args []string, keys ...stri
 	for _, k := range keys {
 		s.addKey(k)
 	}
+	return s
+}
+
+// newStackOn is newStack on a Redis the test started (a durable one, say).
+func newStackOn(t *testing.T, rsrv *testenv.Service, args []string, keys ...string) *stack {
+	t.Helper()
+	s := newServices(t, rsrv, keys...)
 	base := []string{"--listen", "127.0.0.1:0", "--redis-url", s.redis.URL(), "--mongo-uri", s.mongo.URL(),
 		"--shutdown-timeout", "5s", "--log-level", "debug"}
 	s.startGateway(append(base, args...))

@@ -17,10 +17,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/gobwas/ws"
-	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/gateway"
@@ -40,23 +37,12 @@ func newTLSStack(t *testing.T, args []string, keys ...string) *tlsStack {
 	t.Helper()
 	ca := testenv.NewCA(t)
 	certFile, keyFile := ca.Issue(t, t.TempDir(), 2)
-	s := &stack{t: t, redis: testenv.Redis(t), mongo: testenv.Mongo(t)}
+	// Redis, MongoDB and the keys as newStackOn makes them; only the start
+	// differs (its readiness check speaks https).
+	s := newServices(t, testenv.Redis(t), keys...)
 	ts := &tlsStack{stack: s, ca: ca, hc: &http.Client{Transport: &http.Transport{
 		TLSClientConfig: ca.ClientConfig(), ForceAttemptHTTP2: true}}}
 	t.Cleanup(ts.hc.CloseIdleConnections)
-	// Redis, MongoDB and the keys as newStackOn makes them; only the start
-	// differs (its readiness check speaks https).
-	s.rdb = redis.NewClient(&redis.Options{Addr: s.redis.Addr()})
-	t.Cleanup(func() { s.rdb.Close() })
-	mc, err := mongo.Connect(options.Client().ApplyURI(s.mongo.URL()).SetServerSelectionTimeout(5 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = mc.Disconnect(context.Background()) })
-	s.keys = mc.Database("myDB").Collection("myCollection")
-	for _, k := range keys {
-		s.addKey(k)
-	}
 	args = append([]string{"--listen", "127.0.0.1:0", "--redis-url", s.redis.URL(), "--mongo-uri", s.mongo.URL(),
 		"--shutdown-timeout", "5s", "--log-level", "debug", "--tls-cert", certFile, "--tls-key", keyFile}, args...)
 	cfg, err := config.ParseServe(args, func(string) string { return "" }, io.Discard)
