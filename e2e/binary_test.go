@@ -115,16 +115,7 @@ func TestBinaryEmbeddedDefaults(t *testing.T) {
 	start := time.Now()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	c.expectClose(1012) // the default --drain-period: reconnect elsewhere
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v\n%s", err, logs.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("no exit within 15s of SIGTERM")
-	}
+	waitGatewayExit(t, cmd, &logs)
 	t.Logf("exited %v after SIGTERM", time.Since(start))
 }
 

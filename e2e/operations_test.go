@@ -52,6 +52,13 @@ func startGatewayBinary(t *testing.T, args ...string) (string, *lockedBuffer, *e
 func stopGatewayBinary(t *testing.T, cmd *exec.Cmd, logs *lockedBuffer) {
 	t.Helper()
 	_ = cmd.Process.Signal(syscall.SIGTERM)
+	waitGatewayExit(t, cmd, logs)
+}
+
+// waitGatewayExit waits (30 s at most) for a signalled gateway binary to
+// exit cleanly.
+func waitGatewayExit(t *testing.T, cmd *exec.Cmd, logs *lockedBuffer) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {

@@ -288,16 +288,7 @@ func TestBinaryTLS(t *testing.T) {
 
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	wc.expectClose(1012) // the drain's close frame, written through crypto/tls
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v\n%s", err, logs.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("no exit within 20s of SIGTERM\n%s", logs.String())
-	}
+	waitGatewayExit(t, cmd, &logs)
 }
 
 // TestTLSEventSourceOutlivesWriteTimeoutOnHTTP2: HTTP/2 enforces a
