@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,7 +76,10 @@ func NewHook(cfg HookConfig) *Hook {
 		cfg.CacheSize = DefaultHookCacheSize
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+		cfg.Client = &http.Client{Timeout: cfg.Timeout,
+			// A redirect is an answer like any status but 200, 401 and
+			// 403 (1013), not a place to POST the client's credential to.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	return &Hook{cfg: cfg, cached: map[[sha256.Size]byte]hookEntry{}}
 }
@@ -123,13 +127,17 @@ func (h *Hook) remember(d [sha256.Size]byte, id keystore.Identity, now time.Time
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.cached) >= h.cfg.CacheSize {
+		// One sweep frees an eighth of the cache at least, so that a full
+		// cache of live entries costs one sweep per CacheSize/8 admissions,
+		// not a walk of the whole map under the lock for every one.
 		for k, e := range h.cached {
 			if !now.Before(e.until) {
 				delete(h.cached, k)
 			}
 		}
+		keep := h.cfg.CacheSize - max(1, h.cfg.CacheSize/8)
 		for k := range h.cached {
-			if len(h.cached) < h.cfg.CacheSize {
+			if len(h.cached) <= keep {
 				break
 			}
 			delete(h.cached, k)
@@ -150,8 +158,13 @@ func (h *Hook) ask(ctx context.Context, c keystore.Credential) (keystore.Identit
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := h.cfg.Client.Do(req)
 	if err != nil {
-		// The URL error names the hook's URL, never the body: safe to log.
-		return keystore.Identity{}, fmt.Errorf("%w: calling the auth hook: %w", keystore.ErrUnavailable, err)
+		// The URL error quotes the hook's URL with its query, which may
+		// hold a credential: named here without it.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return keystore.Identity{}, fmt.Errorf("%w: calling the auth hook %s: %w", keystore.ErrUnavailable, RedactURL(h.cfg.URL), err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxHookAnswer))
@@ -195,6 +208,11 @@ func parseExpires(raw json.RawMessage) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		if n > MaxExpirySeconds {
+			// Unix milliseconds (JavaScript's Date.now()) taken as
+			// seconds would never expire.
+			return time.Time{}, fmt.Errorf("%v is past the year 9999: want Unix seconds, not milliseconds", n)
+		}
 		sec := int64(n)
 		return time.Unix(sec, int64((n-float64(sec))*1e9)), nil
 	}
@@ -204,6 +222,10 @@ func parseExpires(raw json.RawMessage) (time.Time, error) {
 	}
 	return time.Parse(time.RFC3339, t)
 }
+
+// MaxExpirySeconds is the latest expiry accepted, 9999-12-31T23:59:59Z in
+// Unix seconds: a later one is a time in milliseconds read as seconds.
+const MaxExpirySeconds = 253402300799
 
 // Ping implements keystore.Authenticator. The hook is not probed (a probe
 // would need a credential); its failures show in the rejections metric

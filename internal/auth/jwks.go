@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/MicahParks/keyfunc/v3"
@@ -65,18 +67,21 @@ func NewJWKS(cfg JWKSConfig) (*JWKS, error) {
 		HTTPTimeout:       cfg.Timeout,
 		RefreshInterval:   cfg.Refresh,
 		RefreshUnknownKID: rate.NewLimiter(rate.Every(cfg.UnknownKIDEvery), 1),
-		// An unknown kid while a refresh is rate-limited is refused at
-		// once rather than held until the limiter allows one.
-		RateLimitWaitMax: time.Millisecond,
+		// Bounds the wait for the limiter and also (jwkset reuses the
+		// context) the refetch itself: it must leave the fetch its time.
+		// An unknown kid whose refetch the limiter would only allow past
+		// this bound (or the caller's deadline) is refused at once.
+		RateLimitWaitMax: cfg.Timeout,
 		RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
 			return func(_ context.Context, err error) {
-				cfg.Logger.Warn("cannot fetch the JWKS; keeping the keys fetched before", "url", u, "err", err)
+				// The URL may carry credentials (user info, a query token).
+				cfg.Logger.Warn("cannot fetch the JWKS; keeping the keys fetched before", "url", RedactURL(u), "err", redactErr(err, u))
 			}
 		},
 	})
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("--jwks-url: %w", err)
+		return nil, fmt.Errorf("--jwks-url: %s", redactErr(err, cfg.URL))
 	}
 	return &JWKS{kf: kf, parser: newParser(asymmetric, cfg.Audience, cfg.Issuer), cancel: cancel}, nil
 }
@@ -109,4 +114,42 @@ func (j *JWKS) Ping(ctx context.Context) error {
 func (j *JWKS) Close(context.Context) error {
 	j.cancel()
 	return nil
+}
+
+// RedactURL is raw without its user info and query, either of which may
+// hold a credential: fit for a log line.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery = nil, "", false
+	return u.String()
+}
+
+// redactErr is err's text with the credentials of raw (its user name,
+// password and query, which HTTP errors quote) masked.
+func redactErr(err error, raw string) string {
+	msg := err.Error()
+	u, perr := url.Parse(raw)
+	if perr != nil {
+		return strings.ReplaceAll(msg, raw, "(unparseable URL)")
+	}
+	var secrets []string
+	if u.User != nil {
+		secrets = append(secrets, u.User.String())
+		if n := u.User.Username(); len(n) >= 3 { // a shorter one would mask letters all over the text
+			secrets = append(secrets, n)
+		}
+		if p, ok := u.User.Password(); ok {
+			secrets = append(secrets, p)
+		}
+	}
+	secrets = append(secrets, u.RawQuery)
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "xxxxx")
+		}
+	}
+	return msg
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -83,6 +84,10 @@ func verify(p *jwt.Parser, token string, kf jwt.Keyfunc) (keystore.Identity, err
 	if claims.Subject == "" {
 		return keystore.Identity{}, fmt.Errorf("%w: token has no sub", keystore.ErrUnauthorized)
 	}
+	if claims.ExpiresAt.Unix() > MaxExpirySeconds {
+		// Milliseconds where seconds belong: a token that never expires.
+		return keystore.Identity{}, fmt.Errorf("%w: token exp is past the year 9999 (Unix milliseconds instead of seconds?)", keystore.ErrUnauthorized)
+	}
 	return keystore.Identity{Key: claims.Subject, Expires: claims.ExpiresAt.Time}, nil
 }
 
@@ -103,7 +108,24 @@ func ParseKey(v string) (key any, algs []string, err error) {
 	if block, _ := pem.Decode(raw); block != nil {
 		return publicKey(block)
 	}
-	secret := []byte(strings.TrimSpace(string(raw)))
+	text := strings.TrimSpace(string(raw))
+	// A public key's text must never become an HMAC secret: the key is
+	// public, so anyone could sign. PEM that pem.Decode does not take
+	// (literal \n from an env file, one line) and bare base64 DER (what
+	// identity providers display) are read as the key they are, or refused.
+	if strings.Contains(text, "-----BEGIN") {
+		if block := looseBlock(text); block != nil {
+			return publicKey(block)
+		}
+		return nil, nil, errors.New("--jwt-key: looks like a PEM block but does not parse (line breaks lost?); give it as file:<path> of the PEM file")
+	}
+	if der, err := base64.StdEncoding.DecodeString(text); err == nil {
+		if key, ok := derPublicKey(der); ok {
+			algs, err := algorithmsOf(key)
+			return key, algs, err
+		}
+	}
+	secret := []byte(text)
 	if len(secret) < MinHMACKeyBytes {
 		return nil, nil, fmt.Errorf("--jwt-key: an HS256 secret must be at least %d bytes (got %d); or give a PEM public key (file:<path>)", MinHMACKeyBytes, len(secret))
 	}
@@ -133,6 +155,47 @@ func publicKey(block *pem.Block) (any, []string, error) {
 	}
 	algs, err := algorithmsOf(key)
 	return key, algs, err
+}
+
+// looseBlock reads a PEM block whose line breaks were lost or written as
+// a literal \n: the type from its BEGIN line, the body base64 without
+// whitespace.
+func looseBlock(text string) *pem.Block {
+	text = strings.ReplaceAll(text, `\n`, "\n")
+	if block, _ := pem.Decode([]byte(text)); block != nil {
+		return block
+	}
+	rest, ok := strings.CutPrefix(text, "-----BEGIN ")
+	if !ok {
+		return nil
+	}
+	typ, rest, ok := strings.Cut(rest, "-----")
+	if !ok {
+		return nil
+	}
+	body, _, ok := strings.Cut(rest, "-----END ")
+	if !ok {
+		return nil
+	}
+	der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(body), ""))
+	if err != nil {
+		return nil
+	}
+	return &pem.Block{Type: typ, Bytes: der}
+}
+
+// derPublicKey parses der as a PKIX or PKCS#1 public key or a certificate.
+func derPublicKey(der []byte) (any, bool) {
+	if key, err := x509.ParsePKIXPublicKey(der); err == nil {
+		return key, true
+	}
+	if key, err := x509.ParsePKCS1PublicKey(der); err == nil {
+		return key, true
+	}
+	if cert, err := x509.ParseCertificate(der); err == nil {
+		return cert.PublicKey, true
+	}
+	return nil, false
 }
 
 // algorithmsOf pins the algorithms to the key's type.

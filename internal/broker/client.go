@@ -1,7 +1,10 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
+	neturl "net/url"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,10 +26,35 @@ func NewClient(url string, cluster bool, poolSize int) (redis.UniversalClient, e
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("parsing Redis URL: %w", err)
+		return nil, fmt.Errorf("parsing Redis URL: %w", urlProblem(url, err))
 	}
 	opt.DialTimeout = 2 * time.Second
 	opt.MaxRetries = 1
 	opt.PoolSize = poolSize
 	return redis.NewClient(opt), nil
+}
+
+// urlProblem is a Redis URL's parse error without the URL's credentials:
+// url.Parse's error quotes the whole URL, and the part it balks at is
+// often the password (a '/', '#' or '%' in it).
+func urlProblem(raw string, err error) error {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s is not a valid URL (a password holding '/', '#', '?', '@' or '%%' must be percent-encoded)", redactURL(raw))
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), raw, redactURL(raw)))
+}
+
+// redactURL masks what stands between "scheme://" and the last '@' (the
+// user and password), whether or not the URL parses.
+func redactURL(raw string) string {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return raw
+	}
+	at := strings.LastIndex(raw[i+3:], "@")
+	if at < 0 {
+		return raw
+	}
+	return raw[:i+3] + "xxxxx" + raw[i+3+at:]
 }

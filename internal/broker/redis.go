@@ -249,10 +249,10 @@ func clusterOptions(list string) (*redis.ClusterOptions, error) {
 		}
 		opt, err := redis.ParseURL(seed)
 		if err != nil {
-			return nil, fmt.Errorf("parsing Redis Cluster seed %q: %w", seed, err)
+			return nil, fmt.Errorf("parsing Redis Cluster seed: %w", urlProblem(seed, err))
 		}
 		if opt.DB != 0 {
-			return nil, fmt.Errorf("Redis Cluster seed %q: a cluster has only database 0", seed)
+			return nil, fmt.Errorf("Redis Cluster seed %q: a cluster has only database 0", redactURL(seed))
 		}
 		copt.Addrs = append(copt.Addrs, opt.Addr)
 		copt.Username, copt.Password, copt.TLSConfig = opt.Username, opt.Password, opt.TLSConfig

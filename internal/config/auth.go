@@ -54,7 +54,8 @@ func (c *Serve) validateAuth(bad func(format string, a ...any)) {
 			continue
 		}
 		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("%s must be an http:// or https:// URL: %q", flag, v)
+			shown, _ := Conceal(strings.TrimPrefix(flag, "--"), v) // not its credentials
+			bad("%s must be an http:// or https:// URL: %q", flag, shown)
 		}
 	}
 	if c.AuthTimeout < 0 || c.AuthCacheTTL < 0 {

@@ -116,8 +116,16 @@ func Conceal(name, value string) (shown string, hidden bool) {
 	parts := strings.Split(value, ",")
 	for i, p := range parts {
 		u, err := url.Parse(strings.TrimSpace(p))
-		if err != nil || u.Scheme == "" {
-			continue
+		if err != nil || u.Scheme == "" || u.User == nil {
+			// A password url.Parse cannot read ('/', '#' or a bare '%' in
+			// it) fails the parse or lands in the path or fragment.
+			if m, ok := maskUserinfo(p); ok {
+				parts[i], hidden = m, true
+				u, err = url.Parse(strings.TrimSpace(m)) // for its query, below
+			}
+			if err != nil || u.Scheme == "" {
+				continue
+			}
 		}
 		changed := false
 		if _, ok := u.User.Password(); ok {
@@ -136,6 +144,22 @@ func Conceal(name, value string) (shown string, hidden bool) {
 		}
 	}
 	return strings.Join(parts, ","), hidden
+}
+
+// maskUserinfo masks what stands between "scheme://" and the last '@' of a
+// URL that url.Parse does not read as user info, the host kept:
+// "redis://:pa/ss@h:6379" is "redis://xxxxx@h:6379".
+func maskUserinfo(p string) (string, bool) {
+	i := strings.Index(p, "://")
+	if i < 0 {
+		return p, false
+	}
+	rest := p[i+3:]
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return p, false
+	}
+	return p[:i+3] + "xxxxx" + rest[at:], true
 }
 
 // WriteText writes one line per setting: name, value, (source). The name

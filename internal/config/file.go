@@ -56,7 +56,8 @@ func (f *flagSet) loadFile(path string) error {
 			errs = append(errs, fmt.Errorf("%s: unknown setting %q%s", at, k.name, didYouMean(f, k.name)))
 			continue
 		}
-		parts, err := fileStrings(kindOf(fl.Value), values[k.name])
+		hide := secret(k.name) // its value must not be quoted in an error
+		parts, err := fileStrings(kindOf(fl.Value), values[k.name], hide)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %s: %v", at, k.name, err))
 			continue
@@ -66,6 +67,10 @@ func (f *flagSet) loadFile(path string) error {
 		}
 		for _, p := range parts {
 			if err := fl.Value.Set(p); err != nil {
+				if hide {
+					errs = append(errs, fmt.Errorf("%s: %s: not a valid value (not shown: a secret)", at, k.name))
+					break
+				}
 				errs = append(errs, fmt.Errorf("%s: %s = %q: %s", at, k.name, p, valueProblem(fl, err)))
 				break
 			}
@@ -121,8 +126,10 @@ func fileKeys(path string, data []byte) ([]fileKey, error) {
 // fileStrings turns a TOML value into the string(s) the flag's Set takes,
 // refusing the types that would be guesses: a duration is a string with a
 // unit ("5s"), a boolean is true or false (not "yes"), a list is an array of
-// strings or one comma-separated string.
-func fileStrings(kind valueKind, v any) ([]string, error) {
+// strings or one comma-separated string. With hide (a secret setting), an
+// error names the value's type but not the value.
+func fileStrings(kind valueKind, v any, hide bool) ([]string, error) {
+	want := func(what string, got any) error { return wantType(what, got, hide) }
 	switch kind {
 	case kindString:
 		if s, ok := v.(string); ok {
@@ -161,12 +168,12 @@ func fileStrings(kind valueKind, v any) ([]string, error) {
 		}
 		return nil, want(`a byte count: a whole number or a string such as "1MiB"`, v)
 	case kindList:
-		return listStrings(v)
+		return listStrings(v, want)
 	}
 	return nil, want("a value", v)
 }
 
-func listStrings(v any) ([]string, error) {
+func listStrings(v any, want func(string, any) error) ([]string, error) {
 	switch l := v.(type) {
 	case string:
 		return []string{l}, nil
@@ -187,8 +194,26 @@ func listStrings(v any) ([]string, error) {
 	return nil, want(`an array of strings such as ["a", "b"] or one comma-separated string`, v)
 }
 
-func want(what string, got any) error {
+func wantType(what string, got any, hide bool) error {
+	if hide {
+		return fmt.Errorf("want %s, got %s (value not shown: a secret)", what, tomlKind(got))
+	}
 	return fmt.Errorf("want %s, got %s", what, tomlType(got))
+}
+
+// tomlKind names a decoded TOML value's type alone.
+func tomlKind(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a number"
+	case bool:
+		return "a boolean"
+	}
+	return tomlType(v) // arrays, tables, dates: the type only already
 }
 
 // tomlType names a decoded TOML value's type as the file's author wrote it.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Keys holds the settings of `wspubsub keys add|rm|ls`, which edit the key
@@ -114,6 +115,11 @@ func CheckKey(key string) error {
 		// Most likely a flag placed after the keys, which Go's flag
 		// package takes as an argument.
 		return fmt.Errorf("%q looks like a flag: flags go before the keys", key)
+	}
+	if !utf8.ValidString(key) {
+		// Ranging over it would read each bad byte as U+FFFD, which is
+		// printable; JSON (events, logs) would then change the key.
+		return fmt.Errorf("a key must be UTF-8 text: %q", key)
 	}
 	for _, r := range key {
 		if unicode.IsSpace(r) || !unicode.IsPrint(r) {

@@ -187,6 +187,10 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 	if err := h.Admit(r.Context(), sess); err != nil {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		code, reason := hub.Verdict(err)
+		// Closed, as the WebSocket transport does: a refusal that came
+		// after the hub queued its token's expiry leaves an entry that
+		// only a closed session lets the hub drop.
+		sess.Close(code, reason)
 		_, _ = io.WriteString(w, s.retryLine(code))
 		_, _ = w.Write(closeEvent(code, reason))
 		_ = rc.Flush()

@@ -27,7 +27,7 @@ func newTokenStore(cfg config.Serve, log *slog.Logger) (keystore.KeyStore, error
 		if err != nil {
 			return nil, err
 		}
-		log.Info("key store: JWT verified with a JWKS (--jwks-url); the routing key is the token's sub", "url", cfg.JWKSURL, "audience", cfg.JWTAudience, "issuer", cfg.JWTIssuer)
+		log.Info("key store: JWT verified with a JWKS (--jwks-url); the routing key is the token's sub", "url", redactURL(cfg.JWKSURL), "audience", cfg.JWTAudience, "issuer", cfg.JWTIssuer)
 		return auth.AsKeyStore(j, "JWKS"), nil
 	default:
 		log.Info("key store: auth hook (--auth-url)", "url", redactURL(cfg.AuthURL), "timeout", authTimeout(cfg), "cache_ttl", cfg.AuthCacheTTL)

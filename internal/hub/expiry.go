@@ -24,6 +24,11 @@ type expiries struct {
 	// session ended or was refreshed): past half the heap, add sweeps
 	// them, so churn with long-lived tokens does not keep ended sessions.
 	stale int
+	// grow is the heap size that triggers a compaction whatever stale
+	// says (twice what the last one kept): entries of sessions refused
+	// after their expiry was queued are not all counted stale (a resume
+	// whose history cannot be read), and must not pile up until their exp.
+	grow int
 }
 
 type expEntry struct {
@@ -50,7 +55,7 @@ func (e *expiries) init() { e.wake = make(chan struct{}, 1) }
 // add schedules s's close at at.
 func (e *expiries) add(s *session.Session, at time.Time) {
 	e.mu.Lock()
-	if e.stale > 1024 && e.stale > len(e.q)/2 {
+	if e.stale > 1024 && e.stale > len(e.q)/2 || len(e.q) >= max(e.grow, minCompact) {
 		e.compact()
 	}
 	heap.Push(&e.q, expEntry{at, s})
@@ -76,7 +81,12 @@ func (e *expiries) compact() {
 	e.q = kept
 	heap.Init(&e.q)
 	e.stale = 0
+	e.grow = 2 * len(kept)
 }
+
+// minCompact is the smallest heap that a growth-triggered compaction
+// sweeps.
+const minCompact = 1024
 
 // outdated counts one entry made stale (a session ended or refreshed).
 func (e *expiries) outdated() {

@@ -40,7 +40,7 @@ func (h *Hub) refresh(s *session.Session, text []byte) bool {
 	case err == nil && id.Key != s.Key:
 		err = errors.New("the fresh token names another routing key")
 	case err != nil && !errors.Is(err, keystore.ErrUnauthorized):
-		h.sampled.Log(slog.LevelWarn, "token refresh skipped: key store unavailable", "key", keystore.Redact(s.Key), "conn", s.ID, "err", err)
+		h.sampled.Log(slog.LevelWarn, "token refresh skipped: key store unavailable", "key", keystore.Redact(s.Key), "conn", s.ID, "reason", keystore.Reason(err)) // as at admission: the short reason
 		return true
 	}
 	if err != nil {
@@ -49,7 +49,14 @@ func (h *Hub) refresh(s *session.Session, text []byte) bool {
 		s.Close(session.CloseRevoked, "token refused")
 		return true
 	}
+	old := s.Expires()
 	s.SetExpires(id.Expires)
+	if s.Expires().Equal(old) {
+		// The same deadline (the same token sent again): its entry is
+		// queued already; another would be one more per frame, all
+		// current, which compaction could never drop.
+		return true
+	}
 	h.expiry.outdated() // the old deadline's entry
 	if !id.Expires.IsZero() {
 		h.expiry.add(s, s.Expires())

@@ -1,12 +1,10 @@
 package keystore
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"time"
 )
@@ -51,18 +49,24 @@ func (f *File) reload(force bool) error {
 		return f.err
 	}
 	keys := make(map[string]struct{})
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
+	// A byte-order mark (a file saved by a Windows editor) is not part of
+	// the first key.
+	data = bytes.TrimPrefix(data, utf8BOM)
+	// Every line, however long: a line-length bound would end the read
+	// there and silently drop the keys after it.
+	for l := range bytes.Lines(data) {
+		line := bytes.TrimSpace(l)
+		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
-		keys[line] = struct{}{}
+		keys[string(line)] = struct{}{}
 	}
 	f.keys, f.mod, f.size, f.err = keys, st.ModTime(), st.Size(), nil
 	return nil
 }
+
+// utf8BOM is the UTF-8 byte-order mark some editors put first in a file.
+var utf8BOM = []byte("\ufeff")
 
 func (f *File) refresh() error {
 	if time.Since(f.checked) < f.interval {

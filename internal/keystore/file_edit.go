@@ -25,10 +25,15 @@ var _ Editor = (*FileEditor)(nil)
 func NewFileEditor(path string) *FileEditor { return &FileEditor{path: path} }
 
 // Add implements Editor.
-func (e *FileEditor) Add(_ context.Context, key string) (bool, error) {
+func (e *FileEditor) Add(ctx context.Context, key string) (bool, error) {
 	if err := checkFileKey(key); err != nil {
 		return false, err
 	}
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	lines, mode, err := e.read(true)
 	if err != nil {
 		return false, err
@@ -42,7 +47,12 @@ func (e *FileEditor) Add(_ context.Context, key string) (bool, error) {
 }
 
 // Remove implements Editor: every line holding key goes.
-func (e *FileEditor) Remove(_ context.Context, key string) (bool, error) {
+func (e *FileEditor) Remove(ctx context.Context, key string) (bool, error) {
+	unlock, err := e.lock(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	lines, mode, err := e.read(false)
 	if err != nil {
 		return false, err
@@ -78,6 +88,22 @@ func (e *FileEditor) List(context.Context) ([]string, error) {
 	return keys, nil
 }
 
+// lock serializes the read-modify-rename of Add and Remove across
+// processes (two `wspubsub keys add` at once would otherwise each rename
+// their version over the other's, and one key would be lost): an flock on
+// the file's directory.
+func (e *FileEditor) lock(ctx context.Context) (func(), error) {
+	dir := filepath.Dir(e.path)
+	if real, err := filepath.EvalSymlinks(e.path); err == nil {
+		dir = filepath.Dir(real) // where write renames
+	}
+	unlock, err := lockDir(ctx, dir)
+	if err != nil {
+		return nil, fmt.Errorf("locking key file %s: %w", e.path, err)
+	}
+	return unlock, nil
+}
+
 func isKeyLine(line, key string) bool { return strings.TrimSpace(line) == key }
 
 // checkFileKey refuses what the file format cannot hold: the File store
@@ -103,6 +129,7 @@ func (e *FileEditor) read(create bool) ([]string, fs.FileMode, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading key file: %w", err)
 	}
+	data = bytes.TrimPrefix(data, utf8BOM) // as the gateway reads it
 	text := strings.TrimSuffix(string(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))), "\n")
 	if text == "" {
 		return nil, st.Mode().Perm(), nil

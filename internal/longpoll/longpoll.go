@@ -223,6 +223,8 @@ func (s *Server) attach(r *http.Request, peer session.Peer) (p *poller, err erro
 	defer s.cfg.Hub.Recover(p.sess, func() { p.admitErr, err = errInternal, errInternal; s.forget(p) })
 	if p.admitErr = s.cfg.Hub.Admit(r.Context(), p.sess); p.admitErr != nil {
 		s.forget(p)
+		// Closed, as the WebSocket transport does (see eventsource.Serve).
+		p.sess.Close(hub.Verdict(p.admitErr))
 	}
 	return p, p.admitErr
 }

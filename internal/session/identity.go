@@ -1,6 +1,7 @@
 package session
 
 import (
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -76,8 +77,23 @@ func (s *Session) SetExpires(t time.Time) {
 		return
 	}
 	var n int64
-	if !t.IsZero() {
+	switch {
+	case t.IsZero():
+	case t.After(maxExpiry):
+		// Past 2262 Unix nanoseconds overflow: a token with exp
+		// 9999999999 ("never") must not wrap into the past.
+		n = math.MaxInt64
+	case t.Before(minExpiry):
+		n = math.MinInt64
+	default:
 		n = t.UnixNano()
 	}
 	s.id.expires.Store(n)
 }
+
+// The expiries an int64 of Unix nanoseconds holds; later ones are kept as
+// the latest (year 2262), earlier ones as the earliest.
+var (
+	maxExpiry = time.Unix(0, math.MaxInt64)
+	minExpiry = time.Unix(0, math.MinInt64)
+)
