@@ -285,3 +285,18 @@ func tryKey(t *testing.T, url string) (*client, int) {
 	}
 	return c, 0
 }
+
+// A --redis-url that does not parse (a password holding '/') is reported
+// without the password, by publish as by serve.
+func TestBinaryRedisURLErrorHidesThePassword(t *testing.T) {
+	const url = "redis://:se/cret@127.0.0.1:1"
+	for _, args := range [][]string{
+		{"publish", "--redis-url", url, "--to", "k", `{"a":1}`},
+		{"serve", "--listen", "127.0.0.1:0", "--redis-url", url},
+	} {
+		r := runCLI(t, nil, args...)
+		if r.code == 0 || strings.Contains(r.stdout+r.stderr, "se/cret") || !strings.Contains(r.stderr, "xxxxx@127.0.0.1:1 is not a valid URL") {
+			t.Errorf("%s with an unparseable --redis-url: %v", args[0], r)
+		}
+	}
+}

@@ -56,7 +56,7 @@ func publish(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 func publishRedis(ctx context.Context, cfg config.Publish, msg []byte, stdout io.Writer) error {
 	opt, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
-		return fmt.Errorf("parsing --redis-url: %w", err)
+		return fmt.Errorf("parsing --redis-url: %w", broker.URLProblem(cfg.RedisURL, err))
 	}
 	c := redis.NewClient(opt)
 	defer c.Close()

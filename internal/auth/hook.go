@@ -76,7 +76,15 @@ func NewHook(cfg HookConfig) *Hook {
 		cfg.CacheSize = DefaultHookCacheSize
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: cfg.Timeout,
+		// Its own transport: every admission is one call, so keep enough
+		// idle connections for a connect storm (the default keeps 2 per
+		// host), and no proxy from the environment — the request carries
+		// the client's credential, and the hook is the operator's own
+		// service.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.Proxy = nil
+		tr.MaxIdleConnsPerHost = 64
+		cfg.Client = &http.Client{Timeout: cfg.Timeout, Transport: tr,
 			// A redirect is an answer like any status but 200, 401 and
 			// 403 (1013), not a place to POST the client's credential to.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

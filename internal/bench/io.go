@@ -62,7 +62,7 @@ func newPublisher(ctx context.Context, cfg Config) (publisher, error) {
 func redisClient(ctx context.Context, redisURL string) (*redis.Client, error) {
 	opt, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return nil, fmt.Errorf("parsing --redis-url: %w", err)
+		return nil, fmt.Errorf("parsing --redis-url: %w", broker.URLProblem(redisURL, err))
 	}
 	c := redis.NewClient(opt)
 	if err := c.Ping(ctx).Err(); err != nil {

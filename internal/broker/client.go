@@ -26,7 +26,7 @@ func NewClient(url string, cluster bool, poolSize int) (redis.UniversalClient, e
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("parsing Redis URL: %w", urlProblem(url, err))
+		return nil, fmt.Errorf("parsing Redis URL: %w", URLProblem(url, err))
 	}
 	opt.DialTimeout = 2 * time.Second
 	opt.MaxRetries = 1
@@ -34,10 +34,10 @@ func NewClient(url string, cluster bool, poolSize int) (redis.UniversalClient, e
 	return redis.NewClient(opt), nil
 }
 
-// urlProblem is a Redis URL's parse error without the URL's credentials:
+// URLProblem is a Redis URL's parse error without the URL's credentials:
 // url.Parse's error quotes the whole URL, and the part it balks at is
 // often the password (a '/', '#' or '%' in it).
-func urlProblem(raw string, err error) error {
+func URLProblem(raw string, err error) error {
 	var ue *neturl.Error
 	if errors.As(err, &ue) {
 		return fmt.Errorf("%s is not a valid URL (a password holding '/', '#', '?', '@' or '%%' must be percent-encoded)", redactURL(raw))

@@ -249,7 +249,7 @@ func clusterOptions(list string) (*redis.ClusterOptions, error) {
 		}
 		opt, err := redis.ParseURL(seed)
 		if err != nil {
-			return nil, fmt.Errorf("parsing Redis Cluster seed: %w", urlProblem(seed, err))
+			return nil, fmt.Errorf("parsing Redis Cluster seed: %w", URLProblem(seed, err))
 		}
 		if opt.DB != 0 {
 			return nil, fmt.Errorf("Redis Cluster seed %q: a cluster has only database 0", redactURL(seed))

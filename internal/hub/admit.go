@@ -94,6 +94,9 @@ func (h *Hub) Admit(ctx context.Context, s *session.Session) error {
 	if s.Resumes() {
 		if err := h.resume(ctx, s); err != nil {
 			h.unwatch(s)
+			if !s.Expires().IsZero() {
+				h.expiry.outdated() // its entry, queued by adopt
+			}
 			return err
 		}
 	}
