@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -61,8 +63,40 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Effe
 		if s.Name == "listen" && s.Source == "default" && c.Listen != f.Lookup("listen").DefValue {
 			e.Settings[i].Source = "default (demo mode: no key store)"
 		}
+		if s.Source == "default" {
+			e.Settings[i].Source += computedDefault(s.Name, c)
+		}
 	}
 	return e, nil
+}
+
+// computedDefault says what the gateway makes of a default that is a rule
+// rather than a value (0: the open-file limit minus 256, ...), as it will
+// on this machine, so that `wspubsub config` shows what will run.
+func computedDefault(name string, c Serve) string {
+	switch {
+	case name == "max-connections" && c.MaxConnections == 0:
+		return fmt.Sprintf(": the open-file limit minus 256, %d here", OpenFileLimit()-256)
+	case name == "writers" && c.Writers == 0:
+		return fmt.Sprintf(": half the CPUs, at least one, %d here", max(1, runtime.GOMAXPROCS(0)/2))
+	case name == "auth-timeout" && c.AuthTimeout == 0:
+		return fmt.Sprintf(": --key-check-timeout, %v", c.KeyCheckTimeout)
+	case name == "allowed-hosts" && len(c.AllowedHosts) == 0 && c.Demo():
+		return " (demo mode: localhost, *.localhost, 127.0.0.0/8, ::1)"
+	case name == "allowed-hosts" && len(c.AllowedHosts) == 0:
+		return ": any host"
+	}
+	return ""
+}
+
+// OpenFileLimit is this process's open-file limit (RLIMIT_NOFILE), or
+// 1<<20 when it cannot be read or is unbounded.
+func OpenFileLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 1 << 20
+	}
+	return int(rl.Cur)
 }
 
 // settings lists every flag that is a setting, with its source.

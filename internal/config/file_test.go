@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"flag"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -305,4 +307,35 @@ func TestExportedFlagSet(t *testing.T) {
 	}
 	err := NewFlagSet("wspubsub bench", nil).Parse([]string{"--con"}, env(nil))
 	usageErr(t, err)
+}
+
+// A default that is a rule (0: computed) says what it comes to here.
+func TestConfigShowsComputedDefaults(t *testing.T) {
+	e, err := ParseConfig(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"max-connections": fmt.Sprintf("default: the open-file limit minus 256, %d here", OpenFileLimit()-256),
+		"auth-timeout":    "default: --key-check-timeout, 2s",
+		"allowed-hosts":   "default (demo mode: localhost, *.localhost, 127.0.0.0/8, ::1)",
+		"listen":          "default (demo mode: no key store)",
+	}
+	for _, s := range e.Settings {
+		if w, ok := want[s.Name]; ok && s.Source != w {
+			t.Errorf("%s: source %q, want %q", s.Name, s.Source, w)
+		}
+		if s.Name == "writers" && !strings.HasPrefix(s.Source, "default: half the CPUs") {
+			t.Errorf("writers: source %q", s.Source)
+		}
+	}
+	e, err = ParseConfig([]string{"--writers", "3", "--keys-file", "k"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range e.Settings {
+		if s.Name == "writers" && s.Source != "flag --writers" || s.Name == "allowed-hosts" && s.Source != "default: any host" {
+			t.Errorf("%s: source %q", s.Name, s.Source)
+		}
+	}
 }

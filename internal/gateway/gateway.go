@@ -19,7 +19,6 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -217,13 +216,7 @@ func recheck(d time.Duration) time.Duration {
 	return d
 }
 
-func fdLimit() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
-		return 1 << 20
-	}
-	return int(rl.Cur)
-}
+func fdLimit() int { return config.OpenFileLimit() }
 
 func newStore(cfg config.Serve, log *slog.Logger) (keystore.KeyStore, error) {
 	switch {
