@@ -83,6 +83,13 @@ func (s *stack) startGateway(args []string) { s.startGatewayWith(args, gateway.O
 // startGatewayWith starts the gateway with opts (a store of the test's own,
 // for example); its logger is the test's.
 func (s *stack) startGatewayWith(args []string, opts gateway.Options) {
+	s.t.Helper()
+	s.launch(args, opts)
+	s.waitReady()
+}
+
+// launch starts the gateway with opts and does not wait for it.
+func (s *stack) launch(args []string, opts gateway.Options) {
 	t := s.t
 	t.Helper()
 	s.args = args
@@ -100,7 +107,6 @@ func (s *stack) startGatewayWith(args []string, opts gateway.Options) {
 	s.gw, s.cancel, s.done = gw, cancel, make(chan error, 1)
 	go func() { s.done <- gw.Run(ctx) }()
 	t.Cleanup(s.stop)
-	s.waitReady()
 }
 
 // stop shuts the gateway down gracefully and returns how long it took.

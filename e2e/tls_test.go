@@ -19,7 +19,6 @@ import (
 	"github.com/gobwas/ws"
 	"go.mongodb.org/mongo-driver/v2/bson"
 
-	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/gateway"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
@@ -45,19 +44,7 @@ func newTLSStack(t *testing.T, args []string, keys ...string) *tlsStack {
 	t.Cleanup(ts.hc.CloseIdleConnections)
 	args = append([]string{"--listen", "127.0.0.1:0", "--redis-url", s.redis.URL(), "--mongo-uri", s.mongo.URL(),
 		"--shutdown-timeout", "5s", "--log-level", "debug", "--tls-cert", certFile, "--tls-key", keyFile}, args...)
-	cfg, err := config.ParseServe(args, func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	s.cfg, s.args = cfg, args
-	gw, err := gateway.New(cfg, gateway.Options{Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatalf("gateway: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.gw, s.cancel, s.done = gw, cancel, make(chan error, 1)
-	go func() { s.done <- gw.Run(ctx) }()
-	t.Cleanup(s.stop)
+	s.launch(args, gateway.Options{})
 	eventually(t, 20*time.Second, "gateway ready over https", func() bool {
 		resp, err := ts.hc.Get(ts.httpsURL("/readyz"))
 		if err != nil {

@@ -119,22 +119,7 @@ func TestJWKSRotation(t *testing.T) {
 	p.mu.Lock()
 	delete(p.keys, "k1")
 	p.mu.Unlock()
-	k2 := p.add("k2")
-	id, err := authenticate(j, sign(t, jwt.SigningMethodEdDSA, k2, "k2", claims("dave", time.Hour)))
-	if err != nil || id.Key != "dave" {
-		t.Fatalf("token of the rotated-in key: %+v %v", id, err)
-	}
-	if n := p.fetches.Load() - before; n != 1 {
-		t.Fatalf("fetches for the unknown kid: %d, want 1", n)
-	}
-	// Made-up kids do not make it fetch again (rate-limited): refused.
-	for range 5 {
-		_, err = authenticate(j, sign(t, jwt.SigningMethodEdDSA, k2, "k-unknown", claims("dave", time.Hour)))
-		wantRefused(t, err, "unknown kid")
-	}
-	if n := p.fetches.Load() - before; n != 1 {
-		t.Fatalf("fetches after made-up kids: %d, want still 1", n)
-	}
+	k2 := expectRotatedIn(t, j, p, before)
 	// The known key still verifies.
 	if _, err := authenticate(j, sign(t, jwt.SigningMethodEdDSA, k2, "k2", claims("dave", time.Hour))); err != nil {
 		t.Fatalf("known key after made-up kids: %v", err)
@@ -152,4 +137,27 @@ func TestJWKSUnreachable(t *testing.T) {
 	if !errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, keystore.ErrUnauthorized) {
 		t.Fatalf("with no keys fetched: %v, want unavailable (try again), not unauthorized", err)
 	}
+}
+
+// expectRotatedIn adds k2 at the provider: the first token naming it is
+// admitted after exactly one fetch since before, and made-up kids neither
+// make it fetch again (rate-limited) nor get in.
+func expectRotatedIn(t *testing.T, j *JWKS, p *idp, before int32) ed25519.PrivateKey {
+	t.Helper()
+	k2 := p.add("k2")
+	id, err := authenticate(j, sign(t, jwt.SigningMethodEdDSA, k2, "k2", claims("dave", time.Hour)))
+	if err != nil || id.Key != "dave" {
+		t.Fatalf("token of the rotated-in key: %+v %v", id, err)
+	}
+	if n := p.fetches.Load() - before; n != 1 {
+		t.Fatalf("fetches for the unknown kid: %d, want 1", n)
+	}
+	for range 5 {
+		_, err = authenticate(j, sign(t, jwt.SigningMethodEdDSA, k2, "k-made-up", claims("dave", time.Hour)))
+		wantRefused(t, err, "unknown kid")
+	}
+	if n := p.fetches.Load() - before; n != 1 {
+		t.Fatalf("fetches after made-up kids: %d, want still 1", n)
+	}
+	return k2
 }
