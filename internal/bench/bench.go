@@ -192,11 +192,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 	}
 
-	buckets := map[int]int64{}
-	var slots []map[int64]map[int]int64
+	buckets, arrival := map[int]int64{}, map[int]int64{}
+	var slots, aslots []map[int64]map[int]int64
 	for _, w := range workers {
 		st := w.stop()
 		slots = append(slots, st.Timeline)
+		if len(st.ArrivalTimeline) > 0 {
+			aslots = append(aslots, st.ArrivalTimeline)
+		}
 		res.Delivered += st.Received
 		res.Duplicates += st.Duplicates
 		res.OutOfOrder += st.OutOfOrder
@@ -210,10 +213,17 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		for k, v := range st.Latency {
 			buckets[k] += v
 		}
+		for k, v := range st.Arrival {
+			arrival[k] += v
+		}
 	}
 	res.Latency = summarize(buckets)
+	if len(arrival) > 0 {
+		a := summarize(arrival)
+		res.Arrival = &a
+	}
 	if cfg.Scenario != "idle" {
-		res.Timeline = mergeTimelines(slots, gcAt)
+		res.Timeline = mergeTimelines(slots, aslots, gcAt)
 	}
 	if res.Resume != nil {
 		res.Resume.Gaps = res.Gaps

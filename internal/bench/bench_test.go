@@ -248,7 +248,7 @@ func TestParseID(t *testing.T) {
 		w := NewWorker(WorkerConfig{Messages: 10, Resume: true})
 		conn := &wconn{}
 		conn.last.Store(-1)
-		w.onMessage(conn, []byte(c.frame), time.Now())
+		w.onMessage(conn, []byte(c.frame), time.Now(), time.Time{})
 		if (w.Received() == 1) != c.counted || (c.ok && string(conn.lastID) != c.id) || w.unexpected.Load() != 0 {
 			t.Errorf("%s: received %d, last id %q, unexpected %d", c.frame, w.Received(), conn.lastID, w.unexpected.Load())
 		}
@@ -284,7 +284,7 @@ func BenchmarkReaderPerFrame(b *testing.B) {
 	b.ReportAllocs()
 	i := int64(0)
 	for b.Loop() {
-		w.onMessage(c, p, now)
+		w.onMessage(c, p, now, time.Time{})
 		i++
 	}
 }

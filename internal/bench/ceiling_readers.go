@@ -122,7 +122,7 @@ func (w *Worker) openRaw(c *wconn) error {
 	c.nc, c.done = nc, done
 	c.mu.Unlock()
 	w.wg.Add(1)
-	go w.readWS(c, nc, nc, done)
+	go w.readWS(c, nc, nc, nil, done)
 	return nil
 }
 

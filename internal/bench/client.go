@@ -55,8 +55,10 @@ type WorkerStats struct {
 	ChurnConnects     int64         `json:"churnConnects"`
 	ChurnFailures     int64         `json:"churnFailures"`
 	Latency           map[int]int64 `json:"latency"`
+	Arrival           map[int]int64 `json:"arrival,omitempty"`
 	// Timeline: latency buckets per send-time slot (slot number → buckets).
-	Timeline map[int64]map[int]int64 `json:"timeline,omitempty"`
+	Timeline        map[int64]map[int]int64 `json:"timeline,omitempty"`
+	ArrivalTimeline map[int64]map[int]int64 `json:"arrivalTimeline,omitempty"`
 }
 
 // Worker holds connections and counts what they receive. Its reader does
@@ -64,11 +66,15 @@ type WorkerStats struct {
 // sequence number and the send time — so it can measure a gateway that
 // delivers a million frames a second.
 type Worker struct {
-	cfg   WorkerConfig
-	hist  histogram
-	tl    timeline
-	seen  *seen
-	conns []*wconn
+	cfg  WorkerConfig
+	hist histogram
+	tl   timeline
+	// arrival, atl: latency to the kernel's receive stamp on the client
+	// socket (WebSocket only), without the tool's own scheduling delay.
+	arrival histogram
+	atl     timeline
+	seen    *seen
+	conns   []*wconn
 
 	received, dups, ooo, unexpected, serverClosed atomic.Int64
 	retried                                       atomic.Int64
@@ -248,8 +254,12 @@ func (w *Worker) open(c *wconn) error {
 			return err
 		}
 		var r io.Reader = nc
+		s := newStampedReader(nc)
+		if s != nil {
+			r = s
+		}
 		if br != nil {
-			r = io.MultiReader(br, nc)
+			r = io.MultiReader(br, r)
 		}
 		c.mu.Lock()
 		c.nc = nc
@@ -260,7 +270,7 @@ func (w *Worker) open(c *wconn) error {
 		c.done = done
 		c.mu.Unlock()
 		w.wg.Add(1)
-		go w.readWS(c, nc, r, done)
+		go w.readWS(c, nc, r, s, done)
 		return nil
 	case "eventsource":
 		req, _ := http.NewRequestWithContext(w.ctx, "GET", toHTTP(url), nil)
@@ -386,6 +396,7 @@ func (w *Worker) Stop() WorkerStats {
 		Unexpected: w.unexpected.Load(), ServerClosed: w.serverClosed.Load(), Retried: w.retried.Load(),
 		Positions: w.positions.Load(), Gaps: w.gaps.Load(), ReconnectFailures: w.reconnectFailures,
 		ChurnConnects: w.churnConnects.Load(), ChurnFailures: w.churnFailures.Load(),
-		Latency: w.hist.snapshot(), Timeline: w.tl.snapshot(),
+		Latency: w.hist.snapshot(), Arrival: w.arrival.snapshot(), Timeline: w.tl.snapshot(),
+		ArrivalTimeline: w.atl.snapshot(),
 	}
 }

@@ -27,8 +27,9 @@ func (w *Worker) byServer(c *wconn, nc net.Conn, body io.Closer) bool {
 	return (nc != nil && c.nc == nc) || (body != nil && c.body == body)
 }
 
-// readWS parses server frames straight out of large reads.
-func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, done chan struct{}) {
+// readWS parses server frames straight out of large reads; with s (r
+// reads through it) each frame also gets the kernel's arrival stamp.
+func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, s *stampedReader, done chan struct{}) {
 	defer w.wg.Done()
 	defer close(done)
 	buf := make([]byte, 16<<10)
@@ -43,6 +44,10 @@ func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, done chan struct{}) 
 		}
 		n += m
 		now := time.Now()
+		var arrived time.Time
+		if s != nil {
+			arrived, s.at = s.at, time.Time{}
+		}
 		off := 0
 		for n-off >= 2 {
 			op := buf[off] & 0x0f
@@ -72,7 +77,7 @@ func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, done chan struct{}) 
 			payload := buf[off+hdr : off+hdr+plen]
 			switch op {
 			case 1, 2:
-				w.onMessage(c, payload, now)
+				w.onMessage(c, payload, now, arrived)
 			case 8:
 				if w.byServer(c, nc, nil) {
 					w.serverClosed.Add(1)
@@ -105,7 +110,7 @@ func (w *Worker) readSSE(c *wconn, body io.ReadCloser, done chan struct{}) {
 			return
 		}
 		if p, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
-			w.onMessage(c, p, time.Now())
+			w.onMessage(c, p, time.Now(), time.Time{})
 		} else if bytes.HasPrefix(line, []byte("event: close")) {
 			if w.byServer(c, nil, body) {
 				w.serverClosed.Add(1)
@@ -144,7 +149,7 @@ func (w *Worker) poll(ctx context.Context, c *wconn, base string, done chan stru
 			return
 		}
 		if len(body) > 0 {
-			w.onMessage(c, body, time.Now())
+			w.onMessage(c, body, time.Now(), time.Time{})
 		}
 	}
 }
@@ -152,8 +157,9 @@ func (w *Worker) poll(ctx context.Context, c *wconn, base string, done chan stru
 // onMessage records one delivery: {"data":{"s":<seq>,"t":<unix ns>}}, or
 // for a resuming client {"id":"<id>","data":{…}}; {"id":"<id>"} (the
 // position of a client resuming from now) and {"gap":true} are not
-// messages.
-func (w *Worker) onMessage(c *wconn, p []byte, now time.Time) {
+// messages. now is when the tool read it; arrived, when known, when the
+// kernel received it on the client's socket.
+func (w *Worker) onMessage(c *wconn, p []byte, now, arrived time.Time) {
 	if w.cfg.Resume {
 		if id, position, ok := parseID(p); ok {
 			c.lastID = append(c.lastID[:0], id...)
@@ -175,6 +181,11 @@ func (w *Worker) onMessage(c *wconn, p []byte, now time.Time) {
 	lat := now.Sub(time.Unix(0, sent))
 	w.hist.record(lat)
 	w.tl.record(sent, lat)
+	if !arrived.IsZero() {
+		a := arrived.Sub(time.Unix(0, sent))
+		w.arrival.record(a)
+		w.atl.record(sent, a)
+	}
 	last := c.last.Load()
 	var dup bool
 	if w.cfg.Broadcast {

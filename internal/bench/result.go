@@ -39,6 +39,10 @@ type Result struct {
 	Unexpected      int64   `json:"unexpected_frames,omitempty"` // frames that are none of these (e.g. heartbeats)
 	DeliveredPerSec float64 `json:"delivered_per_s"`
 	Latency         Latency `json:"latency"`
+	// Arrival is the latency to the kernel's receive stamp on the client
+	// socket (WebSocket): Latency without the time a frame waited there
+	// for the load tool's reader to be scheduled.
+	Arrival *Latency `json:"arrival_latency,omitempty"`
 	// Timeline is the latency over time, per 250 ms of send time, with
 	// the gateway's GC cycles in each slot.
 	Timeline         []TimelinePoint `json:"timeline,omitempty"`
@@ -149,6 +153,10 @@ func report(out io.Writer, r Result) {
 		}
 		fmt.Fprintf(out, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (%d samples)\n",
 			r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Samples)
+		if a := r.Arrival; a != nil {
+			fmt.Fprintf(out, "arrival ms (kernel receive stamp on the client socket): p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f\n",
+				a.P50, a.P90, a.P99, a.P999, a.Max)
+		}
 		reportTimeline(out, r.Timeline)
 	}
 	if r.SocketWrites > 0 {

@@ -66,24 +66,16 @@ type TimelinePoint struct {
 	P99       float64 `json:"p99_ms"`
 	Max       float64 `json:"max_ms"`
 	GatewayGC int     `json:"gateway_gc"` // GC cycles the gateway finished in the slot (-1: unknown)
+	// ArrivalP99 is the slot's p99 to the kernel's receive stamp on the
+	// client socket (0: not measured).
+	ArrivalP99 float64 `json:"arrival_p99_ms,omitempty"`
 }
 
-// mergeTimelines merges the workers' slots into a series, with the GC
-// cycles counted per slot by gcAt (slot number → cumulative count).
-func mergeTimelines(parts []map[int64]map[int]int64, gcAt map[int64]float64) []TimelinePoint {
-	all := map[int64]map[int]int64{}
-	for _, p := range parts {
-		for at, b := range p {
-			m := all[at]
-			if m == nil {
-				m = map[int]int64{}
-				all[at] = m
-			}
-			for i, n := range b {
-				m[i] += n
-			}
-		}
-	}
+// mergeTimelines merges the workers' slots into a series, with each
+// slot's arrival p99 from arrivals and the GC cycles counted per slot by
+// gcAt (slot number → cumulative count).
+func mergeTimelines(parts, arrivals []map[int64]map[int]int64, gcAt map[int64]float64) []TimelinePoint {
+	all, arrived := mergeSlots(parts), mergeSlots(arrivals)
 	ats := make([]int64, 0, len(all))
 	for at := range all {
 		ats = append(ats, at)
@@ -98,10 +90,32 @@ func mergeTimelines(parts []map[int64]map[int]int64, gcAt map[int64]float64) []T
 				gc = int(b - a)
 			}
 		}
-		out = append(out, TimelinePoint{T: float64(at-ats[0]) * timelineSlot.Seconds(), Samples: l.Samples,
-			P50: l.P50, P99: l.P99, Max: l.Max, GatewayGC: gc})
+		pt := TimelinePoint{T: float64(at-ats[0]) * timelineSlot.Seconds(), Samples: l.Samples,
+			P50: l.P50, P99: l.P99, Max: l.Max, GatewayGC: gc}
+		if b := arrived[at]; len(b) > 0 {
+			pt.ArrivalP99 = summarize(b).P99
+		}
+		out = append(out, pt)
 	}
 	return out
+}
+
+// mergeSlots adds up the workers' histograms slot by slot.
+func mergeSlots(parts []map[int64]map[int]int64) map[int64]map[int]int64 {
+	all := map[int64]map[int]int64{}
+	for _, p := range parts {
+		for at, b := range p {
+			m := all[at]
+			if m == nil {
+				m = map[int]int64{}
+				all[at] = m
+			}
+			for i, n := range b {
+				m[i] += n
+			}
+		}
+	}
+	return all
 }
 
 // sampleGC reads the gateway's finished GC cycles (summed over several
@@ -132,8 +146,14 @@ func reportTimeline(out io.Writer, tl []TimelinePoint) {
 	if len(tl) < 2 {
 		return
 	}
-	worst, over, overGC := tl[0], 0, 0
+	worst, over, overGC, arrivalOver, arrived := tl[0], 0, 0, 0, false
 	for _, p := range tl {
+		if p.ArrivalP99 > 0 {
+			arrived = true
+		}
+		if p.ArrivalP99 > 2 {
+			arrivalOver++
+		}
 		if p.P99 > worst.P99 {
 			worst = p
 		}
@@ -146,4 +166,7 @@ func reportTimeline(out io.Writer, tl []TimelinePoint) {
 	}
 	fmt.Fprintf(out, "latency over time (%v slots): %d of %d slots with p99 > 2 ms (%d of them with a gateway GC cycle); worst p99 %.2f ms at %.2f s (gc %d)\n",
 		timelineSlot, over, len(tl), overGC, worst.P99, worst.T, worst.GatewayGC)
+	if arrived {
+		fmt.Fprintf(out, "  at the client socket (kernel receive stamp): %d of %d slots with p99 > 2 ms\n", arrivalOver, len(tl))
+	}
 }

@@ -36,6 +36,7 @@ type result struct {
 		P99 float64 `json:"p99_ms"`
 		Max float64 `json:"max_ms"`
 		GC  int     `json:"gateway_gc"`
+		A99 float64 `json:"arrival_p99_ms"`
 	} `json:"timeline"`
 	DeliverS float64 `json:"deliver_s"`
 	Nodes    []struct {
@@ -164,8 +165,11 @@ func plotTimeline(r result, path string) {
 	p.X.Label.Text = "seconds into the run"
 	p.Y.Label.Text = "latency (ms)"
 	p.Legend.Top, p.Legend.Left = true, true
-	var p50, p99, mx, gc plotter.XYs
+	var p50, p99, mx, gc, a99 plotter.XYs
 	for _, t := range r.Timeline {
+		if t.A99 > 0 {
+			a99 = append(a99, plotter.XY{X: t.T, Y: t.A99})
+		}
 		p50 = append(p50, plotter.XY{X: t.T, Y: t.P50})
 		p99 = append(p99, plotter.XY{X: t.T, Y: t.P99})
 		mx = append(mx, plotter.XY{X: t.T, Y: t.Max})
@@ -176,6 +180,9 @@ func plotTimeline(r result, path string) {
 	line(p, "p50", p50, color.RGBA{46, 91, 255, 255})
 	line(p, "p99", p99, color.RGBA{181, 71, 8, 255})
 	line(p, "max", mx, color.RGBA{180, 35, 24, 255})
+	if len(a99) > 0 {
+		line(p, "p99 at the client socket (kernel receive stamp)", a99, color.RGBA{0, 140, 70, 255})
+	}
 	if len(gc) > 0 {
 		s, err := plotter.NewScatter(gc)
 		if err != nil {
