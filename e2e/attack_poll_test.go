@@ -357,3 +357,44 @@ func TestHTTPAttackKeyWithPlus(t *testing.T) {
 	}
 	haStillServes(t, s, "a+b", "", "keys with '+'")
 }
+
+// TestHTTPAttackKeyWithPercent: a bare key holding %XX escapes was always
+// decoded, so a key stored with its '%' (pct%41key) got 4401 where the
+// original, comparing the raw query, accepted it. The key as sent is
+// tried first, then decoded, so a key stored decoded ("x y", sent as
+// x%20y) still gets in — and the refusal of its first spelling is no
+// failed key check (one failure allowed here: two of them would spend it).
+func TestHTTPAttackKeyWithPercent(t *testing.T) {
+	s := newStack(t, []string{"--poll-timeout", "200ms", "--auth-fail-burst", "1"}, "pct%41key", "x y")
+	raw := mustDial(t, s.url("pct%41key"))
+	decoded := mustDial(t, s.url("x%20y&_=1416911718123"))
+	eventually(t, 5*time.Second, "WebSockets of pct%41key and of x y", func() bool {
+		return len(s.gw.Hub().Sessions("pct%41key")) == 1 && len(s.gw.Hub().Sessions("x y")) == 1
+	})
+	for _, q := range []string{"pct%41key&sid=raw", "x%20y&sid=decoded"} {
+		if code, body, h := poll(t, s.httpClientURL(q), nil); code != 200 || body != "" {
+			t.Fatalf("poll ?%s: %d %q %v", q, code, body, h)
+		}
+		// The POST finds its polling connection by the spelling admitted.
+		if code, body, _ := post(t, s.httpClientURL(q), "ping", nil); code != 200 || body != "heartbeat message" {
+			t.Fatalf("POST ?%s: %d %q", q, code, body)
+		}
+	}
+	if a, b := len(s.gw.Hub().Sessions("pct%41key")), len(s.gw.Hub().Sessions("x y")); a != 2 || b != 2 {
+		t.Fatalf("%d connections of pct%%41key and %d of x y, want 2 each", a, b)
+	}
+	s.publish(envelope(`{"pct":1}`, "pct%41key", "x y"))
+	raw.expect(`{"data":{"pct":1}}`)
+	decoded.expect(`{"data":{"pct":1}}`)
+	for _, reason := range []string{"unauthorized", "throttled"} {
+		if got := haRejections(s, reason); got != 0 {
+			t.Fatalf("rejections{%s} = %v: a spelling tried first counted as a failed key check", reason, got)
+		}
+	}
+	haStillServes(t, s, "pct%41key", "", "keys with '%'")
+	// Unknown in both spellings: refused, one failed check.
+	mustDial(t, s.url("no%41key")).expectClose(4401)
+	if got := haRejections(s, "unauthorized"); got != 1 {
+		t.Fatalf("rejections{unauthorized} = %v, want 1", got)
+	}
+}

@@ -37,6 +37,7 @@ type chaosClient struct {
 	lastN      int
 	positions  int
 	connects   int // connections attempted
+	absences   int // times it stayed away (chaosPlan.away)
 	refusals   map[string]int
 	unexpected []string // frames that should not have come, first few
 	badFrames  int
@@ -180,17 +181,26 @@ func (c *chaosClient) take(frame, sseID string) string {
 // run connects to random gateways until ctx ends; each connection lives a
 // random time (hold) and is then dropped, and the next one resumes from the
 // last id received. Refusals and failures are retried after a short pause.
-func (c *chaosClient) run(ctx context.Context, gws []*chaosGateway, hold func(*rand.Rand) time.Duration) {
+// away, if not nil, is called after each planned drop: the client stays
+// away until it returns (true: it did stay away, for the report).
+func (c *chaosClient) run(ctx context.Context, gws []*chaosGateway, hold func(*rand.Rand) time.Duration, away func(context.Context, *rand.Rand) bool) {
 	for ctx.Err() == nil {
 		g := gws[c.rng.Intn(len(gws))]
 		cctx, cancel := context.WithTimeout(ctx, hold(c.rng))
 		err := c.connect(cctx, g)
 		cancel()
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err != nil && ctx.Err() == nil:
 			c.refused(chaosCause(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Duration(20+c.rng.Intn(80)) * time.Millisecond):
+			}
+		case err == nil && away != nil:
+			if away(ctx, c.rng) {
+				c.mu.Lock()
+				c.absences++
+				c.mu.Unlock()
 			}
 		}
 	}

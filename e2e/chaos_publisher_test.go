@@ -30,15 +30,19 @@ type chaosPublisher struct {
 	// impatience is the share of attempts given a timeout of 0-3 ms.
 	impatience float64
 
-	acked   atomic.Int64 // messages acknowledged
-	retries atomic.Int64 // attempts beyond the first
-	dupAcks atomic.Int64 // acknowledged as "duplicate" (an earlier attempt had recorded it)
-	t0      time.Time    // the test's start, which the diagnostics count from
-	mu      sync.Mutex
-	ids     map[int]string // the id acknowledged for n
-	acks    map[int]chaosAck
-	failed  []string       // why attempts failed, first few
-	fails   map[string]int // attempts failed, by cause
+	acked    atomic.Int64   // messages acknowledged
+	keyAcked []atomic.Int64 // messages acknowledged per key, by publish (index in keys)
+	retries  atomic.Int64   // attempts beyond the first
+	dupAcks  atomic.Int64   // acknowledged as "duplicate" (an earlier attempt had recorded it)
+	t0       time.Time      // the test's start, which the diagnostics count from
+	// gate: every attempt holds it shared, so that pause can wait until no
+	// attempt is in flight.
+	gate   sync.RWMutex
+	mu     sync.Mutex
+	ids    map[int]string // the id acknowledged for n
+	acks   map[int]chaosAck
+	failed []string       // why attempts failed, first few
+	fails  map[string]int // attempts failed, by cause
 }
 
 // chaosAck is how message n came to be acknowledged, for the diagnostics
@@ -51,8 +55,8 @@ type chaosAck struct {
 }
 
 func newChaosPublisher(gws []*chaosGateway, keys []string) *chaosPublisher {
-	return &chaosPublisher{gws: gws, keys: keys, timeout: 2 * time.Second, giveUp: 60 * time.Second,
-		t0: time.Now(), ids: map[int]string{}, acks: map[int]chaosAck{}, fails: map[string]int{}}
+	return &chaosPublisher{gws: gws, keys: keys, keyAcked: make([]atomic.Int64, len(keys)),
+		timeout: 2 * time.Second, giveUp: 60 * time.Second, t0: time.Now(), ids: map[int]string{}, acks: map[int]chaosAck{}, fails: map[string]int{}}
 }
 
 func (p *chaosPublisher) fail(cause string, detail string) {
@@ -67,7 +71,22 @@ func (p *chaosPublisher) fail(cause string, detail string) {
 // publish sends message n to keys[n%len(keys)] until acknowledged; ctx
 // ends it early.
 func (p *chaosPublisher) publish(ctx context.Context, rng *rand.Rand, n int) error {
-	return p.publishTo(ctx, rng, p.keys[n%len(p.keys)], n)
+	if err := p.publishTo(ctx, rng, p.keys[n%len(p.keys)], n); err != nil {
+		return err
+	}
+	p.keyAcked[n%len(p.keys)].Add(1)
+	return nil
+}
+
+// pause waits until no attempt is in flight and holds new ones back until
+// the returned resume is called. An attempt whose answer is lost may still
+// have been recorded; a Redis without persistence that is killed then
+// forgets the idempotency record with it, and the retry would be recorded
+// (and delivered) a second time: pausing around such a kill keeps that
+// known limit out of a run that counts duplicates.
+func (p *chaosPublisher) pause() (resume func()) {
+	p.gate.Lock()
+	return p.gate.Unlock
 }
 
 // publishTo sends {"n":n} to key until acknowledged, every attempt with the
@@ -98,7 +117,9 @@ func (p *chaosPublisher) publishTo(ctx context.Context, rng *rand.Rand, key stri
 			timeout = time.Duration(rng.Intn(3000)) * time.Microsecond
 		}
 		sent := time.Since(p.t0)
+		p.gate.RLock()
 		status, ids, err := p.attempt(ctx, g, body, idem, timeout)
+		p.gate.RUnlock()
 		if len(tried) < 6 && (err != nil || (status != "accepted" && status != "duplicate")) {
 			what := status
 			if err != nil {

@@ -14,6 +14,18 @@ import (
 // acknowledged with, by which gateway and when, what c received around it
 // and its connections (and, polling, its polls) at that time. Under c.mu.
 func (c *chaosClient) lostReport(want []int, pub *chaosPublisher, max int) string {
+	var lost []int
+	for _, n := range want {
+		if !slices.Contains(c.log, n) {
+			lost = append(lost, n)
+		}
+	}
+	return c.lostReportOf(want, lost, pub, max)
+}
+
+// lostReportOf is lostReport for the messages lost, of want, only (those
+// lost silently, say). Under c.mu.
+func (c *chaosClient) lostReportOf(want, lost []int, pub *chaosPublisher, max int) string {
 	at := make(map[int]int, len(c.log)) // n → index in log of its first receipt
 	for i, n := range c.log {
 		if _, ok := at[n]; !ok && n != chaosGapMark {
@@ -36,12 +48,6 @@ func (c *chaosClient) lostReport(want []int, pub *chaosPublisher, max int) strin
 		return strconv.Quote(id)
 	}
 	var b strings.Builder
-	var lost []int
-	for _, n := range want {
-		if _, ok := at[n]; !ok {
-			lost = append(lost, n)
-		}
-	}
 	fmt.Fprintf(&b, "%s (%s, sid %s): lost n=%v", c.key, c.transport, c.sid, lost[:min(len(lost), 20)])
 	if len(lost) > 20 {
 		fmt.Fprintf(&b, " (and %d more)", len(lost)-20)
@@ -134,4 +140,59 @@ func (c *chaosClient) idIndex(i int) int {
 		}
 	}
 	return j
+}
+
+// disorderReport shows, for the diagnostics, where c's log first goes
+// wrong (a duplicate, or a message older than one received before it):
+// the frames around it, when and on which connection each came, and those
+// connections (with, polling, their polls). "" when nothing is wrong.
+// Under c.mu.
+func (c *chaosClient) disorderReport(want []int) string {
+	pos := make(map[int]int, len(want))
+	for i, n := range want {
+		pos[n] = i
+	}
+	seen := map[int]bool{}
+	bad, last := -1, -1
+	for i, n := range c.log {
+		if n == chaosGapMark {
+			continue
+		}
+		p, ok := pos[n]
+		if !ok || seen[n] || p < last {
+			bad = i
+			break
+		}
+		seen[n], last = true, p
+	}
+	if bad < 0 {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (%s, sid %s): first wrong frame, n=%d, at log index %d:", c.key, c.transport, c.sid, c.log[bad], bad)
+	conns := map[int]bool{}
+	for i := max(0, bad-12); i < min(len(c.log), bad+6); i++ {
+		what := fmt.Sprintf("n=%d id %s", c.log[i], c.ids[c.idIndex(i)])
+		if c.log[i] == chaosGapMark {
+			what = "gap"
+		}
+		mark := "  "
+		if i == bad {
+			mark = "=>"
+		}
+		fmt.Fprintf(&b, "\n  %s %s at +%v on #%d", mark, what, chaosRound(c.recvAt[i]), c.recvConn[i])
+		conns[c.recvConn[i]] = true
+	}
+	name := func(id string) string { return strconv.Quote(id) }
+	for k := range c.conns {
+		if !conns[k] {
+			continue
+		}
+		cn := c.conns[k]
+		fmt.Fprintf(&b, "\n  #%d %s", k, cn.format(name))
+		for _, p := range cn.polls {
+			fmt.Fprintf(&b, "\n      poll +%v since=%s → %s (%v)", chaosRound(p.at), name(p.since), p.answer, chaosRound(p.took))
+		}
+	}
+	return b.String()
 }

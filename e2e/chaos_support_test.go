@@ -46,18 +46,31 @@ func newChaosGateway(t *testing.T, name string, keys []string, args ...string) *
 	if err := os.WriteFile(keyFile, []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := &chaosGateway{t: t, name: name, logs: &lockedBuffer{},
-		addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
-	// Info: the subscription's losses and restorations and the resyncs,
-	// which the diagnostics of a lost message show.
-	g.args = append([]string{"--listen", g.addr, "--keys-file", keyFile, "--log-level", "info"}, args...)
+	g := &chaosGateway{t: t, name: name, logs: &lockedBuffer{}}
 	t.Cleanup(func() {
 		g.Kill()
 		if t.Failed() {
 			t.Logf("%s log (last 8 KiB):\n%s", g.name, chaosTail(g.logs.String(), 8<<10))
 		}
 	})
-	g.Start()
+	// The free port can be taken by another process before the gateway
+	// binds it (tests run beside others): then another one. Restarts keep
+	// the port, which the gateway held until then.
+	for attempt := 1; ; attempt++ {
+		g.addr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		// Info: the subscription's losses and restorations and the
+		// resyncs, which the diagnostics of a lost message show.
+		g.args = append([]string{"--listen", g.addr, "--keys-file", keyFile, "--log-level", "info"}, args...)
+		err := g.start()
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !strings.Contains(g.logs.String(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %s taken meanwhile; on another port", g.name, g.addr)
+		g.logs = &lockedBuffer{}
+	}
 	g.waitReady(20 * time.Second)
 	return g
 }
@@ -73,10 +86,17 @@ func chaosTail(s string, n int) string {
 // /healthz; only call it from the test's goroutine.
 func (g *chaosGateway) Start() {
 	g.t.Helper()
+	if err := g.start(); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// start is Start, returning what went wrong.
+func (g *chaosGateway) start() error {
 	g.mu.Lock()
 	if g.cmd != nil {
 		g.mu.Unlock()
-		return
+		return nil
 	}
 	cmd := exec.Command(binary(g.t), g.args...)
 	cmd.Env = os.Environ()
@@ -84,7 +104,7 @@ func (g *chaosGateway) Start() {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		g.mu.Unlock()
-		g.t.Fatalf("starting %s: %v", g.name, err)
+		return fmt.Errorf("starting %s: %w", g.name, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -94,14 +114,18 @@ func (g *chaosGateway) Start() {
 	for !g.get("/healthz") {
 		select {
 		case <-exited:
-			g.t.Fatalf("%s exited at start: %v\n%s", g.name, cmd.ProcessState, chaosTail(g.logs.String(), 4<<10))
+			g.mu.Lock()
+			g.cmd = nil
+			g.mu.Unlock()
+			return fmt.Errorf("%s exited at start: %v\n%s", g.name, cmd.ProcessState, chaosTail(g.logs.String(), 4<<10))
 		default:
 		}
 		if time.Now().After(deadline) {
-			g.t.Fatalf("%s not healthy within 20s", g.name)
+			return fmt.Errorf("%s not healthy within 20s", g.name)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }
 
 // Kill SIGKILLs the process and waits for it to be gone.
@@ -245,22 +269,42 @@ var chaosTransports = []string{chaosWS, chaosSSE, chaosPolling}
 const chaosGapMark = -1
 
 // chaosTally is what one client's log says about the messages of its key,
-// expected in order want[0], want[1], ….
+// expected in order want[0], want[1], …. lost counts every message never
+// received; skipped, those of them the client was told it may have
+// missed: a {"gap":true} frame came after the message received before
+// them and before the next one received (or the end). lost-skipped is
+// silent loss. longestGap is the longest run of consecutive lost messages.
 type chaosTally struct {
-	received, lost, duplicated, outOfOrder, gaps, longestGap int
+	received, lost, duplicated, outOfOrder, gaps, longestGap, skipped int
 }
 
 func tallyChaos(log []int, want []int) chaosTally {
+	t, _ := tallyChaosSilent(log, want)
+	return t
+}
+
+// tallyChaosSilent is tallyChaos, also returning the messages lost
+// silently (with no gap frame for them), in order.
+func tallyChaosSilent(log []int, want []int) (chaosTally, []int) {
 	var t chaosTally
 	pos := make(map[int]int, len(want))
 	for i, n := range want {
 		pos[n] = i
 	}
 	seen := make(map[int]int, len(want))
-	last := -1 // index in want of the newest message received so far
+	// covered[i]: want[i] was jumped over right after a gap frame.
+	covered := make([]bool, len(want))
+	last := -1             // index in want of the newest message received so far
+	gapFrame := false      // a gap frame came since the last message received
+	jump := func(to int) { // want[last+1 : to] were jumped over
+		for i := last + 1; i < to; i++ {
+			covered[i] = gapFrame
+		}
+	}
 	for _, n := range log {
 		if n == chaosGapMark {
 			t.gaps++
+			gapFrame = true
 			continue
 		}
 		t.received++
@@ -276,20 +320,29 @@ func tallyChaos(log []int, want []int) chaosTally {
 		}
 		if i < last {
 			t.outOfOrder++
+			continue
 		}
-		last = max(last, i)
+		jump(i)
+		last, gapFrame = i, false
 	}
+	jump(len(want))
+	var silent []int
 	run := 0
-	for _, n := range want {
-		if seen[n] == 0 {
-			t.lost++
-			run++
-			t.longestGap = max(t.longestGap, run)
-		} else {
+	for i, n := range want {
+		if seen[n] > 0 {
 			run = 0
+			continue
 		}
+		t.lost++
+		if covered[i] {
+			t.skipped++
+		} else {
+			silent = append(silent, n)
+		}
+		run++
+		t.longestGap = max(t.longestGap, run)
 	}
-	return t
+	return t, silent
 }
 
 // chaosStopper cancels the clients' context and waits (bounded) for their

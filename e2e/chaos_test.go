@@ -40,36 +40,69 @@ func TestChaosExactlyOnce(t *testing.T) {
 	redis := testenv.DurableRedis(t)
 	// 1,000 messages a second at most, so that the chaos spans the run.
 	runChaos(t, chaosPlan{nKeys: 50, nMsgs: nMsgs, rate: 1000, publishers: 10, gateways: 2,
-		args: []string{"--redis-url", redis.URL()},
-		chaos: func(r *chaosRun) {
-			t := r.t
-			r.waitAcked(nMsgs / 4)
-			victim := r.gws[r.rng.Intn(len(r.gws))]
-			victim.Kill()
-			r.timeline.add("%s SIGKILLed", victim.name)
-			t.Logf("%s SIGKILLed after %d messages acknowledged", victim.name, r.acked())
-			time.Sleep(time.Duration(200+r.rng.Intn(600)) * time.Millisecond)
-			victim.Start()
-			r.timeline.add("%s restarted (healthy)", victim.name)
-			t.Logf("%s restarted; %d acknowledged", victim.name, r.acked())
+		args:  []string{"--redis-url", redis.URL()},
+		chaos: func(r *chaosRun) { chaosKillGatewayThenRedis(r, redis, nMsgs, false) }})
+}
 
-			r.waitAcked(nMsgs * 6 / 10)
-			redis.Stop()
-			r.timeline.add("Redis SIGKILLed")
-			redisDown := time.Now()
-			t.Logf("Redis SIGKILLed after %d messages acknowledged", r.acked())
-			time.Sleep(time.Duration(500+r.rng.Intn(1000)) * time.Millisecond)
-			redisUp := time.Now()
-			redis.Start()
-			r.timeline.add("Redis restarted")
-			t.Logf("Redis restarted %v after the SIGKILL; %d acknowledged", time.Since(redisDown).Round(time.Millisecond), r.acked())
-			for _, g := range r.gws {
-				g.waitReady(30 * time.Second)
-			}
-			r.timeline.add("both gateways ready")
-			t.Logf("gateways ready again %v after Redis was; %d acknowledged",
-				time.Since(redisUp).Round(time.Millisecond), r.acked())
-		}})
+// TestChaosGapUnderChaos is the second run: the chaos of
+// TestChaosExactlyOnce with a history of 15 messages per key, too small
+// for its outages. One planned drop in four keeps the client away while
+// 20 to 40 more messages go to its key (counted, not timed), and Redis,
+// without persistence, loses every history when it is SIGKILLed. Messages
+// may then be missing, but only right after a {"gap":true} frame: a loss
+// without one (silent loss) fails, as does any duplicate or message out
+// of order, and so does a run without a single gap.
+func TestChaosGapUnderChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test skipped in -short mode")
+	}
+	const nMsgs = 10000
+	redis := testenv.Redis(t)
+	runChaos(t, chaosPlan{nKeys: 50, nMsgs: nMsgs, rate: 1000, publishers: 10, gateways: 2,
+		args:    []string{"--redis-url", redis.URL()},
+		history: 15, away: 20, gaps: true, patient: true,
+		chaos: func(r *chaosRun) { chaosKillGatewayThenRedis(r, redis, nMsgs, true) }})
+}
+
+// chaosKillGatewayThenRedis is the chaos of both runs: once nMsgs/4 are
+// acknowledged a random gateway is SIGKILLed and restarted, once 60 % are,
+// Redis. forgetful: Redis has no persistence; publishing is paused while
+// it is killed (see chaosPublisher.pause).
+func chaosKillGatewayThenRedis(r *chaosRun, redis *testenv.Service, nMsgs int64, forgetful bool) {
+	t := r.t
+	r.waitAcked(nMsgs / 4)
+	victim := r.gws[r.rng.Intn(len(r.gws))]
+	victim.Kill()
+	r.timeline.add("%s SIGKILLed", victim.name)
+	t.Logf("%s SIGKILLed after %d messages acknowledged", victim.name, r.acked())
+	time.Sleep(time.Duration(200+r.rng.Intn(600)) * time.Millisecond)
+	victim.Start()
+	r.timeline.add("%s restarted (healthy)", victim.name)
+	t.Logf("%s restarted; %d acknowledged", victim.name, r.acked())
+
+	r.waitAcked(nMsgs * 6 / 10)
+	if forgetful {
+		resume := r.pausePublishing()
+		r.timeline.add("publishing paused, no attempt in flight")
+		redis.Stop()
+		resume()
+	} else {
+		redis.Stop()
+	}
+	r.timeline.add("Redis SIGKILLed")
+	redisDown := time.Now()
+	t.Logf("Redis SIGKILLed after %d messages acknowledged", r.acked())
+	time.Sleep(time.Duration(500+r.rng.Intn(1000)) * time.Millisecond)
+	redisUp := time.Now()
+	redis.Start()
+	r.timeline.add("Redis restarted")
+	t.Logf("Redis restarted %v after the SIGKILL; %d acknowledged", time.Since(redisDown).Round(time.Millisecond), r.acked())
+	for _, g := range r.gws {
+		g.waitReady(30 * time.Second)
+	}
+	r.timeline.add("both gateways ready")
+	t.Logf("gateways ready again %v after Redis was; %d acknowledged",
+		time.Since(redisUp).Round(time.Millisecond), r.acked())
 }
 
 // chaosPlan is one chaos run: nKeys keys with a resuming client each (the
@@ -81,6 +114,19 @@ type chaosPlan struct {
 	nKeys, nMsgs, rate, publishers, gateways int
 	args                                     []string
 	chaos                                    func(*chaosRun)
+
+	// history is --history-size; 0: 10,000, more than any key gets.
+	history int
+	// away: after one planned drop in four, the client stays away until
+	// away to 2×away more messages for its key are acknowledged (0: never).
+	away int
+	// gaps: the history is too small for the outages. A message may be
+	// missing right after a gap frame (and only then); at least one gap
+	// frame must come. Otherwise any gap frame fails the run.
+	gaps bool
+	// patient: no publish attempt is given up early (the gateway could go
+	// on with it unseen by chaosPublisher.pause).
+	patient bool
 }
 
 // chaosRun is what a plan's chaos works with.
@@ -91,10 +137,15 @@ type chaosRun struct {
 	timeline  *chaosTimeline
 	acked     func() int64
 	waitAcked func(n int64) // returns once n messages are acknowledged (fails the test at the deadline)
+	// pausePublishing waits until no publish attempt is in flight and holds
+	// new ones back until resume is called.
+	pausePublishing func() (resume func())
 }
 
 // runChaos runs p and checks that every client got every message for its
-// key exactly once and in order, with the acknowledged ids.
+// key exactly once and in order, with the acknowledged ids (p.gaps: each
+// message at most once, in order, and none missing but right after a gap
+// frame).
 func runChaos(t *testing.T, p chaosPlan) {
 	nKeys, nMsgs, rate, publishers := p.nKeys, p.nMsgs, p.rate, p.publishers // each publisher owns the keys k with k%publishers == its index: per-key order holds
 	began := time.Now()
@@ -105,7 +156,11 @@ func runChaos(t *testing.T, p chaosPlan) {
 	for i := range keys {
 		keys[i] = fmt.Sprintf("chaos-key-%02d", i)
 	}
-	args := append([]string{"--history-size", "10000", "--history-ttl", "5m",
+	history := p.history
+	if history == 0 {
+		history = 10000
+	}
+	args := append([]string{"--history-size", strconv.Itoa(history), "--history-ttl", "5m",
 		"--max-sessions-per-addr", "0", "--max-sessions-per-key", "0", "--poll-timeout", "2s"}, p.args...)
 	var gws []*chaosGateway
 	for i := range p.gateways {
@@ -132,10 +187,35 @@ func runChaos(t *testing.T, p chaosPlan) {
 	end := time.Now().Add(90 * time.Second)
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
+	pub := newChaosPublisher(gws, keys)
+	pub.t0 = began
+	if !p.patient {
+		pub.impatience = 0.02
+	}
 	var wg sync.WaitGroup
-	for _, c := range clients {
+	for i, c := range clients {
+		var away func(context.Context, *rand.Rand) bool
+		if p.away > 0 {
+			// Counted in messages of its key, not in time: whatever the
+			// machine's speed, the client falls out of the history. Never
+			// beyond the key's last message.
+			away = func(ctx context.Context, r *rand.Rand) bool {
+				if r.Intn(4) != 0 {
+					return false
+				}
+				until := min(pub.keyAcked[i].Load()+int64(p.away+r.Intn(p.away+1)), int64(len(chaosWant(i, nMsgs, nKeys))))
+				for pub.keyAcked[i].Load() < until {
+					select {
+					case <-ctx.Done():
+						return true
+					case <-time.After(5 * time.Millisecond):
+					}
+				}
+				return true
+			}
+		}
 		wg.Add(1)
-		go func() { defer wg.Done(); c.run(ctx, gws, hold) }()
+		go func() { defer wg.Done(); c.run(ctx, gws, hold, away) }()
 	}
 	stopClients := chaosStopper(t, cancel, &wg)
 	defer stopClients()
@@ -143,9 +223,6 @@ func runChaos(t *testing.T, p chaosPlan) {
 	t.Logf("setup %v; %d clients have their position", time.Since(began).Round(time.Millisecond), nKeys)
 
 	// The publisher.
-	pub := newChaosPublisher(gws, keys)
-	pub.t0 = began
-	pub.impatience = 0.02
 	timeline.add("publishing starts")
 	pubDone, pubStart := chaosPublish(ctx, pub, seed, nMsgs, nKeys, rate, publishers)
 	pubErrs := 0
@@ -174,7 +251,8 @@ func runChaos(t *testing.T, p chaosPlan) {
 	}
 
 	// The chaos, at points chosen by the count acknowledged.
-	p.chaos(&chaosRun{t: t, rng: rng, gws: gws, timeline: timeline, acked: func() int64 { return pub.acked.Load() }, waitAcked: waitAcked})
+	p.chaos(&chaosRun{t: t, rng: rng, gws: gws, timeline: timeline, acked: func() int64 { return pub.acked.Load() },
+		waitAcked: waitAcked, pausePublishing: pub.pause})
 
 	for pubErrs < publishers {
 		if time.Now().After(end) {
@@ -225,25 +303,44 @@ func runChaos(t *testing.T, p chaosPlan) {
 	}
 	per := map[string]*byTransport{}
 	var total chaosTally
-	var idMismatch, badFrames, sseIDDiff, positions int
+	var idMismatch, badFrames, sseIDDiff, positions, gapClients, absences int
 	var lostReports []string
 	for i, c := range clients {
 		c.mu.Lock()
 		want := chaosWant(i, nMsgs, nKeys)
-		tl := tallyChaos(c.log, want)
-		if tl.lost+tl.duplicated+tl.outOfOrder+tl.gaps > 0 {
-			t.Errorf("%s (%s): lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d",
-				c.key, c.transport, tl.lost, tl.duplicated, tl.outOfOrder, tl.gaps, tl.longestGap)
-		}
-		if tl.lost > 0 && len(lostReports) < 10 {
-			lostReports = append(lostReports, c.lostReport(want, pub, 3))
+		tl, silent := tallyChaosSilent(c.log, want)
+		if p.gaps {
+			if len(silent)+tl.duplicated+tl.outOfOrder > 0 {
+				t.Errorf("%s (%s): lost silently %d, duplicated %d, out of order %d (gap frames %d, skipped after a gap %d)",
+					c.key, c.transport, len(silent), tl.duplicated, tl.outOfOrder, tl.gaps, tl.skipped)
+			}
+			if len(silent) > 0 && len(lostReports) < 10 {
+				lostReports = append(lostReports, c.lostReportOf(want, silent, pub, 3))
+			}
+			if r := c.disorderReport(want); r != "" {
+				t.Logf("DUPLICATE OR OUT OF ORDER (times since the test began)\n%s", r)
+			}
+		} else {
+			// Exactly once: not even a gap frame.
+			if tl.lost+tl.duplicated+tl.outOfOrder+tl.gaps > 0 {
+				t.Errorf("%s (%s): lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d",
+					c.key, c.transport, tl.lost, tl.duplicated, tl.outOfOrder, tl.gaps, tl.longestGap)
+			}
+			if tl.lost > 0 && len(lostReports) < 10 {
+				lostReports = append(lostReports, c.lostReport(want, pub, 3))
+			}
 		}
 		total.received += tl.received
 		total.lost += tl.lost
+		total.skipped += tl.skipped
 		total.duplicated += tl.duplicated
 		total.outOfOrder += tl.outOfOrder
 		total.gaps += tl.gaps
 		total.longestGap = max(total.longestGap, tl.longestGap)
+		if tl.gaps > 0 {
+			gapClients++
+		}
+		absences += c.absences
 		j := 0
 		for _, n := range c.log {
 			if n == chaosGapMark {
@@ -292,9 +389,15 @@ func runChaos(t *testing.T, p chaosPlan) {
 	t.Logf("publish: %d acknowledged, %d retries (%s), %d acknowledged as duplicate; e.g. %q",
 		pub.acked.Load(), pub.retries.Load(), strings.Join(fails, ", "), pub.dupAcks.Load(), pub.failed[:min(3, len(pub.failed))])
 	pub.mu.Unlock()
-	t.Logf("RESULT: %d messages expected, %d received: lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d; ids differing from the acknowledged ones %d, bad frames %d, EventSource id: lines differing %d; positions %d; total %v",
-		nMsgs, total.received, total.lost, total.duplicated, total.outOfOrder, total.gaps, total.longestGap,
-		idMismatch, badFrames, sseIDDiff, positions, time.Since(began).Round(time.Millisecond))
+	if p.gaps {
+		t.Logf("RESULT: %d messages expected, %d received: lost silently %d, duplicated %d, out of order %d; gap frames %d (to %d of %d clients), messages skipped after a gap %d, longest gap %d; clients stayed away %d times; ids differing from the acknowledged ones %d, bad frames %d, EventSource id: lines differing %d; positions %d; total %v",
+			nMsgs, total.received, total.lost-total.skipped, total.duplicated, total.outOfOrder, total.gaps, gapClients, nKeys,
+			total.skipped, total.longestGap, absences, idMismatch, badFrames, sseIDDiff, positions, time.Since(began).Round(time.Millisecond))
+	} else {
+		t.Logf("RESULT: %d messages expected, %d received: lost %d, duplicated %d, out of order %d, gap frames %d, longest gap %d; ids differing from the acknowledged ones %d, bad frames %d, EventSource id: lines differing %d; positions %d; total %v",
+			nMsgs, total.received, total.lost, total.duplicated, total.outOfOrder, total.gaps, total.longestGap,
+			idMismatch, badFrames, sseIDDiff, positions, time.Since(began).Round(time.Millisecond))
+	}
 	if len(lostReports) > 0 {
 		// Where each lost message went missing: when it was acknowledged,
 		// and what its client was doing then (times since the test began).
@@ -302,8 +405,24 @@ func runChaos(t *testing.T, p chaosPlan) {
 		for _, g := range gws {
 			ev = append(ev, g.events(began, 8)...)
 		}
-		t.Logf("LOST MESSAGES (times since the test began)\ntimeline: %s\ngateways:\n  %s\n%s",
-			timeline, strings.Join(ev, "\n  "), strings.Join(lostReports, "\n"))
+		what := "LOST MESSAGES"
+		if p.gaps {
+			what = "MESSAGES LOST SILENTLY (no gap frame before the next message received)"
+		}
+		t.Logf("%s (times since the test began)\ntimeline: %s\ngateways:\n  %s\n%s",
+			what, timeline, strings.Join(ev, "\n  "), strings.Join(lostReports, "\n"))
+	}
+	if p.gaps {
+		if total.lost-total.skipped+total.duplicated+total.outOfOrder+idMismatch+badFrames+sseIDDiff > 0 {
+			t.Errorf("silent loss, duplicates or disorder")
+		}
+		if total.gaps == 0 {
+			t.Errorf("no gap frame at all: no client fell out of the history, the run proved nothing")
+		}
+		if total.received+total.skipped != nMsgs {
+			t.Errorf("received %d messages and skipped %d after a gap, want %d in all", total.received, total.skipped, nMsgs)
+		}
+		return
 	}
 	if total.lost+total.duplicated+total.outOfOrder+total.gaps+total.longestGap+idMismatch+badFrames+sseIDDiff > 0 {
 		t.Errorf("not exactly once in order")

@@ -166,3 +166,41 @@ func TestWebSocketProtocolEdges(t *testing.T) {
 		t.Fatalf("disconnects{protocol} = %v", got)
 	}
 }
+
+// TestRepeatedRecipientDeliveredOnce: a recipient listed three times,
+// once in its JSON-escaped spelling ("\u004b" is "K"), gets the message
+// once on each of its connections: the next thing each reads is the
+// message published after it.
+func TestRepeatedRecipientDeliveredOnce(t *testing.T) {
+	s := newStack(t, nil, "Kay")
+	a, b := mustDial(t, s.url("Kay")), mustDial(t, s.url("Kay"))
+	waitLive(t, s, 2)
+	s.publish(`{"recipients":["Kay","\u004bay","Kay"],"data":{"n":1}}`)
+	s.publish(envelope(`{"n":2}`, "Kay"))
+	for _, c := range []*client{a, b} {
+		c.expect(`{"data":{"n":1}}`)
+		c.expect(`{"data":{"n":2}}`)
+	}
+}
+
+// TestInvalidUTF8MessageReachesNobody: a message published through Redis
+// with bytes that are not UTF-8 inside its JSON (which would make every
+// browser drop its WebSocket) is dropped and counted: it reaches no
+// connection and closes none, and the next valid message is delivered.
+func TestInvalidUTF8MessageReachesNobody(t *testing.T) {
+	s := newStack(t, nil, demoKey, "k2")
+	a, b := mustDial(t, s.url(demoKey)), mustDial(t, s.url("k2"))
+	waitLive(t, s, 2)
+	s.publish("{\"recipients\":[\"" + demoKey + "\"],\"data\":\"\xff\xfe\"}")
+	s.publish("{\"broadcast\":true,\"data\":{\"s\":\"caf\xc3\"}}")
+	s.publish(envelope(`{"ok":1}`, demoKey, "k2"))
+	a.expect(`{"data":{"ok":1}}`)
+	b.expect(`{"data":{"ok":1}}`)
+	if got := testutil.ToFloat64(s.gw.Metrics().Drops.WithLabelValues("invalid_utf8")); got != 2 {
+		t.Fatalf("drops{invalid_utf8} = %v, want 2", got)
+	}
+	// Both still connected: neither was closed (and none reconnected).
+	if s.gw.Hub().Live() != 2 {
+		t.Fatalf("live %d after invalid UTF-8, want 2", s.gw.Hub().Live())
+	}
+}

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/wspubsub/wspubsub/internal/metrics"
@@ -110,4 +112,133 @@ func TestResumeIDsComeFromTheHistory(t *testing.T) {
 	rsExpect(t, r, a.IDs[0], 1)
 	rsExpect(t, r, v[1].(string), 2)
 	rsExpect(t, r, id3, 3)
+}
+
+// A plain PUBLISH is delivered without id, whatever it carries: a
+// "wspubsub_ids" member on it (a forged id of the key's current epoch, far
+// in the future) is removed and counted, never trusted. Before, the forged
+// id became the client's position: every acknowledged message after it
+// looked older and was dropped for the connected resuming client, and
+// resuming from it returned nothing and no gap.
+func TestResumePlainPublishCannotForgeIDs(t *testing.T) {
+	keys := map[string]string{rsWS: "rs-plain-ws", rsSSE: "rs-plain-sse", rsPolling: "rs-plain-poll"}
+	s := newStack(t, nil, keys[rsWS], keys[rsSSE], keys[rsPolling])
+	stripped := func() float64 {
+		return testutil.ToFloat64(s.gw.Metrics().Stripped.WithLabelValues("untrusted_ids"))
+	}
+	for _, tr := range rsTransports {
+		t.Run(tr, func(t *testing.T) {
+			key := keys[tr]
+			c := rsOpen(t, s, tr, key, "&since=", nil)
+			rsPosition(t, c)
+			id0 := rsPublish(t, s, key, 0)
+			rsExpect(t, c, id0, 0)
+			epoch, _, _ := strings.Cut(id0, ".")
+			forged := epoch + ".99999999999999-0"
+			before := stripped()
+			s.publish(`{"wspubsub_ids":["` + forged + `"],"recipients":["` + key + `"],"data":"forged"}`)
+			f := rsExpectRaw(t, c, `{"data":"forged"}`)
+			if f.sseID != "" {
+				t.Fatalf("the plain message came with an id: line %q", f.sseID)
+			}
+			if got := stripped(); got != before+1 {
+				t.Fatalf("stripped{untrusted_ids} = %v, want %v", got, before+1)
+			}
+			// Nor can its own "id" member, first, pass for a history id: a
+			// resuming client gets it with a space after the brace. (Not
+			// over polling here: this test's poller takes any "id" member
+			// for its position, as wspubsub.js does not.)
+			if tr != rsPolling {
+				s.publish(`{"recipients":["` + key + `"],"id":"` + forged + `","data":"id member"}`)
+				rsExpectRaw(t, c, `{ "id":"`+forged+`","data":"id member"}`)
+			}
+			// Every acknowledged message after it: delivered, in order,
+			// once (a repeat would come before the plain marker).
+			ids := []string{id0}
+			for n := 1; n <= 10; n++ {
+				id := rsPublish(t, s, key, n)
+				rsExpect(t, c, id, n)
+				ids = append(ids, id)
+			}
+			s.publish(envelope(`"end"`, key))
+			rsExpectRaw(t, c, `{"data":"end"}`)
+
+			// Resuming from the forged id: a gap then everything held, or
+			// everything held; never nothing. The message published after
+			// the resume comes last either way, so no wait on silence.
+			r := rsOpen(t, s, rsWS, key, "&since="+forged, nil)
+			last := rsPublish(t, s, key, 11)
+			first := r.next()
+			if first.data == `{"gap":true}` {
+				first = r.next()
+			}
+			if want := fmt.Sprintf(`{"id":%q,"data":0}`, ids[0]); first.data != want {
+				t.Fatalf("resuming from the forged id: first message %q, want the oldest held %q", first.data, want)
+			}
+			for n, id := range ids[1:] {
+				rsExpect(t, r, id, n+1)
+			}
+			rsExpect(t, r, last, 11)
+		})
+	}
+}
+
+// With --routing keys a plain PUBLISH reaches the lease holder, which
+// forwards it to the key's channel: recorded (with the history's id) when
+// history is on, live otherwise; its own "wspubsub_ids" goes neither way,
+// and is counted there.
+func TestResumeRoutedPlainPublishCannotForgeIDs(t *testing.T) {
+	for _, history := range []string{"100", "0"} {
+		t.Run("history-size="+history, func(t *testing.T) {
+			const key = "rs-routed-forge"
+			s := newStack(t, []string{"--routing", "keys", "--history-size", history}, key)
+			eventually(t, 20*time.Second, "the forwarder subscribed", func() bool {
+				n, _ := s.rdb.PubSubNumSub(context.Background(), s.cfg.Channel).Result()
+				return n[s.cfg.Channel] == 1
+			})
+			stripped := func() float64 {
+				return testutil.ToFloat64(s.gw.Metrics().Stripped.WithLabelValues("untrusted_ids"))
+			}
+			if history == "0" {
+				c := rsOpen(t, s, rsWS, key, "", nil)
+				rsWaitSessions(t, s, key, 1)
+				s.publish(`{"wspubsub_ids":["zz.99999999999999-0"],"recipients":["` + key + `"],"data":"forged"}`)
+				rsExpectRaw(t, c, `{"data":"forged"}`)
+				if got := stripped(); got != 1 {
+					t.Fatalf("stripped{untrusted_ids} = %v, want 1", got)
+				}
+				return
+			}
+			c := rsOpen(t, s, rsWS, key, "&since=", nil)
+			rsPosition(t, c)
+			id0 := rsPublish(t, s, key, 0)
+			rsExpect(t, c, id0, 0)
+			epoch, _, _ := strings.Cut(id0, ".")
+			forged := epoch + ".99999999999999-0"
+			s.publish(`{"wspubsub_ids":["` + forged + `"],"recipients":["` + key + `"],"data":"forged"}`)
+			f := c.next()
+			var got struct {
+				ID   string
+				Data string
+			}
+			if err := json.Unmarshal([]byte(f.data), &got); err != nil || got.Data != "forged" || got.ID == "" || got.ID == forged ||
+				f.data != fmt.Sprintf(`{"id":%q,"data":"forged"}`, got.ID) {
+				t.Fatalf("the forwarded message arrived as %q: want it recorded with the history's id", f.data)
+			}
+			if n := stripped(); n != 1 {
+				t.Fatalf("stripped{untrusted_ids} = %v, want 1", n)
+			}
+			ids := []string{id0, got.ID}
+			for n := 1; n <= 5; n++ {
+				id := rsPublish(t, s, key, n)
+				rsExpect(t, c, id, n)
+				ids = append(ids, id)
+			}
+			r := rsOpen(t, s, rsWS, key, "&since="+id0, nil)
+			rsExpectRaw(t, r, fmt.Sprintf(`{"id":%q,"data":"forged"}`, got.ID))
+			for n, id := range ids[2:] {
+				rsExpect(t, r, id, n+1)
+			}
+		})
+	}
 }

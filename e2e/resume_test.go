@@ -32,8 +32,8 @@ func TestResumeEveryTransport(t *testing.T) {
 		t.Run(tr, func(t *testing.T) {
 			key := "rs-" + tr
 			c := rsOpen(t, s, tr, key, "&since=", nil)
-			if pos := rsPosition(t, c); pos != "0" {
-				t.Fatalf("position on an empty history %q, want 0", pos)
+			if pos := rsPosition(t, c); pos == "0" {
+				t.Fatalf("position on an empty history %q, want a real one (epoch and last id)", pos)
 			}
 			id1 := rsPublish(t, s, key, 1)
 			rsExpect(t, c, id1, 1)
@@ -259,24 +259,82 @@ func TestResumeHistoryOff(t *testing.T) {
 }
 
 // --history-ttl bounds how long a message is kept (and an idempotency key
-// remembered): once it has passed, resuming from before is a gap and the
-// same key publishes anew.
+// remembered); the key's meta record (epoch and last id, kept
+// --history-meta-ttl) outlives it. Issue 8's audit, on every transport:
+// a client that had received everything comes back after the TTL without
+// a gap (B); a client whose position was told on an empty history comes
+// back after a message it never got expired, and is told of the gap (A:
+// it used to be position "0", and a silent loss).
 func TestResumeHistoryTTL(t *testing.T) {
-	const key = "rs-ttl"
-	s := newStack(t, []string{"--history-ttl", "1s"}, key)
+	const key, empty = "rs-ttl", "rs-ttl-empty"
+	s := newStack(t, []string{"--history-ttl", "1s", "--poll-timeout", "1s"}, key, empty)
+	expired := func(names ...string) {
+		t.Helper()
+		eventually(t, 15*time.Second, "the history to expire", func() bool {
+			n, err := s.rdb.Exists(context.Background(), names...).Result()
+			return err == nil && n == 0
+		})
+	}
+
+	// B: everything received, back after the TTL on a quiet key.
+	c := rsOpen(t, s, rsWS, key, "&since=", nil)
+	rsPosition(t, c)
 	a := rsPost(t, s, envelope("1", key), "once")
 	if a.code != 202 || a.Status != "accepted" {
 		t.Fatalf("publish: %d %s", a.code, a.raw)
 	}
-	eventually(t, 15*time.Second, "the history to expire", func() bool {
-		n, err := s.rdb.Exists(context.Background(), "wspubsub:h:{"+key+"}", "wspubsub:i:{"+key+"}:once").Result()
-		return err == nil && n == 0
-	})
-	c := rsOpen(t, s, rsWS, key, "&since="+a.IDs[0], nil)
-	rsExpectRaw(t, c, `{"gap":true}`)
+	rsExpect(t, c, a.IDs[0], 1)
+	c.close()
+	rsWaitGone(t, s, key)
+	expired("wspubsub:h:{"+key+"}", "wspubsub:i:{"+key+"}:once")
+	var back []rsConn
+	for _, tr := range rsTransports {
+		back = append(back, rsOpen(t, s, tr, key, "&since="+url.QueryEscape(a.IDs[0]), nil))
+	}
+	rsPollEmpty(t, back[2], a.IDs[0]) // admitted, and told no gap
+	rsWaitSessions(t, s, key, len(back))
 	b := rsPost(t, s, envelope("2", key), "once")
 	if b.code != 202 || b.Status != "accepted" || len(b.IDs) != 1 || b.IDs[0] == a.IDs[0] {
 		t.Fatalf("the same idempotency key after the TTL: %d %s", b.code, b.raw)
 	}
-	rsExpect(t, c, b.IDs[0], 2)
+	for _, c := range back {
+		rsExpect(t, c, b.IDs[0], 2) // the first frame: no gap before it
+		c.close()
+	}
+	rsWaitMetric(t, s, metrics.ResumeGap, 0)
+
+	// A: a position on an empty history, then a message missed and expired.
+	p := rsOpen(t, s, rsWS, empty, "&since=", nil)
+	pos := rsPosition(t, p)
+	if pos == "0" {
+		t.Fatal(`position "0" on an empty history: a later loss could not be told`)
+	}
+	p.close()
+	rsWaitGone(t, s, empty)
+	id11 := rsPublish(t, s, empty, 11)
+	expired("wspubsub:h:{" + empty + "}")
+	var lost, got []rsConn
+	for _, tr := range rsTransports {
+		lost = append(lost, rsOpen(t, s, tr, empty, "&since="+url.QueryEscape(pos), nil))
+		got = append(got, rsOpen(t, s, tr, empty, "&since="+url.QueryEscape(id11), nil))
+	}
+	for _, c := range lost {
+		rsExpectRaw(t, c, `{"gap":true}`)
+	}
+	rsPollEmpty(t, got[2], id11)
+	rsWaitSessions(t, s, empty, len(lost)+len(got))
+	id12 := rsPublish(t, s, empty, 12)
+	for _, c := range append(lost, got...) {
+		rsExpect(t, c, id12, 12)
+	}
+	rsWaitMetric(t, s, metrics.ResumeGap, 3)
+}
+
+// rsPollEmpty polls once, naming since, and expects the empty answer of a
+// poll that timed out: the poller is admitted and was given nothing.
+func rsPollEmpty(t *testing.T, c rsConn, since string) {
+	t.Helper()
+	if code, body, _ := c.(*rsPollConn).poll(since); code != 200 || body != "" {
+		t.Fatalf("poll since=%s: %d %q, want an empty answer", since, code, body)
+	}
 }

@@ -1,7 +1,8 @@
 // Package broker connects the gateway to the pub/sub system backends publish
 // on. It owns the Broker interface and its Redis and in-process
-// implementations, which behave the same: inbound messages on one channel are
-// handed to a Handler; events are published on named channels. It also
+// implementations, which behave the same: inbound messages are handed to a
+// Handler, plain ones (anyone's PUBLISH) apart from recorded ones (the
+// history functions' channel); events are published on named channels. It also
 // sends the go-redis library's own log lines through slog (logs.go).
 //
 // A broker must not parse messages or know about connections: it moves
@@ -17,9 +18,18 @@ type Handler func(payload []byte)
 
 // Broker is the gateway's seam to Redis (or its in-process stand-in).
 type Broker interface {
-	// Run subscribes to the inbound channel and calls h for every message
-	// until ctx is done. It returns nil when ctx ends.
+	// Run is RunSplit with one handler for both kinds of message (for
+	// what only watches the traffic).
 	Run(ctx context.Context, h Handler) error
+	// RunSplit subscribes to the inbound channels and, until ctx is done,
+	// calls plain for every message on the inbound channel (anyone's
+	// PUBLISH: a "wspubsub_ids" member on it must not be trusted) and
+	// recorded for every message on the channels only the gateways and
+	// the history functions write (RecordedChannel; with per-key routing,
+	// the keys' and the broadcast channel), whose ids are the history's.
+	// Both are called from one goroutine, in order. It returns nil when
+	// ctx ends.
+	RunSplit(ctx context.Context, plain, recorded Handler) error
 	// Publish sends payload on channel.
 	Publish(ctx context.Context, channel string, payload []byte) error
 	// Ready reports whether the inbound subscription is live.

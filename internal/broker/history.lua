@@ -7,21 +7,45 @@
 --
 -- which records the message in the history of each recipient and publishes
 -- it on the gateways' channel, atomically. See README "Delivery guarantees".
+-- Many messages in one call (one round trip, one function call: less Redis
+-- CPU per message), each recorded and published as by wspubsub_publish,
+-- in order; the answer holds one wspubsub_publish answer (or error) per
+-- message ('' for no idempotency key):
+--
+--   FCALL wspubsub_publish_batch 0 '<envelope>' '<idempotency-key>' ['<envelope>' '<idempotency-key>' ...]
+--
 -- In a Redis Cluster a call touches one slot: pass the history keys of the
 -- recipients of that slot (wspubsub:h:{<key>}); they are then the
--- recipients, whatever the message lists:
+-- recipients, whatever the message lists (no batch form there):
 --
 --   FCALL wspubsub_publish 1 'wspubsub:h:{k1}' '<envelope>' [idempotency-key]
 
-local SIZE = {{SIZE}}       -- messages kept per key
-local TTL = {{TTL}}         -- ms a message is kept
+-- Command arguments are strings: a Lua number would be formatted anew on
+-- each call.
+local SIZE = '{{SIZE}}'         -- messages kept per key
+local TTL = {{TTL}}             -- ms a message is kept
+local TTL_ARG = '{{TTL}}'
+local META_TTL = '{{META_TTL}}' -- ms a key's meta record outlives its last publish or resume
 local CHANNEL = {{CHANNEL}} -- the gateways' inbound channel
 -- With per-key routing (--routing keys) each recipient's message goes on
 -- its own sharded channel, and a broadcast on the broadcast channel.
 local ROUTED = {{ROUTED}}
 local BROADCAST = {{BROADCAST}}
+-- Trimming by age and pushing a stream's expiry back are done at most once
+-- per SLACK ms per key, not per message: an entry older than TTL is hidden
+-- from since() at once, and gone from memory within SLACK.
+local SLACK = {{SLACK}}
+local EXPIRE = '{{EXPIRE}}' -- a stream's expiry, pushed back every SLACK: TTL + SLACK
 
 local function stream(key) return 'wspubsub:h:{' .. key .. '}' end
+-- A key's meta record, '<epoch>.<last id> <due>': the epoch of its history
+-- and the last id given (or '<epoch>.0-0': a position told before any
+-- message), kept META_TTL, far longer than the stream. It lets an id be
+-- judged after the stream expired: the last id itself loses nothing, an
+-- older one or another epoch's is a gap. due: from then on, the next
+-- append trims by age and pushes the stream's expiry back. Same hash tag
+-- as the stream: same Cluster slot.
+local function meta(key) return 'wspubsub:m:{' .. key .. '}' end
 
 -- A hand-written walk over the top-level members, so that everything but
 -- the routing members reaches clients byte for byte (cjson would re-encode
@@ -91,22 +115,84 @@ local function b36(n)
   return out
 end
 
--- The epoch names one life of a key's stream: a stream recreated (expired,
--- or lost by Redis) gets a new one, so ids from before cannot be resumed
--- from as if nothing had happened.
--- Each entry also names the one before it ('0-0' for the first): once
--- older entries are trimmed, the oldest held one says whether a client's
--- id is its predecessor (nothing lost) or older (a gap).
+local function fmt(ms) return string.format('%d', ms) end
+
+-- later reports whether a is after b, both decimal numbers without
+-- leading zeros (compared as strings: formatting and parsing numbers is
+-- what costs most in Lua here).
+local function later(a, b) return #a > #b or (#a == #b and a > b) end
+
+-- The epoch names one life of a key's history: a history recreated after
+-- its meta record expired, or after Redis lost it, gets a new one, so ids
+-- from before cannot be resumed from as if nothing had happened.
+local function new_epoch(t) return b36(tonumber(t[1])) .. b36(tonumber(t[2])) end
+
+-- parse_meta answers a meta record's epoch, last id ('<ms>-<seq>') and
+-- due time; nothing for none.
+local function parse_meta(m)
+  if not m then return nil end
+  local dot = string.find(m, '.', 1, true)
+  local sp = dot and string.find(m, ' ', dot, true)
+  if not sp then return nil end
+  return string.sub(m, 1, dot - 1), string.sub(m, dot + 1, sp - 1), string.sub(m, sp + 1)
+end
+
+-- Each entry also names the one before it ('0-0' for the first of an
+-- epoch): once older entries are trimmed or expired, the oldest held one
+-- says whether a client's id is its predecessor (nothing lost) or older
+-- (a gap). last_of reads them from the stream: a key without meta record
+-- (recorded by an older version of this library).
 local function last_of(sk, t)
   local last = redis.call('XREVRANGE', sk, '+', '-', 'COUNT', 1)
   if #last > 0 then return last[1][2][2], last[1][1] end
-  return b36(tonumber(t[1])) .. b36(tonumber(t[2])), '0-0'
+  return new_epoch(t), '0-0'
 end
 
 local function fail(why) return redis.error_reply('ERR wspubsub: ' .. why) end
 
-local function publish(keys, args)
-  local msg, idem = args[1], args[2]
+-- append records one message in key k's history and answers its id. The
+-- id follows the meta record's last one, as XADD '*' would follow the
+-- stream's, but also across a stream that expired in between. m is the
+-- meta record when the caller read it already (false: there is none). c
+-- is the call's clock.
+local function append(k, kind, p, c, m)
+  local sk, mk = stream(k), meta(k)
+  if m == nil then m = redis.call('GET', mk) end
+  local e, prev, due = parse_meta(m)
+  local id
+  if e then
+    local d = string.find(prev, '-', 1, true)
+    if later(c.ms, string.sub(prev, 1, d - 1)) then
+      id = c.id
+    else -- the same millisecond (or a clock gone back): the next sequence
+      id = string.sub(prev, 1, d) .. fmt(tonumber(string.sub(prev, d + 1)) + 1)
+    end
+    local r = redis.pcall('XADD', sk, 'NOMKSTREAM', 'MAXLEN', SIZE, id, 'e', e, 'v', prev, kind, p)
+    if r == false then -- no stream: a new one, continuing the chain
+      redis.call('XADD', sk, 'MAXLEN', SIZE, id, 'e', e, 'v', prev, kind, p)
+      due = '0'
+    elseif type(r) == 'table' then -- the stream is ahead of its record (an older library wrote it)
+      e = nil
+    end
+  end
+  if not e then
+    e, prev = last_of(sk, c.t)
+    id = redis.call('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, kind, p)
+    due = '0'
+  end
+  if not later(due, c.ms) then
+    if not c.due then c.due, c.minid = fmt(c.now + SLACK), fmt(c.now - TTL) end
+    redis.call('XTRIM', sk, 'MINID', c.minid)
+    redis.call('PEXPIRE', sk, EXPIRE)
+    due = c.due
+  end
+  id = e .. '.' .. id
+  redis.call('SET', mk, id .. ' ' .. due, 'PX', META_TTL)
+  return id
+end
+
+-- publish_one is wspubsub_publish for one message; c is the call's clock.
+local function publish_one(keys, msg, idem, c)
   if msg == nil then return fail('usage: FCALL wspubsub_publish 0 <envelope> [idempotency-key]') end
   local ok, env = pcall(cjson.decode, msg)
   if not ok or type(env) ~= 'table' or string.byte(msg, skip_ws(msg, 1)) ~= 123 then
@@ -131,37 +217,35 @@ local function publish(keys, args)
       r[i] = k
     end
   end
-  local ikey
+  local ikey, m1
   if idem ~= nil and idem ~= '' then
+    -- The first recipient's meta record comes with it (same slot): one
+    -- call instead of two.
     ikey = 'wspubsub:i:{' .. r[1] .. '}:' .. idem
-    local prev = redis.call('GET', ikey)
-    if prev then
-      local out = cjson.decode(prev)
+    local got = redis.call('MGET', ikey, meta(r[1]))
+    if got[1] then
+      local out = cjson.decode(got[1])
       table.insert(out, 1, 1)
       return out
     end
+    m1 = got[2]
   end
   -- One recipient: the message is kept as it came (the gateway drops the
   -- routing members on replay), sparing the walk over it; several: the
   -- payload, so that a long list is not copied into every history.
   local kind, p = 'm', msg
   if #r > 1 or ROUTED or #keys > 0 then kind, p = 'p', payload(msg) end
-  local t = redis.call('TIME')
-  local minid = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - TTL
   local ids, seen = {}, {}
   for i, k in ipairs(r) do
     if seen[k] == nil then
-      local sk = stream(k)
-      local e, prev = last_of(sk, t)
-      local id = redis.call('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, kind, p)
-      redis.call('XTRIM', sk, 'MINID', string.format('%d', minid))
-      redis.call('PEXPIRE', sk, TTL)
-      seen[k] = e .. '.' .. id
+      seen[k] = append(k, kind, p, c, i == 1 and m1 or nil)
     end
     ids[i] = seen[k]
   end
   local list
   if #ids == 1 then list = '["' .. ids[1] .. '"]' else list = cjson.encode(ids) end
+
+  -- The publish step: recorded, the message goes to the gateways.
   if ROUTED then
     -- One message per key, on its channel: the nodes holding it.
     local rest = string.sub(p, 2)
@@ -175,11 +259,41 @@ local function publish(keys, args)
       end
     end
   else
-    redis.call('PUBLISH', CHANNEL, '{"wspubsub_ids":' .. list .. ',' .. string.sub(msg, skip_ws(msg, 1) + 1))
+    -- On a channel of its own (Go: RecordedChannel): anyone may PUBLISH on
+    -- CHANNEL, so the gateways trust ids only from here.
+    redis.call('PUBLISH', 'wspubsub:r:{' .. CHANNEL .. '}',
+      '{"wspubsub_ids":' .. list .. ',' .. string.sub(msg, skip_ws(msg, 1) + 1))
   end
-  if ikey then redis.call('SET', ikey, list, 'PX', TTL) end
+  -- End of the publish step.
+
+  if ikey then redis.call('SET', ikey, list, 'PX', TTL_ARG) end
   table.insert(ids, 1, 0)
   return ids
+end
+
+-- clock is the call's time, read once: t (TIME), now (ms), ms (now as a
+-- string) and id (the first id of that millisecond); append adds the due
+-- time and trimming bound when it first needs them.
+local function clock()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms = fmt(now)
+  return { t = t, now = now, ms = ms, id = ms .. '-0' }
+end
+
+local function publish(keys, args)
+  return publish_one(keys, args[1], args[2], clock())
+end
+
+local function publish_batch(keys, args)
+  if #keys > 0 then return fail('wspubsub_publish_batch takes no keys: in a Redis Cluster, call wspubsub_publish per slot') end
+  if #args == 0 or #args % 2 ~= 0 then
+    return fail('usage: FCALL wspubsub_publish_batch 0 <envelope> <idempotency-key> [<envelope> <idempotency-key> ...]')
+  end
+  local c = clock()
+  local out = {}
+  for i = 1, #args, 2 do out[#out + 1] = publish_one(keys, args[i], args[i + 1], c) end
+  return out
 end
 
 local function cmp(a, b)
@@ -193,32 +307,58 @@ end
 
 -- since answers { gap, top, id1, kind1, value1, ... }: kind 'p' is the
 -- payload, 'm' the whole message as published (one recipient); gap is 1
--- when the history no longer reaches back to `from`; top is the newest id
--- held ('0' when none); the entries are those after `from` (all held on a
--- gap). `from` '' asks for the position only; '0' for everything held.
+-- when what is held no longer reaches back to `from`; top is the key's
+-- last id ('<epoch>.0-0' before any message; '0' when nothing is known of
+-- the key); the entries are those held after `from` (all held on a gap).
+-- Held: younger than TTL. `from` '' asks for the position only (and
+-- starts a meta record when the key has none, so that the position is a
+-- real one); '0' for everything held. A resume keeps the meta record.
 local function since(keys, args)
   local sk, from = keys[1], args[1] or ''
-  if redis.call('EXISTS', sk) == 0 then
-    if from == '' or from == '0' then return { 0, '0' } end
+  local k = string.match(sk, '^wspubsub:h:{(.*)}$')
+  if k == nil then return fail('keys must be history keys, wspubsub:h:{<key>}') end
+  local mk = meta(k)
+  local c = clock()
+  local m = redis.call('GET', mk)
+  local e, last = parse_meta(m)
+  local oldest = fmt(c.now - TTL)
+  local first = redis.call('XRANGE', sk, oldest, '+', 'COUNT', 1)
+  local prev
+  if #first > 0 or not e then
+    -- The stream is authoritative for what it holds (and the only source
+    -- for a key recorded by an older version of this library).
+    local newest = redis.call('XREVRANGE', sk, '+', '-', 'COUNT', 1)
+    if #newest > 0 then e, last = newest[1][2][2], newest[1][1] end
+  end
+  if e == nil then
+    if from == '' then
+      e = new_epoch(c.t)
+      redis.call('SET', mk, e .. '.0-0 0', 'PX', META_TTL)
+      return { 0, e .. '.0-0' }
+    end
+    if from == '0' then return { 0, '0' } end
     return { 1, '0' }
   end
-  local last = redis.call('XREVRANGE', sk, '+', '-', 'COUNT', 1)
-  local e = last[1][2][2]
-  local top = e .. '.' .. last[1][1]
+  if m then redis.call('PEXPIRE', mk, META_TTL) end
+  local top = e .. '.' .. last
   if from == '' then return { 0, top } end
-  local prev = redis.call('XRANGE', sk, '-', '+', 'COUNT', 1)[1][2][4]
-  local gap, start = 0, '-'
+  -- Nothing held: everything up to the last id is gone, and the next
+  -- entry will name it as its predecessor.
+  if #first > 0 then prev = first[1][2][4] else prev = last end
+  local gap, start = 0, oldest
   if from == '0' then
     if prev ~= '0-0' then gap = 1 end
   else
     local fe, fid = string.match(from, '^([0-9a-z]+)%.(%d+%-%d+)$')
-    if fe ~= e or cmp(prev, fid) > 0 then
+    -- An id past the last one: the history lost what the client got.
+    if fe ~= e or cmp(prev, fid) > 0 or cmp(fid, last) > 0 then
       gap = 1
     else
       start = '(' .. fid
     end
   end
   local out = { gap, top }
+  if #first == 0 then return out end
   for _, en in ipairs(redis.call('XRANGE', sk, start, '+')) do
     out[#out + 1] = e .. '.' .. en[1]
     out[#out + 1] = en[2][5]
@@ -228,4 +368,7 @@ local function since(keys, args)
 end
 
 redis.register_function('wspubsub_publish', publish)
-redis.register_function { function_name = 'wspubsub_since', callback = since, flags = { 'no-writes' } }
+redis.register_function('wspubsub_publish_batch', publish_batch)
+-- since may write (a meta record): allow-oom keeps resumes working when
+-- Redis is full, as when it only read.
+redis.register_function { function_name = 'wspubsub_since', callback = since, flags = { 'allow-oom' } }

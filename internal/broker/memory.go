@@ -7,48 +7,63 @@ import (
 	"sync/atomic"
 )
 
-// Memory is an in-process broker: Publish on the inbound channel reaches
-// Run's handler, any channel can be watched with Subscribe. Messages
-// published while nobody listens are discarded, as with Redis.
+// Memory is an in-process broker: Publish on the inbound channel (or on its
+// RecordedChannel) reaches Run's handler, any channel can be watched with
+// Subscribe. Messages published while nobody listens are discarded, as
+// with Redis.
 type Memory struct {
-	inbound string
+	inbound  string
+	recorded string // RecordedChannel(inbound)
 
 	mu   sync.Mutex
 	subs map[string][]chan []byte
-	in   chan []byte
+	in   chan inMsg
 	run  atomic.Bool
 	hist *memHistory // nil: no history (see WithHistory)
 }
 
+// inMsg is one message for Run's handlers, in publication order.
+type inMsg struct {
+	p        []byte
+	recorded bool // published on the recorded channel
+}
+
 // NewMemory returns a broker whose inbound channel is named inbound.
 func NewMemory(inbound string) *Memory {
-	return &Memory{inbound: inbound, subs: map[string][]chan []byte{}, in: make(chan []byte, 4096)}
+	return &Memory{inbound: inbound, recorded: RecordedChannel(inbound), subs: map[string][]chan []byte{}, in: make(chan inMsg, 4096)}
 }
 
 // Run implements Broker.
-func (m *Memory) Run(ctx context.Context, h Handler) error {
+func (m *Memory) Run(ctx context.Context, h Handler) error { return m.RunSplit(ctx, h, h) }
+
+// RunSplit implements Broker.
+func (m *Memory) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	m.run.Store(true)
 	defer m.run.Store(false)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case p := <-m.in:
-			h(p)
+		case msg := <-m.in:
+			if msg.recorded {
+				recorded(msg.p)
+			} else {
+				plain(msg.p)
+			}
 		}
 	}
 }
 
-// Publish implements Broker. Publishing on the inbound channel blocks while
-// Run's backlog is full, rather than dropping.
+// Publish implements Broker. Publishing on the inbound (or recorded)
+// channel blocks while Run's backlog is full, rather than dropping.
 func (m *Memory) Publish(ctx context.Context, channel string, payload []byte) error {
 	p := append([]byte(nil), payload...)
-	if channel == m.inbound {
+	if channel == m.inbound || channel == m.recorded {
 		if !m.run.Load() {
 			return errors.New("in-process broker is not running")
 		}
 		select {
-		case m.in <- p:
+		case m.in <- inMsg{p, channel == m.recorded}:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -23,15 +23,20 @@ type memHistory struct {
 	swept  time.Time // the last sweep of expired keys
 }
 
+// memStream is one key's history and its meta record (the epoch and the
+// last id given), which outlives the entries: see history.lua.
 type memStream struct {
-	epoch   string
-	entries []Entry // oldest first, at most cfg.Size
-	times   []time.Time
-	ids     []envelope.ID
-	maxDel  envelope.ID // the newest id trimmed, zero when none
-	lastMs  uint64
-	lastSeq uint64
-	expires time.Time
+	epoch       string
+	last        envelope.ID // "<epoch>.0-0" before any message
+	entries     []memEntry  // oldest first, at most cfg.Size
+	expires     time.Time   // the entries' (the stream's)
+	metaExpires time.Time   // the record's
+}
+
+type memEntry struct {
+	Entry
+	id, prev envelope.ID // prev: the entry before it ("<epoch>.0-0" for the first)
+	at       time.Time
 }
 
 type memIdem struct {
@@ -89,7 +94,7 @@ func (m *Memory) Record(ctx context.Context, msg []byte, idem string) (Recorded,
 		}
 		ids[i] = seen[k]
 	}
-	if err := m.Publish(ctx, m.inbound, withIDs(msg, ids)); err != nil {
+	if err := m.Publish(ctx, m.recorded, withIDs(msg, ids)); err != nil {
 		return Recorded{}, err
 	}
 	if ikey != "" {
@@ -116,42 +121,51 @@ func withIDs(msg []byte, ids []string) []byte {
 	return append(out, msg[i+1:]...)
 }
 
-func (h *memHistory) append(key string, payload []byte, now time.Time) string {
+// record returns key's record, a new one (a new epoch) when it has none
+// or it expired, and drops its entries when they expired.
+func (h *memHistory) record(key string, now time.Time) *memStream {
 	s := h.keys[key]
-	if s == nil || now.After(s.expires) { // expired, maybe not swept yet: a new life
+	if s == nil || now.After(s.metaExpires) { // expired, maybe not swept yet: a new life
 		h.epochs++
-		s = &memStream{epoch: strconv.FormatInt(now.UnixMicro(), 36) + strconv.FormatUint(h.epochs, 36)}
+		e := strconv.FormatInt(now.UnixMicro(), 36) + strconv.FormatUint(h.epochs, 36)
+		s = &memStream{epoch: e, last: envelope.ID{Epoch: e}}
 		h.keys[key] = s
 	}
-	ms := uint64(now.UnixMilli())
-	if ms > s.lastMs {
-		s.lastMs, s.lastSeq = ms, 0
-	} else {
-		s.lastSeq++
+	if now.After(s.expires) {
+		s.entries = nil
 	}
-	id := envelope.ID{Epoch: s.epoch, Ms: s.lastMs, Seq: s.lastSeq}
-	s.entries = append(s.entries, Entry{ID: id.String(), Payload: payload})
-	s.ids = append(s.ids, id)
-	s.times = append(s.times, now)
+	return s
+}
+
+func (h *memHistory) append(key string, payload []byte, now time.Time) string {
+	s := h.record(key, now)
+	id := envelope.ID{Epoch: s.epoch, Ms: uint64(now.UnixMilli())}
+	if id.Ms <= s.last.Ms {
+		id.Ms, id.Seq = s.last.Ms, s.last.Seq+1
+	}
+	s.entries = append(s.entries, memEntry{Entry: Entry{ID: id.String(), Payload: payload}, id: id, prev: s.last, at: now})
+	s.last = id
 	cut := max(len(s.entries)-h.cfg.Size, 0)
-	for cut < len(s.entries)-1 && now.Sub(s.times[cut]) > h.cfg.TTL {
+	for cut < len(s.entries)-1 && now.Sub(s.entries[cut].at) > h.cfg.TTL {
 		cut++
 	}
 	if cut > 0 {
-		s.maxDel = s.ids[cut-1]
 		s.entries = append(s.entries[:0:0], s.entries[cut:]...)
-		s.ids = append(s.ids[:0:0], s.ids[cut:]...)
-		s.times = append(s.times[:0:0], s.times[cut:]...)
 	}
 	s.expires = now.Add(h.cfg.TTL)
+	s.metaExpires = now.Add(h.cfg.metaTTL())
 	return id.String()
 }
 
-// sweep drops expired histories and idempotency keys (under mu).
+// sweep drops expired histories, meta records and idempotency keys (under
+// mu).
 func (h *memHistory) sweep(now time.Time) {
 	for k, s := range h.keys {
-		if now.After(s.expires) {
+		switch {
+		case now.After(s.metaExpires):
 			delete(h.keys, k)
+		case now.After(s.expires):
+			s.entries = nil
 		}
 	}
 	for k, v := range h.idem {
@@ -161,7 +175,7 @@ func (h *memHistory) sweep(now time.Time) {
 	}
 }
 
-// Since implements History.
+// Since implements History, with history.lua's rules.
 func (m *Memory) Since(_ context.Context, key, since string) (Replay, error) {
 	h := m.hist
 	if h == nil {
@@ -169,30 +183,56 @@ func (m *Memory) Since(_ context.Context, key, since string) (Replay, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	now := h.now()
 	s := h.keys[key]
-	if s != nil && h.now().After(s.expires) {
+	if s != nil && now.After(s.metaExpires) {
 		delete(h.keys, key)
 		s = nil
 	}
 	if s == nil {
-		return Replay{Gap: since != "" && since != "0", Top: "0"}, nil
+		if since == "" {
+			// A real position, so that what is published after it and
+			// then expires is a gap for a client resuming from it.
+			s = h.record(key, now)
+			s.metaExpires = now.Add(h.cfg.metaTTL())
+			return Replay{Top: s.last.String()}, nil
+		}
+		return Replay{Gap: since != "0", Top: "0"}, nil
 	}
-	out := Replay{Top: s.entries[len(s.entries)-1].ID}
+	s.metaExpires = now.Add(h.cfg.metaTTL()) // a resume keeps the record
+	out := Replay{Top: s.last.String()}
 	if since == "" {
 		return out, nil
 	}
+	// Held: younger than the TTL. With nothing held, everything up to the
+	// last id is gone, and the next entry will name it as its predecessor.
+	var held []memEntry
+	if !now.After(s.expires) {
+		held = s.entries
+		for len(held) > 0 && now.Sub(held[0].at) > h.cfg.TTL {
+			held = held[1:]
+		}
+	}
+	prev := s.last
+	if len(held) > 0 {
+		prev = held[0].prev
+	}
 	from, ok := envelope.ParseID(since)
 	switch {
-	case !ok || (from.Epoch != "" && from.Epoch != s.epoch):
+	case !ok:
 		out.Gap = true
-		from = envelope.ID{}
-	case s.maxDel.Epoch != "" && s.maxDel.After(from):
+	case from.Epoch == "": // "0": everything
+		out.Gap = prev.Ms != 0 || prev.Seq != 0
+	case from.Epoch != s.epoch || prev.After(from) || from.After(s.last):
+		// After the last id: the history lost what the client got.
 		out.Gap = true
+	}
+	if out.Gap {
 		from = envelope.ID{}
 	}
-	for i, id := range s.ids {
-		if id.After(from) {
-			out.Entries = append(out.Entries, s.entries[i])
+	for _, e := range held {
+		if e.id.After(from) {
+			out.Entries = append(out.Entries, e.Entry)
 		}
 	}
 	return out, nil

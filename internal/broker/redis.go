@@ -86,6 +86,9 @@ type Redis struct {
 	// not a lost subscription.
 	reached     atomic.Bool
 	unreachable *lineLimiter
+	// persistenceChecked: the start-up warning about Redis persistence
+	// (checkPersistence, redis_history.go) was given or found needless.
+	persistenceChecked atomic.Bool
 }
 
 // unreachableEvery is how often "cannot reach Redis" is repeated while
@@ -152,19 +155,37 @@ func (r *Redis) setReady(v bool) {
 	}
 }
 
-// Run implements Broker. On any connection error it marks itself not ready,
-// waits a capped, fully jittered exponential backoff and lets go-redis
-// reconnect and resubscribe; connected clients are not touched meanwhile.
-func (r *Redis) Run(ctx context.Context, h Handler) error {
+// RecordedChannel is where the history functions publish recorded messages
+// (with their ids) without per-key routing: a channel apart from inbound,
+// which anyone may PUBLISH on, so that only the history's ids are trusted.
+func RecordedChannel(inbound string) string { return "wspubsub:r:{" + inbound + "}" }
+
+// Run implements Broker.
+func (r *Redis) Run(ctx context.Context, h Handler) error { return r.RunSplit(ctx, h, h) }
+
+// RunSplit implements Broker. On any connection error it marks itself not
+// ready, waits a capped, fully jittered exponential backoff and lets
+// go-redis reconnect and resubscribe; connected clients are not touched
+// meanwhile.
+func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	if r.route != nil {
-		return r.runRouted(ctx, h)
+		// Only gateways and the functions write the sharded channels;
+		// plain PUBLISHes reach the forwarder (OnInbound), which parses
+		// them anew.
+		return r.runRouted(ctx, recorded)
 	}
-	ps := r.client.Subscribe(ctx, r.cfg.Inbound)
+	recCh := RecordedChannel(r.cfg.Inbound)
+	channels := []string{r.cfg.Inbound, recCh}
+	ps := r.client.Subscribe(ctx, channels...)
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { ps.Close() })
 	defer stop()
 	defer r.setReady(false)
 
+	// The subscription is up once every channel is confirmed: they come
+	// from one SUBSCRIBE (go-redis resubscribes all in one too), so no
+	// message comes between them, and resync runs before any recorded one.
+	confirmed := make(map[string]bool, len(channels))
 	attempt := 0
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
@@ -186,6 +207,7 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 				r.cfg.Logger.Warn("redis subscription lost; reconnecting", "channel", r.cfg.Inbound, "err", err)
 			}
 			r.setReady(false)
+			clear(confirmed)
 			r.cfg.OnReconnect()
 			if !sleep(ctx, backoff(attempt, r.cfg.MinBackoff, r.cfg.MaxBackoff)) {
 				return nil
@@ -196,11 +218,17 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" {
+				if confirmed[m.Channel] {
+					clear(confirmed) // subscribed anew without an error seen: a new round
+				}
+				if confirmed[m.Channel] = true; len(confirmed) < len(channels) {
+					continue
+				}
 				switch {
 				case attempt > 0 && !r.reached.Load():
-					r.cfg.Logger.Info("redis reached; subscribed", "addr", r.addr, "channel", m.Channel, "attempts", attempt)
+					r.cfg.Logger.Info("redis reached; subscribed", "addr", r.addr, "channel", r.cfg.Inbound, "attempts", attempt)
 				case attempt > 0:
-					r.cfg.Logger.Info("redis subscription restored", "channel", m.Channel, "attempts", attempt)
+					r.cfg.Logger.Info("redis subscription restored", "channel", r.cfg.Inbound, "attempts", attempt)
 				}
 				attempt = 0
 				// Backends calling FCALL need the functions even when no
@@ -214,7 +242,12 @@ func (r *Redis) Run(ctx context.Context, h Handler) error {
 		case *redis.Message:
 			// Zero-copy view: Handler must not keep or modify payload
 			// (the Handler contract), and the string is never mutated.
-			h(unsafe.Slice(unsafe.StringData(m.Payload), len(m.Payload)))
+			p := unsafe.Slice(unsafe.StringData(m.Payload), len(m.Payload))
+			if m.Channel == recCh {
+				recorded(p)
+			} else {
+				plain(p)
+			}
 		case *redis.Pong:
 		}
 	}

@@ -19,11 +19,17 @@ var historyLua string
 
 // HistoryLibrary is the Redis function library (history.lua) with the
 // gateway's settings filled in: every gateway on one Redis loads it, and
-// must share --history-size, --history-ttl, --channel and --routing.
+// must share --history-size, --history-ttl, --history-meta-ttl, --channel
+// and --routing.
 func HistoryLibrary(cfg HistoryConfig, channel string, routed bool) string {
+	ttl := max(cfg.TTL.Milliseconds(), 1)
+	slack := max(ttl/8, 1) // see SLACK in history.lua
 	return strings.NewReplacer(
 		"{{SIZE}}", strconv.Itoa(cfg.Size),
-		"{{TTL}}", strconv.FormatInt(max(cfg.TTL.Milliseconds(), 1), 10),
+		"{{TTL}}", strconv.FormatInt(ttl, 10),
+		"{{SLACK}}", strconv.FormatInt(slack, 10),
+		"{{EXPIRE}}", strconv.FormatInt(ttl+slack, 10),
+		"{{META_TTL}}", strconv.FormatInt(max(cfg.metaTTL().Milliseconds(), 1), 10),
 		"{{CHANNEL}}", luaString(channel),
 		"{{ROUTED}}", strconv.FormatBool(routed),
 		"{{BROADCAST}}", luaString(BroadcastChannel(channel)),
@@ -48,6 +54,10 @@ func luaString(s string) string {
 // tag: in a Redis Cluster a key's history lives in one slot.
 func StreamKey(key string) string { return "wspubsub:h:{" + key + "}" }
 
+// metaKey is the Redis key of key's meta record (history.lua): its epoch
+// and last id, kept HistoryConfig.MetaTTL. Same hash tag as its stream.
+func metaKey(key string) string { return "wspubsub:m:{" + key + "}" }
+
 // loadHistory (re)loads the function library. Called before the
 // subscription is (re)established: Redis may have restarted without it.
 func (r *Redis) loadHistory(ctx context.Context) error {
@@ -67,7 +77,48 @@ func (r *Redis) loadHistory(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading the history functions into Redis: %w", err)
 	}
+	if r.persistenceChecked.CompareAndSwap(false, true) {
+		r.checkPersistence(ctx)
+	}
 	return nil
+}
+
+// checkPersistence warns when a Redis crash would lose acknowledged
+// messages without a trace (README "Delivery guarantees"): only an
+// append-only file written before each answer keeps them. Once per
+// process, when the history functions are first loaded.
+func (r *Redis) checkPersistence(ctx context.Context) {
+	check := func(ctx context.Context, c *redis.Client) error {
+		if problem, err := persistenceProblem(ctx, c); err != nil {
+			r.cfg.Logger.Warn("history: could not check Redis persistence (CONFIG GET refused): unless Redis runs with appendonly yes and appendfsync always, a Redis crash loses acknowledged messages silently (README \"Delivery guarantees\")",
+				"addr", c.Options().Addr, "err", err)
+		} else if problem != "" {
+			r.cfg.Logger.Warn("history: a Redis crash would lose acknowledged messages silently (resuming clients get no gap): "+problem+"; exactly-once needs appendonly yes and appendfsync always (README \"Delivery guarantees\")",
+				"addr", c.Options().Addr)
+		}
+		return nil
+	}
+	if r.cluster != nil {
+		_ = r.cluster.ForEachMaster(ctx, check)
+	} else if c, ok := r.client.(*redis.Client); ok {
+		_ = check(ctx, c)
+	}
+}
+
+// persistenceProblem says what a crash of c would lose of what it
+// acknowledged ("" for nothing), from its CONFIG.
+func persistenceProblem(ctx context.Context, c *redis.Client) (string, error) {
+	cfg, err := c.ConfigGet(ctx, "append*").Result()
+	if err != nil {
+		return "", fmt.Errorf("reading the persistence settings of Redis: %w", err)
+	}
+	switch {
+	case cfg["appendonly"] != "yes":
+		return "appendonly " + cfg["appendonly"] + " (only the last RDB snapshot, if any, survives)", nil
+	case cfg["appendfsync"] != "always":
+		return "appendfsync " + cfg["appendfsync"] + " (about the last second is lost)", nil
+	}
+	return "", nil
 }
 
 // fcall runs a history function, loading the library once if Redis does

@@ -67,8 +67,9 @@ type Serve struct {
 	CoalesceGap     time.Duration // a WebSocket written less than this long ago waits, gathering frames
 	Writers         int           // WebSocket writer goroutines (0: GOMAXPROCS/2, at least 1)
 
-	HistorySize int           // messages kept per key for resuming clients (0: off)
-	HistoryTTL  time.Duration // how long a message is kept
+	HistorySize    int           // messages kept per key for resuming clients (0: off)
+	HistoryTTL     time.Duration // how long a message is kept
+	HistoryMetaTTL time.Duration // how long a key's epoch and last id are kept after its last publish or resume
 
 	QueueBytes      int
 	MaxMessageBytes int
@@ -150,6 +151,7 @@ func parseServe(f *flagSet, args []string, getenv func(string) string) (Serve, *
 	f.dur(&c.DrainPeriod, "drain-period", 5*time.Second, "on SIGTERM/SIGINT, refuse new connections, fail /readyz and close the clients with 1012 (reconnect elsewhere) spread over this long, then shut down; a second signal skips the rest (0: close everyone at once with 1001)")
 	f.integer(&c.HistorySize, "history-size", 100, "messages kept per key so that clients connecting with ?since= resume without loss (0: no history, no ids)")
 	f.dur(&c.HistoryTTL, "history-ttl", 5*time.Minute, "how long a message is kept in a key's history (and an idempotency key remembered)")
+	f.dur(&c.HistoryMetaTTL, "history-meta-ttl", 24*time.Hour, "how long a key's epoch and last id are kept after its last message or resume (at least twice --history-ttl is used): a client that received everything resumes without gap after its messages expired")
 	f.size(&c.QueueBytes, "queue-bytes", 1<<20, "per-connection outbound queue; overflow closes with 4008")
 	f.size(&c.MaxMessageBytes, "max-message-bytes", 256<<10, "largest inbound published message")
 	f.size(&c.MaxClientBytes, "max-client-bytes", 4<<10, "largest message a client may send; larger closes with 1009")
@@ -265,6 +267,9 @@ func (c *Serve) Validate() error {
 	}
 	if c.HistorySize > 0 && c.HistoryTTL < time.Second {
 		bad("--history-ttl must be at least 1s when --history-size is on: %v", c.HistoryTTL)
+	}
+	if c.HistorySize > 0 && c.HistoryMetaTTL < c.HistoryTTL {
+		bad("--history-meta-ttl must be at least --history-ttl (%v): %v", c.HistoryTTL, c.HistoryMetaTTL)
 	}
 	if c.MaxConnections < 0 {
 		bad("--max-connections must not be negative")

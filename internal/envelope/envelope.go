@@ -6,8 +6,10 @@
 // It owns the wire contract of inbound messages and the exact bytes a client
 // receives: the published object minus its "recipients" (or "broadcast")
 // member, with every other member's bytes passed through unchanged (numbers
-// are not re-encoded, member order is kept). It must not know about
-// connections, brokers or transports.
+// are not re-encoded, member order is kept). A recorded message also
+// carries "wspubsub_ids" (its ids in the history), trusted only where the
+// caller knows the history functions wrote it (ParseRecorded). It must not
+// know about connections, brokers or transports.
 //
 // The scanner is hand-written rather than built on encoding/json because the
 // gateway needs byte spans of members (to pass data through untouched) and no
@@ -30,8 +32,8 @@ const (
 	ReasonNoRecipients  = "no_recipients"
 	ReasonNoData        = "no_data"
 	ReasonBadBroadcast  = "bad_broadcast"
-	// ReasonBadIDs: a "wspubsub_ids" member that is not one string per
-	// recipient (only the history functions write it).
+	// ReasonBadIDs: a recorded message's "wspubsub_ids" member that is not
+	// one string per recipient (only the history functions write it).
 	ReasonBadIDs = "bad_ids"
 	// ReasonInvalidUTF8: JSON whose strings hold bytes that are not UTF-8.
 	// encoding/json accepts it, but a WebSocket text frame must be UTF-8:
@@ -44,6 +46,14 @@ const (
 // Reasons lists every drop reason, so metrics can be pre-declared.
 var Reasons = []string{ReasonTooLarge, ReasonInvalidJSON, ReasonNotObject,
 	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast, ReasonBadIDs, ReasonInvalidUTF8, ReasonInternal}
+
+// ReasonUntrustedIDs: a "wspubsub_ids" member on a message anyone may have
+// published (a plain PUBLISH): removed, the message delivered without ids.
+// Not a drop reason: the message itself goes on.
+const ReasonUntrustedIDs = "untrusted_ids"
+
+// StripReasons lists why a member may be removed from a delivered message.
+var StripReasons = []string{ReasonUntrustedIDs}
 
 // Error says why a message was rejected.
 type Error struct {
@@ -62,8 +72,11 @@ type Envelope struct {
 	Broadcast bool
 	// IDs are the history ids of a recorded message, one per recipient
 	// (member "wspubsub_ids", written by the history functions); nil for a
-	// message published without them.
+	// message published without them, and always nil from Parse.
 	IDs [][]byte
+	// StrippedIDs reports that Parse found a "wspubsub_ids" member and
+	// removed it: ids are trusted only from ParseRecorded.
+	StrippedIDs bool
 	// Payload is what a client receives: the object minus routing members.
 	// It is freshly allocated and may be retained. Its array starts
 	// FrameRoom bytes earlier (Framed), so a transport can put its header
@@ -93,8 +106,19 @@ type Parser struct {
 
 type span struct{ start, end int }
 
-// Parse validates msg and extracts its routing and payload.
-func (p *Parser) Parse(msg []byte) (Envelope, error) {
+// Parse validates msg, a message anyone may have published (a plain
+// PUBLISH, a POST /publish body), and extracts its routing and payload. A
+// "wspubsub_ids" member is removed like the routing members and otherwise
+// ignored (not even checked): ids come only from the history, and a plain
+// message is delivered without one (StrippedIDs tells it was there).
+func (p *Parser) Parse(msg []byte) (Envelope, error) { return p.parse(msg, false) }
+
+// ParseRecorded is Parse for a message the history functions published
+// (on a channel only they and the gateways write): its "wspubsub_ids"
+// member, one id per recipient, gives IDs.
+func (p *Parser) ParseRecorded(msg []byte) (Envelope, error) { return p.parse(msg, true) }
+
+func (p *Parser) parse(msg []byte, recorded bool) (Envelope, error) {
 	if p.MaxBytes > 0 && len(msg) > p.MaxBytes {
 		return Envelope{}, &Error{ReasonTooLarge, fmt.Sprintf("%d bytes, limit %d", len(msg), p.MaxBytes)}
 	}
@@ -146,7 +170,10 @@ func (p *Parser) Parse(msg []byte) (Envelope, error) {
 	if !data {
 		return Envelope{}, &Error{ReasonNoData, `no "data" member`}
 	}
-	env := Envelope{}
+	env := Envelope{StrippedIDs: ids >= 0 && !recorded}
+	if !recorded {
+		ids = -1
+	}
 	switch {
 	case broadcast >= 0:
 		if recips >= 0 {

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -75,6 +76,58 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// Parse takes a message anyone may have published: its "wspubsub_ids"
+// member, well-formed or not, is removed and ignored, never trusted.
+func TestParseStripsIDs(t *testing.T) {
+	var p Parser
+	for _, in := range []string{
+		`{"wspubsub_ids":["e.99999999999999-0"],"recipients":["k"],"data":1}`,
+		`{"recipients":["k"],"data":1,"wspubsub_ids":["e.1-0"],"wspubsub_ids":["f.1-0"]}`,
+		`{"recipients":["k"],"wspubsub_ids":["a","b"],"data":1}`, // not one per recipient
+		`{"recipients":["k"],"wspubsub_ids":5,"data":1}`,         // not a list
+		`{"recipients":["k"],"wspubsub_ids":[7],"data":1}`,
+	} {
+		env, err := p.Parse([]byte(in))
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if env.IDs != nil || !env.StrippedIDs || string(env.Payload) != `{"data":1}` {
+			t.Fatalf("%s: ids %q stripped=%v payload %s", in, env.IDs, env.StrippedIDs, env.Payload)
+		}
+	}
+	env, err := p.Parse([]byte(`{"broadcast":true,"wspubsub_ids":["e.1-0"],"data":1}`))
+	if err != nil || !env.StrippedIDs || string(env.Payload) != `{"data":1}` {
+		t.Fatalf("broadcast: %+v %v", env, err)
+	}
+	env, err = p.Parse([]byte(`{"recipients":["k"],"data":{"wspubsub_ids":["e.1-0"]}}`))
+	if err != nil || env.StrippedIDs || string(env.Payload) != `{"data":{"wspubsub_ids":["e.1-0"]}}` {
+		t.Fatalf("nested member: %+v %v", env, err)
+	}
+}
+
+// ParseRecorded trusts the member: one id per recipient, the first member
+// when the publisher sent one along behind the history's.
+func TestParseRecordedIDs(t *testing.T) {
+	var p Parser
+	env, err := p.ParseRecorded([]byte(`{"wspubsub_ids":["e.1-0","e.2-0"],"recipients":["a","b"],"wspubsub_ids":["x.9-9","x.9-9"],"data":1}`))
+	if err != nil || env.StrippedIDs || len(env.IDs) != 2 || string(env.IDs[0]) != "e.1-0" || string(env.IDs[1]) != "e.2-0" || string(env.Payload) != `{"data":1}` {
+		t.Fatalf("got %+v %v", env, err)
+	}
+	if env, err := p.ParseRecorded([]byte(`{"recipients":["k"],"data":1}`)); err != nil || env.IDs != nil {
+		t.Fatalf("no ids: %+v %v", env, err)
+	}
+	for _, in := range []string{
+		`{"recipients":["k"],"wspubsub_ids":["a","b"],"data":1}`,
+		`{"recipients":["k"],"wspubsub_ids":5,"data":1}`,
+		`{"recipients":["k"],"wspubsub_ids":[7],"data":1}`,
+	} {
+		var e *Error
+		if _, err := p.ParseRecorded([]byte(in)); !errors.As(err, &e) || e.Reason != ReasonBadIDs {
+			t.Fatalf("%s: %v, want %s", in, err, ReasonBadIDs)
+		}
+	}
+}
+
 func TestParseTooLarge(t *testing.T) {
 	p := Parser{MaxBytes: 10}
 	_, err := p.Parse([]byte(`{"recipients":["k"],"data":1}`))
@@ -92,6 +145,7 @@ func FuzzParse(f *testing.F) {
 		`{"data":[1,{"a":"}"}],"recipients":["a","b\"c"]}`,
 		`{"broadcast":true,"data":null}`,
 		`{"recipients":[],"data":1}`, `[]`, `{}`, `"x"`, `{"recipients":"x","data":1}`,
+		`{"wspubsub_ids":["e.1-0"],"recipients":["k"],"data":1}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -110,6 +164,14 @@ func FuzzParse(f *testing.F) {
 		}
 		if _, ok := out["recipients"]; ok {
 			t.Fatalf("recipients leaked into payload: %s", env.Payload)
+		}
+		if env.IDs != nil {
+			t.Fatalf("ids trusted: %s", in)
+		}
+		// (A member name spelt with escapes is no routing member: it is
+		// kept, and nothing reads it.)
+		if _, ok := out[IDsMember]; !bytes.Contains(in, []byte(`\`)) && (ok || env.StrippedIDs != (orig[IDsMember] != nil)) {
+			t.Fatalf("ids leaked into payload: %s (from %s)", env.Payload, in)
 		}
 		if string(out["data"]) != string(orig["data"]) {
 			t.Fatalf("data changed: %s -> %s", orig["data"], out["data"])

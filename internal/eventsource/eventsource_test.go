@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,9 +138,14 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	return newRigWith(t, keystore.NewMemory("k"), slog.New(slog.DiscardHandler))
+}
+
+// newRigWith is newRig with the key store and logger given.
+func newRigWith(t *testing.T, store keystore.KeyStore, log *slog.Logger) *rig {
+	t.Helper()
 	m := metrics.New()
-	log := slog.New(slog.DiscardHandler)
-	h := hub.New(hub.Config{Store: keystore.NewMemory("k"), Metrics: m, Logger: log, RecheckInterval: -1, MaxSessionsPerKey: 2})
+	h := hub.New(hub.Config{Store: store, Metrics: m, Logger: log, RecheckInterval: -1, MaxSessionsPerKey: 2})
 	r := &rig{hub: h, m: m, es: NewServer(Config{Hub: h, Metrics: m, Logger: log, RetryAfterClose: 1500 * time.Millisecond})}
 	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if !Wants(req) {
@@ -361,4 +367,70 @@ func TestStreamWithUnsentBodyIsNotHeld(t *testing.T) {
 		t.Fatalf("stream %q", body)
 	}
 	eventually(t, "the stream's session left", func() bool { return r.hub.Live() == 0 && r.es.Open() == 0 })
+}
+
+// panicStore panics when asked about one key (a key store bug some
+// client's key reaches).
+type panicStore struct {
+	*keystore.Memory
+	bomb string
+}
+
+func (s panicStore) Contains(ctx context.Context, key string) (bool, error) {
+	if key == s.bomb {
+		panic("key store bug")
+	}
+	return s.Memory.Contains(ctx, key)
+}
+
+// errorLines is a slog.Handler keeping the messages of error records.
+type errorLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *errorLines) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelError }
+func (l *errorLines) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, r.Message)
+	return nil
+}
+func (l *errorLines) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *errorLines) WithGroup(string) slog.Handler      { return l }
+
+func (l *errorLines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// A panic while admitting one stream ends that stream with a close event
+// 1011, is logged once and counted, and the server goes on serving others.
+func TestStreamPanicClosesWith1011(t *testing.T) {
+	logs := &errorLines{}
+	r := newRigWith(t, panicStore{keystore.NewMemory("k"), "bomb"}, slog.New(logs))
+	ok := r.open(t, "k")
+	eventually(t, "the good stream admitted", func() bool { return r.hub.Live() == 1 })
+	bad := r.open(t, "bomb")
+	if typ, data, _ := bad.next(t); typ != "close" || data != `{"code":1011,"reason":"internal error"}` {
+		t.Fatalf("panicking admission: %s %q", typ, data)
+	}
+	if rest, err := io.ReadAll(bad.br); err != nil || len(rest) != 0 {
+		t.Fatalf("after the close event: %q %v", rest, err)
+	}
+	eventually(t, "the failed stream gone", func() bool { return r.es.Open() == 1 })
+	if got := testutil.ToFloat64(r.m.Rejections.WithLabelValues(metrics.RejectInternal)); got != 1 {
+		t.Fatalf("rejections{internal_error} = %v, want 1", got)
+	}
+	if lines := logs.all(); len(lines) != 1 || !strings.Contains(lines[0], "internal error") {
+		t.Fatalf("want one internal-error line, got %q", lines)
+	}
+	r.hub.Dispatch([]byte(`{"recipients":["k"],"data":1}`))
+	if typ, data, _ := ok.next(t); typ != "message" || data != `{"data":1}` {
+		t.Fatalf("the good stream after the panic: %s %q", typ, data)
+	}
+	if r.hub.Live() != 1 {
+		t.Fatalf("live %d, want 1", r.hub.Live())
+	}
 }

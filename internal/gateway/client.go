@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/eventsource"
@@ -25,17 +26,24 @@ import (
 const maxSIDBytes = 64
 
 // KeyFromQuery extracts a client key from a raw query string: a key=
-// parameter if there is one, else everything before the first '&' (the
-// original used the whole query string; jQuery appends &_=<timestamp>).
-func KeyFromQuery(raw string) string {
+// parameter if there is one (a form value: decoded), else everything
+// before the first '&' (the original used the whole query string; jQuery
+// appends &_=<timestamp>). That bare key is returned as sent — the
+// original compared it raw, "+" and %XX included — and, when it holds
+// %XX escapes, decoded too ("+" kept: not a form value), for the key
+// check to try when the key as sent is refused; decoded is "" otherwise.
+func KeyFromQuery(raw string) (key, decoded string) {
 	if v, ok := queryValue(raw, "key"); ok {
-		return v
+		return v, ""
 	}
 	first, _, _ := strings.Cut(raw, "&")
 	if isCacheBuster(first) {
-		return ""
+		return "", ""
 	}
-	return unescapeRaw(first)
+	if u, err := url.PathUnescape(first); err == nil && u != first {
+		return first, u
+	}
+	return first, ""
 }
 
 // queryValue returns the decoded value of the first name= parameter of a
@@ -60,15 +68,6 @@ func isCacheBuster(p string) bool {
 // unescape decodes a key= parameter as a form value.
 func unescape(s string) string {
 	if u, err := url.QueryUnescape(s); err == nil {
-		return u
-	}
-	return s
-}
-
-// unescapeRaw decodes the bare-query key the original compared raw: "+" is
-// kept as itself (QueryUnescape would make it a space), %XX is decoded.
-func unescapeRaw(s string) string {
-	if u, err := url.PathUnescape(s); err == nil {
 		return u
 	}
 	return s
@@ -112,7 +111,7 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A poll of a connection that already exists does not count again.
-	existing := longpoll.Wants(r) && g.hub.Find(peer.Key, peer.Client) != nil
+	existing := longpoll.Wants(r) && g.find(peer) != nil
 	if !existing && g.overLimit(r.RemoteAddr) {
 		w.Header().Set("Retry-After", "5")
 		http.Error(w, "connection limit reached", http.StatusServiceUnavailable)
@@ -124,7 +123,8 @@ func (g *Gateway) serveClient(w http.ResponseWriter, r *http.Request) {
 // peerOf establishes who a net/http client request comes from.
 func (g *Gateway) peerOf(r *http.Request) (session.Peer, error) {
 	addr := g.clientAddr(r.RemoteAddr, strings.Join(r.Header.Values("X-Forwarded-For"), ","), r.Header.Get("X-Real-IP"))
-	p := session.Peer{Key: KeyFromQuery(r.URL.RawQuery), Addr: addr, Origin: r.Header.Get("Origin")}
+	p := session.Peer{Addr: addr, Origin: r.Header.Get("Origin")}
+	p.Key, p.DecodedKey = KeyFromQuery(r.URL.RawQuery)
 	if err := g.resumeOf(&p, r.URL.RawQuery, r.Header.Values("Last-Event-ID")); err != nil {
 		return p, err
 	}
@@ -163,7 +163,8 @@ func (g *Gateway) gate(hs *websocket.Handshake) (session.Peer, int) {
 	if err != nil {
 		return session.Peer{}, http.StatusBadRequest
 	}
-	p := session.Peer{Key: KeyFromQuery(u.RawQuery), Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP), Origin: hs.Origin}
+	p := session.Peer{Addr: g.clientAddr(hs.Remote, hs.ForwardedFor, hs.RealIP), Origin: hs.Origin}
+	p.Key, p.DecodedKey = KeyFromQuery(u.RawQuery)
 	if g.resumeOf(&p, u.RawQuery, nil) != nil {
 		return session.Peer{}, http.StatusBadRequest
 	}
@@ -290,7 +291,7 @@ func (g *Gateway) cors(w http.ResponseWriter, r *http.Request) {
 // re-authenticated nor re-announced. The reply body ("heartbeat message"
 // for "ping") is delivered to the page by bullet.
 func (g *Gateway) serveClientText(w http.ResponseWriter, r *http.Request, peer session.Peer) {
-	sess := g.hub.Find(peer.Key, peer.Client)
+	sess := g.find(peer)
 	if sess == nil {
 		longpoll.WriteClose(w, session.CloseUnauthorized, "no open connection for this key")
 		return
@@ -305,6 +306,13 @@ func (g *Gateway) serveClientText(w http.ResponseWriter, r *http.Request, peer s
 		http.Error(w, "reading body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	if !utf8.Valid(body) {
+		// As a WebSocket text frame that is not UTF-8 (1007): refused,
+		// not repaired on the upstream channel, and the connection ends.
+		sess.Close(session.CloseInvalidData, "invalid UTF-8")
+		longpoll.WriteClose(w, session.CloseInvalidData, "invalid UTF-8")
+		return
+	}
 	reply, err := g.hub.ClientText(sess, body)
 	if errors.Is(err, hub.ErrRateLimited) {
 		longpoll.WriteClose(w, session.CloseRateLimited, "rate limited")
@@ -313,6 +321,15 @@ func (g *Gateway) serveClientText(w http.ResponseWriter, r *http.Request, peer s
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(reply)
+}
+
+// find is the HTTP-transport connection of peer's client: by its key as
+// sent, else decoded — the spelling its key check accepted (KeyFromQuery).
+func (g *Gateway) find(peer session.Peer) *session.Session {
+	if s := g.hub.Find(peer.Key, peer.Client); s != nil || peer.DecodedKey == "" {
+		return s
+	}
+	return g.hub.Find(peer.DecodedKey, peer.Client)
 }
 
 // originAllowedFor admits requests without an Origin (non-browser

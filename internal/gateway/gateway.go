@@ -252,7 +252,7 @@ func historyOf(b broker.Broker) broker.History {
 }
 
 func historyConfig(cfg config.Serve) broker.HistoryConfig {
-	return broker.HistoryConfig{Size: cfg.HistorySize, TTL: cfg.HistoryTTL}
+	return broker.HistoryConfig{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MetaTTL: cfg.HistoryMetaTTL}
 }
 
 // newBroker builds the configured broker; resync is called each time its
@@ -307,7 +307,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
 	brokerDone := make(chan error, 1)
-	go func() { brokerDone <- g.broker.Run(runCtx, g.hub.Dispatch) }()
+	go func() { brokerDone <- g.broker.RunSplit(runCtx, g.hub.Dispatch, g.hub.DispatchRecorded) }()
 	go g.hub.Run(runCtx)
 	go g.presence.Run(runCtx) // registration, heartbeats, presence writes
 	// Say at once when the key store is unreachable (startup.go).

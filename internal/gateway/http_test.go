@@ -7,25 +7,32 @@ import (
 	"github.com/wspubsub/wspubsub/internal/config"
 )
 
+// TestKeyFromQuery: the key as sent, and decoded when a bare key holds
+// %XX escapes (tried when the key as sent is refused).
 func TestKeyFromQuery(t *testing.T) {
-	for raw, want := range map[string]string{
-		"00721b2a-046c-4ecc-a5df-5f808cc6c58f": "00721b2a-046c-4ecc-a5df-5f808cc6c58f",
-		"abc&_=1416911718123":                  "abc",
-		"key=abc&_=1":                          "abc",
-		"_=1416911718123&key=abc":              "abc",
-		"_=1416911718123":                      "",
-		"abc&foo=bar":                          "abc",
-		"key=a%2Fb":                            "a/b",
-		"":                                     "",
-		"x&key=real":                           "real",
-		"a+b":                                  "a+b", // the original compared the raw query
-		"a%2Bb&_=1":                            "a+b",
-		"key=a+b":                              "a b", // a form value, as browsers encode it
-		"key=a%2Bb":                            "a+b",
-		"key=&_=1":                             "", // an empty key= is the key
+	for raw, want := range map[string][2]string{
+		"00721b2a-046c-4ecc-a5df-5f808cc6c58f": {"00721b2a-046c-4ecc-a5df-5f808cc6c58f", ""},
+		"abc&_=1416911718123":                  {"abc", ""},
+		"key=abc&_=1":                          {"abc", ""},
+		"_=1416911718123&key=abc":              {"abc", ""},
+		"_=1416911718123":                      {"", ""},
+		"abc&foo=bar":                          {"abc", ""},
+		"key=a%2Fb":                            {"a/b", ""},
+		"":                                     {"", ""},
+		"x&key=real":                           {"real", ""},
+		"a+b":                                  {"a+b", ""}, // the original compared the raw query
+		"a%2Bb&_=1":                            {"a%2Bb", "a+b"},
+		"pct%41key":                            {"pct%41key", "pctAkey"}, // as sent first: a key stored with its '%'
+		"a%20b+c":                              {"a%20b+c", "a b+c"},     // decoded, '+' is still '+'
+		"100%":                                 {"100%", ""},             // not an escape: as sent only
+		"a%zzb":                                {"a%zzb", ""},
+		"key=a+b":                              {"a b", ""}, // a form value, as browsers encode it
+		"key=a%2Bb":                            {"a+b", ""},
+		"key=pct%41key":                        {"pctAkey", ""},
+		"key=&_=1":                             {"", ""}, // an empty key= is the key
 	} {
-		if got := KeyFromQuery(raw); got != want {
-			t.Errorf("KeyFromQuery(%q) = %q, want %q", raw, got, want)
+		if key, decoded := KeyFromQuery(raw); key != want[0] || decoded != want[1] {
+			t.Errorf("KeyFromQuery(%q) = %q, %q; want %q, %q", raw, key, decoded, want[0], want[1])
 		}
 	}
 }

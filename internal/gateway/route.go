@@ -50,17 +50,23 @@ func (g *Gateway) routed(msg []byte) ([]broker.Routed, error) {
 // this node holds the forwarding lease (--routing keys): recorded in the
 // recipients' histories when history is on (so it becomes resumable from
 // then on), else published live on their channels. A message the parser
-// refuses is dropped and counted as the hub would have.
+// refuses is dropped and counted as the hub would have; a "wspubsub_ids"
+// member is not forwarded (neither path keeps it) and is counted as the hub
+// counts it on the plain channel without routing.
 func (g *Gateway) forward(ctx context.Context, msg []byte) {
-	var err error
-	if g.history != nil {
-		g.pub.mu.Lock()
-		_, err = g.pub.p.Parse(msg)
-		g.pub.mu.Unlock()
-		if err == nil {
-			_, err = g.history.Record(ctx, msg, "")
-		}
-	} else {
+	g.pub.mu.Lock()
+	env, err := g.pub.p.Parse(msg)
+	g.pub.mu.Unlock()
+	if err == nil && env.StrippedIDs {
+		g.metrics.Stripped.WithLabelValues(envelope.ReasonUntrustedIDs).Inc()
+		g.sampled.Log(slog.LevelWarn, `a plain message carried "wspubsub_ids": removed before forwarding (only the history functions write ids)`,
+			"reason", envelope.ReasonUntrustedIDs, "bytes", len(msg))
+	}
+	switch {
+	case err != nil:
+	case g.history != nil:
+		_, err = g.history.Record(ctx, msg, "")
+	default:
 		err = g.publishLive(ctx, msg)
 	}
 	if err == nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -187,6 +188,17 @@ func (l *tlsListener) run() {
 // handshake, anything else is refused (plain HTTP with a 400 that says
 // why).
 func (l *tlsListener) handshake(c net.Conn) {
+	defer func() {
+		// A bug some handshake reached (crypto/tls, a certificate
+		// callback): no session exists yet, so log, count, drop this
+		// socket and keep serving, as every per-connection goroutine does.
+		if r := recover(); r != nil {
+			l.g.log.Error("TLS handshake failed: internal error", "remote", c.RemoteAddr().String(),
+				"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			l.g.metrics.Rejections.WithLabelValues(metrics.RejectInternal).Inc()
+			_ = c.Close()
+		}
+	}()
 	_ = c.SetDeadline(time.Now().Add(headerTimeout))
 	var first [8]byte
 	n, err := c.Read(first[:])

@@ -21,6 +21,7 @@ import (
 
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/metrics"
+	"github.com/wspubsub/wspubsub/internal/ratelimit"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
 
@@ -299,5 +300,69 @@ func TestTLSWebSocketDelivery(t *testing.T) {
 		if got, want := next(), fmt.Sprintf(`{"data":{"n":%d}}`, i); got != want {
 			t.Fatalf("got %s, want %s", got, want)
 		}
+	}
+}
+
+// TestTLSHandshakePanicDropsOneSocket: a panic in one connection's
+// handshake goroutine (here the certificate callback, for one server
+// name) is recovered: one error line, rejections{internal_error}, that
+// socket closed; the listener goes on serving handshakes.
+func TestTLSHandshakePanicDropsOneSocket(t *testing.T) {
+	ca := testenv.NewCA(t)
+	certFile, keyFile := ca.Issue(t, t.TempDir(), 2)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logLines{min: slog.LevelError}
+	log := slog.New(logs)
+	g := &Gateway{log: log, metrics: metrics.New(), sampled: ratelimit.NewSampled(log, 5, 50)}
+	cfg := &tls.Config{GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if hello.ServerName == "bomb.example" {
+			panic("certificate callback bug")
+		}
+		return &cert, nil
+	}}
+	l := &tlsListener{ln: ln, cfg: cfg, g: g, ch: make(chan net.Conn), done: make(chan struct{})}
+	go l.run()
+	t.Cleanup(func() { _ = ln.Close() })
+
+	bad := ca.ClientConfig()
+	bad.ServerName = "bomb.example"
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), bad); err == nil {
+		c.Close()
+		t.Fatal("handshake that panicked on the server completed")
+	}
+	if got := testutil.ToFloat64(g.metrics.Rejections.WithLabelValues(metrics.RejectInternal)); got != 1 {
+		t.Fatalf("rejections{internal_error} = %v, want 1", got)
+	}
+	if n := logs.count("TLS handshake failed: internal error"); n != 1 {
+		t.Fatalf("%d internal-error lines, want 1", n)
+	}
+
+	good := ca.ClientConfig()
+	good.ServerName = "localhost"
+	c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), good)
+	if err != nil {
+		t.Fatalf("handshake after the panic: %v", err)
+	}
+	defer c.Close()
+	sc, err := l.Accept()
+	if err != nil {
+		t.Fatalf("Accept after the panic: %v", err)
+	}
+	defer sc.Close()
+	if _, err := sc.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a bound, not an expectation
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("read %q: %v", buf, err)
 	}
 }

@@ -161,6 +161,11 @@ func (h *Hub) throttled(s *session.Session) error {
 // check made before any of them failed, while concurrent good keys are
 // merely queued. A refused credential (unknown key, bad or expired token,
 // a hook's 401/403) spends one unit of the budget.
+//
+// A bare key with %XX escapes is tried as sent first (the original
+// compared the raw query), then, when that is refused, decoded (what this
+// gateway used to take): one lookup unless the spellings differ, and one
+// unit of budget however many spellings were refused.
 func (h *Hub) check(ctx context.Context, s *session.Session) (id keystore.Identity, throttled bool, err error) {
 	release, err := h.lookupSlot(ctx, s.Addr)
 	if err != nil {
@@ -170,7 +175,17 @@ func (h *Hub) check(ctx context.Context, s *session.Session) (id keystore.Identi
 	if !h.authFails.Has(s.Addr, time.Now()) {
 		return id, true, nil
 	}
-	return h.authenticate(ctx, s, s.Key)
+	decoded := s.DecodedKey()
+	if decoded == "" {
+		return h.authenticate(ctx, s, s.Key)
+	}
+	if id, err = h.verify(ctx, s, s.Key); !errors.Is(err, keystore.ErrUnauthorized) {
+		return id, false, err
+	}
+	if id, throttled, err = h.authenticate(ctx, s, decoded); err == nil {
+		s.UseDecodedKey()
+	}
+	return id, throttled, err
 }
 
 // lookupSlot waits (bounded by ctx) for one of the AuthFailBurst key

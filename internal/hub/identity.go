@@ -13,6 +13,15 @@ import (
 // authenticate asks the authenticator about credential, presented by s,
 // and spends a unit of s's address's failure budget on a refusal.
 func (h *Hub) authenticate(ctx context.Context, s *session.Session, credential string) (keystore.Identity, bool, error) {
+	id, err := h.verify(ctx, s, credential)
+	if errors.Is(err, keystore.ErrUnauthorized) {
+		h.authFails.Take(s.Addr, time.Now())
+	}
+	return id, false, err
+}
+
+// verify is authenticate without spending the budget.
+func (h *Hub) verify(ctx context.Context, s *session.Session, credential string) (keystore.Identity, error) {
 	id, err := h.cfg.Auth.Authenticate(ctx, keystore.Credential{Secret: credential, Transport: s.Transport, Addr: s.Addr, Origin: s.Origin()})
 	if err == nil && id.Key == "" {
 		err = fmt.Errorf("%w: no routing key in the answer", keystore.ErrUnauthorized)
@@ -20,10 +29,7 @@ func (h *Hub) authenticate(ctx context.Context, s *session.Session, credential s
 	if err == nil && !id.Expires.IsZero() && !id.Expires.After(time.Now()) {
 		err = fmt.Errorf("%w: expired", keystore.ErrUnauthorized)
 	}
-	if errors.Is(err, keystore.ErrUnauthorized) {
-		h.authFails.Take(s.Addr, time.Now())
-	}
-	return id, false, err
+	return id, err
 }
 
 // adopt gives s the identity its credential proved: its routing key and,

@@ -50,15 +50,26 @@ type resumeFixture struct {
 	b  *broker.Memory
 	hh *hookedHistory
 	h  *Hub
-	in chan []byte
+	in chan published
+}
+
+// published is one message the broker handed on, and whether it came
+// from the recorded channel (as the gateway wires RunSplit).
+type published struct {
+	p        []byte
+	recorded bool
 }
 
 func newResumeFixture(t *testing.T, size int) *resumeFixture {
 	b := broker.NewMemory("in").WithHistory(broker.HistoryConfig{Size: size, TTL: time.Minute})
-	f := &resumeFixture{t: t, b: b, hh: &hookedHistory{History: b}, in: make(chan []byte, 100)}
+	f := &resumeFixture{t: t, b: b, hh: &hookedHistory{History: b}, in: make(chan published, 100)}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go func() { _ = b.Run(ctx, func(p []byte) { f.in <- append([]byte(nil), p...) }) }()
+	go func() {
+		_ = b.RunSplit(ctx,
+			func(p []byte) { f.in <- published{append([]byte(nil), p...), false} },
+			func(p []byte) { f.in <- published{append([]byte(nil), p...), true} })
+	}()
 	for deadline := time.Now().Add(5 * time.Second); !b.Ready(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("in-process broker not running")
@@ -90,19 +101,38 @@ func (f *resumeFixture) record(n int, recipients ...string) []string {
 
 func (f *resumeFixture) id(n int) string { return f.record(n)[0] }
 
-func (f *resumeFixture) published() []byte {
+// position is the frame a client starting from now gets while nothing has
+// been recorded for key yet: a real position, not "0" (broker.History).
+func (f *resumeFixture) position(key string) string {
+	f.t.Helper()
+	rp, err := f.b.Since(context.Background(), key, "")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return `{"id":"` + rp.Top + `"}`
+}
+
+func (f *resumeFixture) published() published {
 	f.t.Helper()
 	select {
 	case p := <-f.in:
 		return p
 	case <-time.After(5 * time.Second):
-		f.t.Fatal("nothing published on the inbound channel")
-		return nil
+		f.t.Fatal("nothing published on the inbound channels")
+		return published{}
 	}
 }
 
-// dispatchNext delivers the oldest published message live.
-func (f *resumeFixture) dispatchNext() { f.t.Helper(); f.h.Dispatch(f.published()) }
+// dispatchNext delivers the oldest published message live, through the
+// handler the gateway gives its channel.
+func (f *resumeFixture) dispatchNext() {
+	f.t.Helper()
+	if p := f.published(); p.recorded {
+		f.h.DispatchRecorded(p.p)
+	} else {
+		f.h.Dispatch(p.p)
+	}
+}
 
 // dropNext loses it, as a gateway whose subscription is down does.
 func (f *resumeFixture) dropNext() { f.t.Helper(); f.published() }
@@ -178,7 +208,7 @@ func TestResumeRecordedAndOriginalFormsOfOneMessage(t *testing.T) {
 	if err := f.h.Admit(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	expectFrames(t, res, `{"id":"0"}`)
+	expectFrames(t, res, f.position("k"))
 	ids := f.record(1, "k", "other")
 	f.dispatchNext()
 	expectFrames(t, legacy, `{"data":1}`)
@@ -205,7 +235,7 @@ func TestResumeResyncCatchesUpALiveSession(t *testing.T) {
 	f := newResumeFixture(t, 100)
 	legacy, _ := admit(t, f.h, "k", 1<<20)
 	s := f.admitResuming("")
-	expectFrames(t, s, `{"id":"0"}`)
+	expectFrames(t, s, f.position("k"))
 	id1 := f.id(1)
 	f.dispatchNext()
 	expectFrames(t, s, frame(id1, 1))
@@ -245,7 +275,7 @@ func TestResumeResyncCatchesUpALiveSession(t *testing.T) {
 func TestResumeResyncHoldsBeforeReturning(t *testing.T) {
 	f := newResumeFixture(t, 100)
 	s := f.admitResuming("")
-	expectFrames(t, s, `{"id":"0"}`)
+	expectFrames(t, s, f.position("k"))
 	id1, id2 := f.id(1), f.id(2)
 	f.dropNext()
 	f.dropNext()
@@ -286,6 +316,7 @@ func gate(f *resumeFixture) (read, release chan struct{}) {
 // than the missed ones) through first.
 func TestResumeResyncDoesNotSkipAnAdmissionInProgress(t *testing.T) {
 	f := newResumeFixture(t, 100)
+	pos := f.position("k")
 	read, release := gate(f)
 	admitted := make(chan *session.Session, 1)
 	go func() {
@@ -308,7 +339,7 @@ func TestResumeResyncDoesNotSkipAnAdmissionInProgress(t *testing.T) {
 	s := <-admitted
 	waitDone(t, done)
 	waitDone(t, done2)
-	expectFrames(t, s, `{"id":"0"}`, frame(id1, 1), frame(id2, 2))
+	expectFrames(t, s, pos, frame(id1, 1), frame(id2, 2))
 	id3 := f.id(3)
 	f.dispatchNext()
 	expectFrames(t, s, frame(id3, 3))
@@ -318,7 +349,7 @@ func TestResumeResyncDoesNotSkipAnAdmissionInProgress(t *testing.T) {
 func TestResumeResyncDuringAnEarlierResync(t *testing.T) {
 	f := newResumeFixture(t, 100)
 	s := f.admitResuming("")
-	expectFrames(t, s, `{"id":"0"}`)
+	expectFrames(t, s, f.position("k"))
 	id1 := f.id(1)
 	f.dropNext()
 	read, release := gate(f)

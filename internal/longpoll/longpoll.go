@@ -122,6 +122,10 @@ type poller struct {
 	inflight   *session.Message // the last message answered (resuming clients)
 	inflightID envelope.ID      // its id
 	sentFor    string           // the since of the poll it answered
+	// at is where this connection put the client: the id it was admitted
+	// from, then each message with an id it answered. Its queue holds what
+	// came after at, in order.
+	at envelope.ID
 }
 
 // next returns the message to answer a poll with, or nil. For a resuming
@@ -136,31 +140,40 @@ type poller struct {
 // afterOK): the since, not what this connection gave before, says where
 // the client is — its polls may have reached another gateway meanwhile (a
 // load balancer without stickiness, or a reconnect), which gave it what
-// this queue still holds. Under p.mu, so that two polls held at once (one
-// of them given up on by the client) cannot take two messages for one
-// since: the second gets the first's again.
-func (p *poller) next(resuming bool, since string, after envelope.ID, afterOK bool) *session.Message {
+// this queue still holds. again: the client must resume anew (see below).
+// Under p.mu, so that two polls held at once (one of them given up on by
+// the client) cannot take two messages for one since: the second gets the
+// first's again.
+func (p *poller) next(resuming bool, since string, after envelope.ID, afterOK bool) (m *session.Message, again bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if resuming && p.inflight != nil {
 		if since == p.sentFor || (afterOK && lacks(after, p.inflightID)) {
-			return p.inflight
+			return p.inflight, false
 		}
 		p.inflight = nil
 	}
 	for {
 		m := p.sess.Pop()
 		if m == nil {
-			return nil
+			return nil, false
 		}
 		id, idOK := m.HistoryID()
+		if afterOK && idOK && resuming && after.Epoch != "" && id.Epoch != after.Epoch && after != p.at {
+			// The client got its id elsewhere (another gateway), from
+			// another life of the key's history than this message's (Redis
+			// lost it, or it expired): ids of two lives do not compare, so
+			// whether it has this message is unknown — given, it could come
+			// twice and out of order. It resumes anew, from the history.
+			return nil, true
+		}
 		if afterOK && idOK && !id.After(after) {
 			continue // the client has it
 		}
 		if idOK && p.sess.Resumes() {
-			p.inflight, p.inflightID, p.sentFor = m, id, since
+			p.inflight, p.inflightID, p.sentFor, p.at = m, id, since, id
 		}
-		return m
+		return m, false
 	}
 }
 
@@ -215,6 +228,7 @@ func (s *Server) attach(r *http.Request, peer session.Peer) (p *poller, err erro
 		return p, p.admitErr
 	}
 	p = &poller{srv: s, id: id, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
+	p.at, _ = envelope.ParseID(peer.Since)
 	p.lastSeen.Store(time.Now().UnixNano())
 	p.sess = session.New(s.cfg.Hub.NewID(), peer, Name, p, s.cfg.QueueBytes)
 	s.by[id] = p
@@ -278,7 +292,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, peer session.Peer
 	timer := time.NewTimer(s.cfg.PollTimeout)
 	defer timer.Stop()
 	for {
-		if m := p.next(resuming, peer.Since, after, afterOK); m != nil {
+		m, again := p.next(resuming, peer.Since, after, afterOK)
+		if again {
+			p.sess.Close(session.CloseTryAgain, "resume again")
+		}
+		if m != nil {
 			p.answered.Store(true)
 			writeMessage(w, m)
 			if p.active.Load() > 1 {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,9 +34,14 @@ type rig struct {
 
 func newRig(t *testing.T, mod func(*Config)) *rig {
 	t.Helper()
+	return newRigWith(t, keystore.NewMemory("k"), slog.New(slog.DiscardHandler), mod)
+}
+
+// newRigWith is newRig with the key store and logger given.
+func newRigWith(t *testing.T, store keystore.KeyStore, log *slog.Logger, mod func(*Config)) *rig {
+	t.Helper()
 	m := metrics.New()
-	log := slog.New(slog.DiscardHandler)
-	h := hub.New(hub.Config{Store: keystore.NewMemory("k"), Metrics: m, Logger: log, RecheckInterval: -1})
+	h := hub.New(hub.Config{Store: store, Metrics: m, Logger: log, RecheckInterval: -1})
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := Config{Hub: h, Metrics: m, Logger: log, PollTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	if mod != nil {
@@ -385,5 +391,70 @@ func TestHeldPollsPerConnectionAreBounded(t *testing.T) {
 	}
 	if r.hub.Live() != 1 {
 		t.Fatalf("live %d: the refusal must leave the connection alone", r.hub.Live())
+	}
+}
+
+// panicStore panics when asked about one key (a key store bug some
+// client's key reaches).
+type panicStore struct {
+	*keystore.Memory
+	bomb string
+}
+
+func (s panicStore) Contains(ctx context.Context, key string) (bool, error) {
+	if key == s.bomb {
+		panic("key store bug")
+	}
+	return s.Memory.Contains(ctx, key)
+}
+
+// errorLines is a slog.Handler keeping the messages of error records.
+type errorLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *errorLines) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelError }
+func (l *errorLines) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, r.Message)
+	return nil
+}
+func (l *errorLines) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *errorLines) WithGroup(string) slog.Handler      { return l }
+
+func (l *errorLines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// A panic while admitting a polling connection answers its poll 500 with
+// close code 1011, is logged once and counted, keeps no connection, and
+// the server goes on serving others.
+func TestPollPanicIs500With1011(t *testing.T) {
+	logs := &errorLines{}
+	r := newRigWith(t, panicStore{keystore.NewMemory("k"), "bomb"}, slog.New(logs), nil)
+	held := r.pollAsync(context.Background(), "k", "good")
+	eventually(t, 5*time.Second, "the good poll admitted", func() bool { return r.hub.Find("k", "sid:good") != nil })
+	for i := range 2 { // the failed connection is not kept: a second poll is admitted anew, and fails alike
+		a := r.poll(context.Background(), "bomb", "bad")
+		if a.err != nil || a.code != http.StatusInternalServerError || a.hdr.Get("X-Wspubsub-Close-Code") != "1011" {
+			t.Fatalf("poll %d of the panicking key: %d %v %v", i+1, a.code, a.hdr, a.err)
+		}
+	}
+	if got := testutil.ToFloat64(r.m.Rejections.WithLabelValues(metrics.RejectInternal)); got != 2 {
+		t.Fatalf("rejections{internal_error} = %v, want 2", got)
+	}
+	if lines := logs.all(); len(lines) != 2 || !strings.Contains(lines[0], "internal error") {
+		t.Fatalf("want one internal-error line per poll, got %q", lines)
+	}
+	if r.lp.Open() != 1 || r.hub.Live() != 1 {
+		t.Fatalf("open %d live %d, want only the good connection", r.lp.Open(), r.hub.Live())
+	}
+	r.hub.Dispatch([]byte(`{"recipients":["k"],"data":1}`))
+	if a := wait(t, held); a.code != 200 || a.body != `{"data":1}` {
+		t.Fatalf("the good poll after the panics: %d %q", a.code, a.body)
 	}
 }

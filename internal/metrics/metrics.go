@@ -115,6 +115,9 @@ type Metrics struct {
 	// ProbesLost counts subscription probes that did not come back: each
 	// made its connection be dropped and subscribed again.
 	ProbesLost prometheus.Counter
+	// Stripped counts inbound messages delivered with a member removed
+	// that their channel may not carry (envelope.StripReasons).
+	Stripped *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them (plus Go and process
@@ -209,6 +212,13 @@ func New() *Metrics {
 		m.PresenceFlushes.WithLabelValues(o)
 		m.PresenceHeartbeats.WithLabelValues(o)
 		m.PresenceReads.WithLabelValues(o)
+	}
+	m.Stripped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wspubsub_stripped_total", Help: `Inbound messages delivered with a member removed, by reason (untrusted_ids: a "wspubsub_ids" member on a plain PUBLISH; only the history functions write ids).`,
+	}, []string{"reason"})
+	m.Registry.MustRegister(m.Stripped)
+	for _, r := range envelope.StripReasons {
+		m.Stripped.WithLabelValues(r)
 	}
 	m.ProbesLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "wspubsub_subscription_probes_lost_total", Help: "Subscription probes that did not come back within the probe interval; each rebuilt its subscription (--routing keys).",

@@ -13,6 +13,7 @@ import (
 type identity struct {
 	credential string       // what the client presented, when it differs from Key
 	origin     string       // the browser's Origin (an auth hook is told it)
+	decoded    string       // the Peer's DecodedKey, until admission
 	expires    atomic.Int64 // unix nanoseconds; 0: never
 }
 
@@ -39,6 +40,24 @@ func (s *Session) SetIdentity(key, credential string, expires time.Time) {
 	}
 	s.Key = key
 	s.SetExpires(expires)
+}
+
+// DecodedKey is the Peer's DecodedKey (the key decoded, when that differs
+// from the key as sent): known until admission.
+func (s *Session) DecodedKey() string {
+	if s.id == nil {
+		return ""
+	}
+	return s.id.decoded
+}
+
+// UseDecodedKey makes the key's decoded spelling the session's key: the
+// key check refused the key as sent and accepted it decoded. Before
+// admission only.
+func (s *Session) UseDecodedKey() {
+	if s.id != nil && s.id.decoded != "" {
+		s.Key, s.id.decoded = s.id.decoded, ""
+	}
 }
 
 // Origin is the browser's Origin header the session connected with: known

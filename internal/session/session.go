@@ -70,8 +70,12 @@ type Transport interface {
 
 // Peer says who is connecting, as the gateway established it.
 type Peer struct {
-	Key  string // the client's key
-	Addr string // the client's address (an IP), for per-address limits
+	Key string // the client's key, as it sent it
+	// DecodedKey is Key with its %XX escapes decoded, when the client sent
+	// a bare key that has some (else ""): the key check tries it when Key
+	// itself is refused. Kept only until admission.
+	DecodedKey string
+	Addr       string // the client's address (an IP), for per-address limits
 	// Client identifies the client behind an HTTP-transport connection
 	// (its sid, or a digest of what identifies it), so that its POSTs reach
 	// that connection; empty for WebSocket.
@@ -114,14 +118,14 @@ type Session struct {
 	life   atomic.Uint32
 	Resume bool      // the Peer's: beside life, in what would be padding
 	res    *resume   // nil unless Resume
-	id     *identity // nil unless admitted with a token or an expiry, or not yet admitted with an Origin (identity.go)
+	id     *identity // nil unless admitted with a token or an expiry, or not yet admitted with an Origin or a decoded key (identity.go)
 }
 
 // New returns a session whose queue holds at most limit bytes.
 func New(id uint64, p Peer, transport string, t Transport, limit int) *Session {
 	s := &Session{ID: id, who: who{Key: p.Key, Addr: p.Addr, Client: p.Client, Since: p.Since}, Resume: p.Resume, Transport: transport, t: t}
-	if p.Origin != "" {
-		s.id = &identity{origin: p.Origin} // until admission (SetIdentity)
+	if p.Origin != "" || p.DecodedKey != "" {
+		s.id = &identity{origin: p.Origin, decoded: p.DecodedKey} // until admission (SetIdentity)
 	}
 	s.q.limit = limit
 	if p.Resume {

@@ -18,6 +18,11 @@ import (
 	"github.com/wspubsub/wspubsub/internal/session"
 )
 
+// maxFragments bounds the frames of one client message: empty
+// continuation frames cost no memory but a read and a header each, and a
+// message made of endlessly many would be unbounded work.
+const maxFragments = 1024
+
 // defaultCloseWait bounds how long a server-initiated close waits for the
 // client's close reply before the socket is dropped (Config.CloseWait).
 const defaultCloseWait = 2 * time.Second
@@ -46,7 +51,7 @@ type conn struct {
 
 	// A fragmented message being assembled, nil between messages (only
 	// the reader touches it).
-	frag *[]byte
+	frag *fragmented
 
 	// The poller's view (netpoll.go; pfd, pseq, busy and unpolled under
 	// its lock; polled is set before the connection is admitted).
@@ -208,6 +213,9 @@ func (c *conn) readFrame() string {
 		return c.protocolError("bad control frame")
 	case hdr.OpCode == ws.OpContinuation && c.frag == nil:
 		return c.protocolError("continuation without a message")
+	case hdr.OpCode == ws.OpContinuation && c.frag.frames >= maxFragments:
+		c.sess.Close(session.CloseTooBig, "too many fragments")
+		return metrics.DiscTooBig
 	case (hdr.OpCode == ws.OpText || hdr.OpCode == ws.OpBinary) && c.frag != nil:
 		return c.protocolError("new message inside a fragmented one")
 	// Control frames (≤ 125 bytes, checked above) may come between a
@@ -241,13 +249,13 @@ func (c *conn) readFrame() string {
 		if hdr.Fin { // a whole message in one frame, the usual case: no copy
 			return c.onMessage(payload)
 		}
-		msg := payload // (its own variable: only this case puts a slice header on the heap)
-		c.frag = &msg
+		c.frag = &fragmented{buf: payload, frames: 1}
 	case ws.OpContinuation:
-		*c.frag = append(*c.frag, payload...)
+		c.frag.buf = append(c.frag.buf, payload...)
+		c.frag.frames++
 		if hdr.Fin {
 			// The buffer goes with the message: none is held between them.
-			msg := *c.frag
+			msg := c.frag.buf
 			c.frag = nil
 			return c.onMessage(msg)
 		}
@@ -257,12 +265,18 @@ func (c *conn) readFrame() string {
 	return ""
 }
 
+// fragmented is a message being assembled from its frames.
+type fragmented struct {
+	buf    []byte
+	frames int // the frames it has had: at most maxFragments
+}
+
 // fragLen is the length of the fragmented message being assembled.
 func (c *conn) fragLen() int {
 	if c.frag == nil {
 		return 0
 	}
-	return len(*c.frag)
+	return len(c.frag.buf)
 }
 
 // protocolError closes the connection with 1002 for a frame that breaks

@@ -202,6 +202,39 @@ func TestConnSizeBoundaries(t *testing.T) {
 	h.noRecoveredPanics()
 }
 
+// TestConnFragmentCap: a message of maxFragments frames (control frames
+// between them do not count) is accepted; one frame more, even empty,
+// closes the connection with 1009.
+func TestConnFragmentCap(t *testing.T) {
+	bothPaths(t, func(t *testing.T, connect func(h *harness, key, addr string) *peer) {
+		h := newHarness(t, keystore.NewMemory("good"), hub.Config{}, Config{})
+		p := connect(h, "good", "192.0.2.1")
+		h.waitLive(1)
+		frames := [][]byte{frame(ws.OpText, false, []byte("pi")), frame(ws.OpPing, true, []byte("p"))}
+		for range maxFragments - 2 {
+			frames = append(frames, frame(ws.OpContinuation, false, nil))
+		}
+		p.write(append(frames, frame(ws.OpContinuation, true, []byte("ng")))...)
+		p.expectText("heartbeat message") // skips the pong
+		if h.hub.Live() != 1 {
+			t.Fatalf("connection closed after a message of %d frames", maxFragments)
+		}
+		frames = [][]byte{frame(ws.OpText, false, []byte("pi"))}
+		for range maxFragments {
+			frames = append(frames, frame(ws.OpContinuation, false, nil))
+		}
+		p.write(frames...)
+		if reason := p.expectClose(1009); reason != "too many fragments" {
+			t.Errorf("close reason %q", reason)
+		}
+		h.waitGone()
+		if n := h.disconnects(metrics.DiscTooBig); n != 1 {
+			t.Errorf("disconnects{too_big} = %v", n)
+		}
+		h.noRecoveredPanics()
+	})
+}
+
 func TestConnUnknownKeyIs4401AndThrottledIs4429(t *testing.T) {
 	h := newHarness(t, keystore.NewMemory("good"), hub.Config{AuthFailBurst: 2}, Config{})
 	for _, key := range []string{"bad-1", ""} {
