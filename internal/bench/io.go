@@ -96,20 +96,32 @@ func redisUniversal(ctx context.Context, cfg Config) (redis.UniversalClient, err
 type redisPublisher struct {
 	c       redis.UniversalClient
 	channel string
-	durable bool       // FCALL wspubsub_publish instead of PUBLISH
+	durable bool       // FCALL wspubsub_publish_batch instead of PUBLISH
 	idem    string     // idempotency-key prefix ("" = none)
 	n       uint64     // messages published (idempotency-key suffix)
 	route   *routePlan // --routing keys: publish as a routed backend does
 	cmds    []routedCmd
 	owner   io.Closer // the cluster client c belongs to, if any
+	// single: the functions loaded have no batch form (an older gateway):
+	// one FCALL wspubsub_publish per message.
+	single bool
+	args   []any // scratch: a batch's arguments
 }
 
+// durableBatch is how many messages go in one FCALL
+// wspubsub_publish_batch: enough to spread the call's cost, few enough
+// that Redis is not held for long (≈ 1 ms here).
+const durableBatch = 64
+
 // publish sends the batch as one pipeline: one round trip (per master, in
-// parallel, on a cluster). Durable, each message is FCALL wspubsub_publish
-// 0 <envelope> [<idempotency-key>]: the gateways' Redis function records
-// it in every recipient's history and publishes it, atomically. Routed,
-// see routePlan.
+// parallel, on a cluster). Durable, the messages go durableBatch at a time
+// in FCALL wspubsub_publish_batch 0 <envelope> <idempotency-key> …: the
+// gateways' Redis function records each in every recipient's history and
+// publishes it, atomically. Routed, see routePlan.
 func (p *redisPublisher) publish(ctx context.Context, msgs [][]byte) error {
+	if p.durable && p.route == nil && !p.single {
+		return p.publishBatches(ctx, msgs)
+	}
 	pipe := p.c.Pipeline()
 	for _, m := range msgs {
 		if p.route != nil {
@@ -122,15 +134,66 @@ func (p *redisPublisher) publish(ctx context.Context, msgs [][]byte) error {
 		case !p.durable:
 			pipe.Publish(ctx, p.channel, m)
 		case p.idem != "":
-			p.n++
-			pipe.FCall(ctx, "wspubsub_publish", nil, m, p.idem+strconv.FormatUint(p.n, 36))
+			pipe.FCall(ctx, "wspubsub_publish", nil, m, p.nextIdem())
 		default:
 			pipe.FCall(ctx, "wspubsub_publish", nil, m)
 		}
 	}
 	_, err := pipe.Exec(ctx)
+	return p.durableError("wspubsub_publish", err)
+}
+
+func (p *redisPublisher) nextIdem() string {
+	p.n++
+	return p.idem + strconv.FormatUint(p.n, 36)
+}
+
+// publishBatches is publish's durable form: each message's answer (or
+// error) is checked.
+func (p *redisPublisher) publishBatches(ctx context.Context, msgs [][]byte) error {
+	pipe := p.c.Pipeline()
+	n0 := p.n
+	var calls []*redis.Cmd
+	for start := 0; start < len(msgs); start += durableBatch {
+		args := p.args[:0]
+		for _, m := range msgs[start:min(start+durableBatch, len(msgs))] {
+			idem := ""
+			if p.idem != "" {
+				idem = p.nextIdem()
+			}
+			args = append(args, m, idem)
+		}
+		calls = append(calls, pipe.FCall(ctx, "wspubsub_publish_batch", nil, args...))
+		p.args = args[:0]
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && strings.Contains(err.Error(), "Function not found") && !p.single {
+		// An older gateway's functions: one call per message, the same
+		// idempotency keys (nothing was recorded).
+		p.single, p.n = true, n0
+		return p.publish(ctx, msgs)
+	}
+	if err != nil {
+		return p.durableError("wspubsub_publish_batch", err)
+	}
+	for _, c := range calls {
+		answers, err := c.Slice()
+		if err != nil {
+			return fmt.Errorf("FCALL wspubsub_publish_batch: %w", err)
+		}
+		for _, a := range answers {
+			if e, ok := a.(error); ok {
+				return fmt.Errorf("FCALL wspubsub_publish_batch: a message refused: %w", e)
+			}
+		}
+	}
+	return nil
+}
+
+// durableError says what a "Function not found" means here.
+func (p *redisPublisher) durableError(fn string, err error) error {
 	if err != nil && p.durable && strings.Contains(err.Error(), "Function not found") {
-		return fmt.Errorf("FCALL wspubsub_publish: %w (no gateway with --history-size > 0 has loaded its functions into this Redis)", err)
+		return fmt.Errorf("FCALL %s: %w (no gateway with --history-size > 0 has loaded its functions into this Redis)", fn, err)
 	}
 	return err
 }
@@ -144,8 +207,7 @@ func (p *redisPublisher) routed(ctx context.Context, pipe redis.Pipeliner, m []b
 	}
 	idem := ""
 	if p.durable && p.idem != "" {
-		p.n++
-		idem = p.idem + strconv.FormatUint(p.n, 36)
+		idem = p.nextIdem()
 	}
 	for _, c := range p.cmds {
 		switch {

@@ -153,10 +153,11 @@ local function fail(why) return redis.error_reply('ERR wspubsub: ' .. why) end
 -- append records one message in key k's history and answers its id. The
 -- id follows the meta record's last one, as XADD '*' would follow the
 -- stream's, but also across a stream that expired in between. m is the
--- meta record when the caller read it already (false: there is none). c
--- is the call's clock.
-local function append(k, kind, p, c, m)
-  local sk, mk = stream(k), meta(k)
+-- meta record when the caller read it already (false: there is none), mk
+-- its key. c is the call's clock.
+local function append(k, kind, p, c, m, mk)
+  local sk = stream(k)
+  mk = mk or meta(k)
   if m == nil then m = redis.call('GET', mk) end
   local e, prev, due = parse_meta(m)
   local id
@@ -180,14 +181,17 @@ local function append(k, kind, p, c, m)
     id = redis.call('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, kind, p)
     due = '0'
   end
-  if not later(due, c.ms) then
+  id = e .. '.' .. id
+  if later(due, c.ms) then
+    -- The record's expiry is pushed back with the stream's (SET PX costs
+    -- twice as much as SET KEEPTTL): it still outlives the stream.
+    redis.call('SET', mk, id .. ' ' .. due, 'KEEPTTL')
+  else
     if not c.due then c.due, c.minid = fmt(c.now + SLACK), fmt(c.now - TTL) end
     redis.call('XTRIM', sk, 'MINID', c.minid)
     redis.call('PEXPIRE', sk, EXPIRE)
-    due = c.due
+    redis.call('SET', mk, id .. ' ' .. c.due, 'PX', META_TTL)
   end
-  id = e .. '.' .. id
-  redis.call('SET', mk, id .. ' ' .. due, 'PX', META_TTL)
   return id
 end
 
@@ -217,12 +221,12 @@ local function publish_one(keys, msg, idem, c)
       r[i] = k
     end
   end
-  local ikey, m1
+  local ikey, m1, mk1
   if idem ~= nil and idem ~= '' then
     -- The first recipient's meta record comes with it (same slot): one
     -- call instead of two.
-    ikey = 'wspubsub:i:{' .. r[1] .. '}:' .. idem
-    local got = redis.call('MGET', ikey, meta(r[1]))
+    ikey, mk1 = 'wspubsub:i:{' .. r[1] .. '}:' .. idem, meta(r[1])
+    local got = redis.call('MGET', ikey, mk1)
     if got[1] then
       local out = cjson.decode(got[1])
       table.insert(out, 1, 1)
@@ -238,7 +242,7 @@ local function publish_one(keys, msg, idem, c)
   local ids, seen = {}, {}
   for i, k in ipairs(r) do
     if seen[k] == nil then
-      seen[k] = append(k, kind, p, c, i == 1 and m1 or nil)
+      if i == 1 then seen[k] = append(k, kind, p, c, m1, mk1) else seen[k] = append(k, kind, p, c) end
     end
     ids[i] = seen[k]
   end

@@ -89,6 +89,7 @@ type Redis struct {
 	// persistenceChecked: the start-up warning about Redis persistence
 	// (checkPersistence, redis_history.go) was given or found needless.
 	persistenceChecked atomic.Bool
+	records            recordQueue // concurrent Records, batched (redis_history_batch.go)
 }
 
 // unreachableEvery is how often "cannot reach Redis" is repeated while

@@ -134,17 +134,15 @@ func (r *Redis) fcall(ctx context.Context, fn string, keys []string, args ...any
 	return v, err
 }
 
-// Record implements History with one FCALL wspubsub_publish; in a Redis
-// Cluster, one per hash slot of the recipients (see recordInSlots).
+// Record implements History with one FCALL wspubsub_publish, or
+// wspubsub_publish_batch with the messages of concurrent calls (see
+// recordQueue); in a Redis Cluster, one per hash slot of the recipients
+// (see recordInSlots).
 func (r *Redis) Record(ctx context.Context, msg []byte, idem string) (Recorded, error) {
 	if r.cluster != nil {
 		return r.recordInSlots(ctx, msg, idem)
 	}
-	v, err := r.fcall(ctx, "wspubsub_publish", nil, msg, idem)
-	if err != nil {
-		return Recorded{}, fmt.Errorf("recording a message in Redis: %w", err)
-	}
-	return parseRecorded(v)
+	return r.records.record(ctx, r, msg, idem)
 }
 
 func parseRecorded(v any) (Recorded, error) {

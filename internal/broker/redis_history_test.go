@@ -2,8 +2,11 @@ package broker
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,5 +66,94 @@ func TestRedisPersistenceWarning(t *testing.T) {
 				t.Fatalf("the warning does not say what is needed:\n%s", out)
 			}
 		})
+	}
+}
+
+// Concurrent Records go to Redis together (FCALL wspubsub_publish_batch):
+// each call gets its own answer, a refused message fails its call only,
+// and an idempotency key repeated within one batch is a duplicate.
+func TestRedisRecordBatches(t *testing.T) {
+	srv := testenv.Redis(t)
+	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		History: HistoryConfig{Size: 100, TTL: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := runBroker(t, b)
+	ctx := context.Background()
+
+	// One batch, as the queue sends it.
+	calls := []*recordCall{
+		{msg: []byte(`{"recipients":["b1"],"data":1}`), idem: "x"},
+		{msg: []byte(`{"recipients":["b1"]}`)},
+		{msg: []byte(`{"recipients":["b1"],"data":"again"}`), idem: "x"},
+		{msg: []byte(`{"recipients":["b2","b1"],"data":2}`)},
+	}
+	b.recordBatch(ctx, calls)
+	if c := calls[0]; c.err != nil || c.rec.Duplicate || len(c.rec.IDs) != 1 {
+		t.Fatalf("first: %+v %v", c.rec, c.err)
+	}
+	if c := calls[1]; c.err == nil || !strings.Contains(c.err.Error(), `no "data"`) {
+		t.Fatalf("refused: %+v %v", c.rec, c.err)
+	}
+	if c := calls[2]; c.err != nil || !c.rec.Duplicate || c.rec.IDs[0] != calls[0].rec.IDs[0] {
+		t.Fatalf("repeat: %+v %v", c.rec, c.err)
+	}
+	if c := calls[3]; c.err != nil || len(c.rec.IDs) != 2 {
+		t.Fatalf("two recipients: %+v %v", c.rec, c.err)
+	}
+	for range 2 {
+		<-got
+	}
+
+	// Many at once: each answered, each recorded and published once.
+	const n = 50
+	ids := make([]string, n)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := b.Record(ctx, fmt.Appendf(nil, `{"recipients":["c%d"],"data":%d}`, i%5, i), fmt.Sprint("k", i))
+			if err == nil && (r.Duplicate || len(r.IDs) != 1) {
+				err = fmt.Errorf("record %d: %+v", i, r)
+			}
+			if err == nil {
+				ids[i] = r.IDs[0]
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	for range n {
+		select {
+		case m := <-got:
+			if seen[m] {
+				t.Fatalf("published twice: %s", m)
+			}
+			seen[m] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d published", len(seen), n)
+		}
+	}
+	held := 0
+	for k := range 5 {
+		r, err := b.Since(ctx, fmt.Sprint("c", k), "0")
+		if err != nil || r.Gap {
+			t.Fatalf("c%d: %+v %v", k, r, err)
+		}
+		held += len(r.Entries)
+	}
+	if held != n {
+		t.Fatalf("%d held, want %d", held, n)
 	}
 }
