@@ -28,6 +28,9 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/wspubsub/wspubsub/internal/auth"
 	"github.com/wspubsub/wspubsub/internal/config"
 	"github.com/wspubsub/wspubsub/internal/gateway"
@@ -121,7 +124,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := onSignals(log, g)
 	defer stop()
-	go trimWhenQuiet(ctx, log)
+	go manageMemory(ctx, log, cfg.GCPercent, func() float64 { return counterValue(g.Metrics().Deliveries) })
 	return g.Run(ctx)
 }
 
@@ -172,4 +175,13 @@ func checkKeyMaterial(cfg config.Serve) error {
 		return &config.UsageError{Err: err}
 	}
 	return nil
+}
+
+// counterValue reads a Prometheus counter's value.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if c.Write(&m) != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
 }

@@ -28,6 +28,28 @@ func TestShouldTrimOnlyWhenQuietWithGarbage(t *testing.T) {
 	}
 }
 
+func TestBusyPercentBoundsTheHeadroom(t *testing.T) {
+	const mb = 1 << 20
+	cases := []struct {
+		base int
+		live uint64
+		want int
+	}{
+		{100, 25 * mb, 400},   // 10,000 connections: 4× the live heap fits in the headroom
+		{100, 128 * mb, 200},  // 256 MB beyond 128 MB live
+		{100, 1024 * mb, 100}, // the headroom would be below the configured target's
+		{25, 1024 * mb, 25},
+		{800, 25 * mb, 800}, // never below what was asked for
+		{-1, 25 * mb, -1},   // GC off stays off
+		{100, 0, 400},
+	}
+	for _, c := range cases {
+		if got := busyPercent(c.base, c.live); got != c.want {
+			t.Errorf("busyPercent(%d, %d MB) = %d, want %d", c.base, c.live/mb, got, c.want)
+		}
+	}
+}
+
 // The runtime knows every metric the trim reads.
 func TestTrimMetricsExist(t *testing.T) {
 	known := map[string]bool{}
