@@ -89,6 +89,47 @@ end
 
 local ROUTING = { recipients = true, wspubsub_ids = true }
 
+-- lone_surrogate reports whether JSON text s holds a \uD800-\uDFFF escape
+-- that is not half of a pair.
+local function lone_surrogate(s)
+  local i = 1
+  while true do
+    local j = string.find(s, '\\', i, true)
+    if j == nil then return false end
+    local h = string.match(s, '^u[dD]([89a-fA-F])', j + 1)
+    if h == nil then
+      i = j + 2 -- whatever it escapes, a backslash included
+    elseif string.find('89abAB', h, 1, true) and string.find(s, '^\\u[dD][c-fC-F]', j + 6) then
+      i = j + 12
+    else
+      return true
+    end
+  end
+end
+
+-- refusal says why a message holding a backslash is refused (nil: it is
+-- not), as the gateway's parser refuses it (Go: envelope.ReasonEscapedName,
+-- ReasonBadRecipients). That parser matches member names on their bytes,
+-- cjson on their decoded text: with a name spelt with an escape
+-- ("recipi\u0065nts") they would disagree on the recipients. A lone
+-- surrogate in a recipient decodes differently in each, where cjson takes it.
+local function refusal(s)
+  local i = skip_ws(s, skip_ws(s, 1) + 1)
+  while string.byte(s, i) ~= 125 do
+    local ke = skip_string(s, i)
+    local name = string.sub(s, i + 1, ke - 2)
+    if string.find(name, '\\', 1, true) then return 'a top-level member name holds a backslash escape' end
+    local v = skip_ws(s, skip_ws(s, ke) + 1)
+    local ve = skip_value(s, v)
+    if name == 'recipients' and lone_surrogate(string.sub(s, v, ve - 1)) then
+      return 'a lone UTF-16 surrogate escape in "recipients"'
+    end
+    i = skip_ws(s, ve)
+    if string.byte(s, i) == 44 then i = skip_ws(s, i + 1) end
+  end
+  return nil
+end
+
 -- payload is what a client receives: the object minus its routing members.
 local function payload(s)
   local i = skip_ws(s, skip_ws(s, 1) + 1)
@@ -141,24 +182,34 @@ end
 -- epoch): once older entries are trimmed or expired, the oldest held one
 -- says whether a client's id is its predecessor (nothing lost) or older
 -- (a gap). last_of reads them from the stream: a key without meta record
--- (recorded by an older version of this library).
+-- (recorded by an older version of this library). Nothing but an error
+-- (sk holds another type) when it cannot.
 local function last_of(sk, t)
-  local last = redis.call('XREVRANGE', sk, '+', '-', 'COUNT', 1)
+  local last = redis.pcall('XREVRANGE', sk, '+', '-', 'COUNT', 1)
+  if last.err then return nil, last.err end
   if #last > 0 then return last[1][2][2], last[1][1] end
   return new_epoch(t), '0-0'
 end
 
 local function fail(why) return redis.error_reply('ERR wspubsub: ' .. why) end
 
+-- failed reports whether r, a redis.pcall answer, is an error.
+local function failed(r) return type(r) == 'table' and r.err ~= nil end
+
 -- append records one message in key k's history and answers its id. The
 -- id follows the meta record's last one, as XADD '*' would follow the
 -- stream's, but also across a stream that expired in between. m is the
 -- meta record when the caller read it already (false: there is none), mk
--- its key. c is the call's clock.
+-- its key. c is the call's clock. A key of another type where the stream or
+-- the record goes answers nil and the error, so that it fails this message
+-- only, not the whole call (redis.call would raise, ending a batch midway).
 local function append(k, kind, p, c, m, mk)
   local sk = stream(k)
   mk = mk or meta(k)
-  if m == nil then m = redis.call('GET', mk) end
+  if m == nil then
+    m = redis.pcall('GET', mk)
+    if failed(m) then return nil, m.err end
+  end
   local e, prev, due = parse_meta(m)
   local id
   if e then
@@ -178,7 +229,9 @@ local function append(k, kind, p, c, m, mk)
   end
   if not e then
     e, prev = last_of(sk, c.t)
-    id = redis.call('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, kind, p)
+    if e == nil then return nil, prev end
+    id = redis.pcall('XADD', sk, 'MAXLEN', SIZE, '*', 'e', e, 'v', prev, kind, p)
+    if failed(id) then return nil, id.err end
     due = '0'
   end
   id = e .. '.' .. id
@@ -188,6 +241,7 @@ local function append(k, kind, p, c, m, mk)
     redis.call('SET', mk, id .. ' ' .. due, 'KEEPTTL')
   else
     if not c.due then c.due, c.minid = fmt(c.now + SLACK), fmt(c.now - TTL) end
+    -- sk is a stream by now: XADD succeeded.
     redis.call('XTRIM', sk, 'MINID', c.minid)
     redis.call('PEXPIRE', sk, EXPIRE)
     redis.call('SET', mk, id .. ' ' .. c.due, 'PX', META_TTL)
@@ -199,8 +253,13 @@ end
 local function publish_one(keys, msg, idem, c)
   if msg == nil then return fail('usage: FCALL wspubsub_publish 0 <envelope> [idempotency-key]') end
   local ok, env = pcall(cjson.decode, msg)
-  if not ok or type(env) ~= 'table' or string.byte(msg, skip_ws(msg, 1)) ~= 123 then
+  if not ok then return fail('the message is not valid JSON (' .. tostring(env) .. ')') end
+  if type(env) ~= 'table' or string.byte(msg, skip_ws(msg, 1)) ~= 123 then
     return fail('the message is not a JSON object')
+  end
+  if string.find(msg, '\\', 1, true) then
+    local why = refusal(msg)
+    if why then return fail(why) end
   end
   if env['data'] == nil then return fail('the message has no "data" member') end
   if env['broadcast'] == true and env['recipients'] == nil then
@@ -242,7 +301,12 @@ local function publish_one(keys, msg, idem, c)
   local ids, seen = {}, {}
   for i, k in ipairs(r) do
     if seen[k] == nil then
-      if i == 1 then seen[k] = append(k, kind, p, c, m1, mk1) else seen[k] = append(k, kind, p, c) end
+      local id, err
+      if i == 1 then id, err = append(k, kind, p, c, m1, mk1) else id, err = append(k, kind, p, c) end
+      -- Not published, no idempotency record: a retry records it anew
+      -- (the recipients before this one may then hold it twice).
+      if id == nil then return fail('recording in the history of recipient ' .. i .. ': ' .. err) end
+      seen[k] = id
     end
     ids[i] = seen[k]
   end
@@ -324,7 +388,7 @@ local function since(keys, args)
   local mk = meta(k)
   local c = clock()
   local m = redis.call('GET', mk)
-  local e, last = parse_meta(m)
+  local e, last, due = parse_meta(m)
   local oldest = fmt(c.now - TTL)
   local first = redis.call('XRANGE', sk, oldest, '+', 'COUNT', 1)
   local prev
@@ -332,7 +396,14 @@ local function since(keys, args)
     -- The stream is authoritative for what it holds (and the only source
     -- for a key recorded by an older version of this library).
     local newest = redis.call('XREVRANGE', sk, '+', '-', 'COUNT', 1)
-    if #newest > 0 then e, last = newest[1][2][2], newest[1][1] end
+    if #newest > 0 and (newest[1][2][2] ~= e or newest[1][1] ~= last) then
+      e, last = newest[1][2][2], newest[1][1]
+      -- The record follows the stream (it had none: written by an older
+      -- version, or the record was evicted; or it was behind), so that
+      -- once the stream expires its last id still resumes without a gap.
+      redis.call('SET', mk, e .. '.' .. last .. ' ' .. (due or '0'), 'PX', META_TTL)
+      m = nil -- its expiry is set
+    end
   end
   if e == nil then
     if from == '' then

@@ -395,11 +395,14 @@ func TestRedisHistoryHidesExpiredEntries(t *testing.T) {
 // A stream recorded by an older version of the functions has no meta
 // record: its ids stay resumable, and recording goes on in its epoch. A
 // stream written past its meta record (an older gateway still loading
-// its library during an upgrade) is followed, not overwritten.
+// its library during an upgrade) is followed, not overwritten. A resume
+// gives such a key its record back, so that once the stream expires the
+// last id still resumes without a gap.
 func TestRedisHistoryWithoutMetaRecord(t *testing.T) {
 	srv := testenv.Redis(t)
+	cfg := HistoryConfig{Size: 10, TTL: time.Minute, MetaTTL: time.Hour}
 	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		History: HistoryConfig{Size: 10, TTL: time.Minute}})
+		History: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,6 +448,31 @@ func TestRedisHistoryWithoutMetaRecord(t *testing.T) {
 	}
 	if r, err := b.Since(ctx, key, id3); err != nil || r.Gap || len(r.Entries) != 2 || r.Entries[1].ID != id5 {
 		t.Fatalf("from 3: %+v %v", r, err)
+	}
+
+	// The record lost again (evicted, or never written: a stream of the
+	// older version), then a resume, then the stream expires (dropped
+	// here: see TestRedisHistoryExpiry).
+	for _, from := range []string{id5, ""} {
+		rdb.Del(ctx, metaKey(key))
+		if r, err := b.Since(ctx, key, from); err != nil || r.Gap || r.Top != id5 {
+			t.Fatalf("from %q without meta record: %+v %v", from, r, err)
+		}
+		if d, err := rdb.PTTL(ctx, metaKey(key)).Result(); err != nil || d <= 0 || d > cfg.MetaTTL {
+			t.Fatalf("the resume did not write a meta record: PTTL %v %v, want in (0, %v]", d, err, cfg.MetaTTL)
+		}
+	}
+	rdb.Del(ctx, StreamKey(key))
+	if r, err := b.Since(ctx, key, id5); err != nil || r.Gap || r.Top != id5 || len(r.Entries) != 0 {
+		t.Fatalf("from the last id, stream expired: %+v %v, want no gap", r, err)
+	}
+	if r, err := b.Since(ctx, key, id3); err != nil || !r.Gap {
+		t.Fatalf("from an older id, stream expired: %+v %v, want a gap", r, err)
+	}
+	// Recording goes on after the last id, in the same epoch.
+	id6 := rec(6)
+	if r, err := b.Since(ctx, key, id5); err != nil || r.Gap || len(r.Entries) != 1 || r.Entries[0].ID != id6 {
+		t.Fatalf("from 5 after recording: %+v %v", r, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"sync"
 )
 
@@ -20,6 +21,8 @@ type recordQueue struct {
 	mu      sync.Mutex
 	pending []*recordCall
 	busy    bool // a batch is being sent
+	// send records a batch: (*Redis).recordBatch unless a test sets it.
+	send func(ctx context.Context, r *Redis, calls []*recordCall)
 }
 
 type recordCall struct {
@@ -40,8 +43,10 @@ func (q *recordQueue) record(ctx context.Context, r *Redis, msg []byte, idem str
 	q.busy = true
 	q.mu.Unlock()
 	if lead {
-		// Not cancelled with this request: the batch carries others'.
-		q.flush(context.WithoutCancel(ctx), r)
+		// Not cancelled with this request: the batch carries others'. In
+		// its own goroutine, so that this request can give up on its
+		// context as the others do.
+		go q.flush(context.WithoutCancel(ctx), r)
 	}
 	select {
 	case <-c.done:
@@ -51,24 +56,39 @@ func (q *recordQueue) record(ctx context.Context, r *Redis, msg []byte, idem str
 	}
 }
 
-// flush sends one batch of what is pending, then hands the rest to a new
-// goroutine: the caller's own message was in this batch, its answer need
-// not wait for the others'.
+// flush sends one batch of what is pending, then the next from a new
+// goroutine, until none is left. Whatever happens to a batch (a panic
+// included: an error for its calls), its calls are answered and the queue
+// goes on: a queue left busy would hold every later Record until its
+// context ends.
 func (q *recordQueue) flush(ctx context.Context, r *Redis) {
 	q.mu.Lock()
 	batch := q.pending[:min(len(q.pending), maxRecordBatch)]
 	q.pending = q.pending[len(batch):]
 	q.mu.Unlock()
-	r.recordBatch(ctx, batch)
-	for _, c := range batch {
-		close(c.done)
-	}
-	q.mu.Lock()
-	more := len(q.pending) > 0
-	q.busy = more
-	q.mu.Unlock()
-	if more {
-		go q.flush(ctx, r)
+	defer func() {
+		if v := recover(); v != nil {
+			err := fmt.Errorf("recording %d messages in Redis: internal error: %v", len(batch), v)
+			r.cfg.Logger.Error("history: recording a batch failed (a bug)", "err", err, "stack", string(debug.Stack()))
+			for _, c := range batch {
+				c.rec, c.err = Recorded{}, err
+			}
+		}
+		for _, c := range batch {
+			close(c.done)
+		}
+		q.mu.Lock()
+		more := len(q.pending) > 0
+		q.busy = more
+		q.mu.Unlock()
+		if more {
+			go q.flush(ctx, r)
+		}
+	}()
+	if q.send != nil {
+		q.send(ctx, r, batch)
+	} else {
+		r.recordBatch(ctx, batch)
 	}
 }
 

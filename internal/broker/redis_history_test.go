@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
 
@@ -155,5 +157,221 @@ func TestRedisRecordBatches(t *testing.T) {
 	}
 	if held != n {
 		t.Fatalf("%d held, want %d", held, n)
+	}
+}
+
+// startHistory runs a Redis broker with history on a fresh Redis, and a
+// plain client of that Redis.
+func startHistory(t *testing.T) (*Redis, <-chan string, *redis.Client) {
+	t.Helper()
+	srv := testenv.Redis(t)
+	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		History: HistoryConfig{Size: 10, TTL: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	got := runBroker(t, b)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	return b, got, rdb
+}
+
+// nextPublished returns the next message the broker received: after calls
+// that must publish nothing, a last good call's message comes first.
+func nextPublished(t *testing.T, got <-chan string) string {
+	t.Helper()
+	select {
+	case m := <-got:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing published")
+		return ""
+	}
+}
+
+// The history functions refuse what the gateway's parser refuses for the
+// same reason: a top-level member name spelt with an escape (cjson decodes
+// it, the parser does not: "recipi\u0065nts" would record in c's history a
+// message the gateway routes to a) and a lone surrogate in a recipient.
+// Escapes elsewhere, and a surrogate pair, pass: both read them alike.
+func TestRedisHistoryRefusesEscapedNames(t *testing.T) {
+	b, got, rdb := startHistory(t)
+	ctx := context.Background()
+	for _, msg := range []string{
+		`{"recipients":["a"],"recipi\u0065nts":["c"],"data":1}`,
+		`{"recipi\u0065nts":["c"],"recipients":["a"],"data":1}`,
+		`{"recipients":["a"],"wspubsub_id\u0073":["x"],"data":1}`,
+		`{"recipients":["a"],"d\u0061ta":1,"data":2}`,
+		`{"recipients":["a","b\ud800"],"data":1}`,
+		`{"recipients":["\udc00"],"data":1}`,
+	} {
+		err := rdb.FCall(ctx, "wspubsub_publish", nil, msg, "").Err()
+		if err == nil || !strings.Contains(err.Error(), "wspubsub: ") {
+			t.Fatalf("%s: %v, want an error reply", msg, err)
+		}
+		res, err := rdb.FCall(ctx, "wspubsub_publish_batch", nil, msg, "", `{"recipients":["ok"],"data":1}`, "").Slice()
+		if err != nil || len(res) != 2 {
+			t.Fatalf("batch with %s: %v %v", msg, res, err)
+		}
+		if _, ok := res[0].(error); !ok {
+			t.Fatalf("batch with %s: %#v, want an error in its place", msg, res[0])
+		}
+		if _, ok := res[1].([]any); !ok {
+			t.Fatalf("batch with %s: the next message's answer %#v", msg, res[1])
+		}
+		if m := nextPublished(t, got); !strings.Contains(m, `"recipients":["ok"]`) {
+			t.Fatalf("%s published: %s", msg, m)
+		}
+		var p envelope.Parser
+		if _, err := p.Parse([]byte(msg)); err == nil {
+			t.Fatalf("%s: the gateway's parser accepts it", msg)
+		}
+		if _, err := b.Record(ctx, []byte(msg), ""); err == nil {
+			t.Fatalf("%s: Record accepted it", msg)
+		}
+	}
+	if n, err := rdb.Exists(ctx, StreamKey("a"), StreamKey("c"), StreamKey("b\uFFFD"), metaKey("a"), metaKey("c")).Result(); err != nil || n != 0 {
+		t.Fatalf("%d history keys written by refused messages (%v)", n, err)
+	}
+
+	// Passing: the gateway routes to the key the history recorded.
+	for _, c := range []struct{ msg, key string }{
+		{`{"recipients":["\ud83d\ude00"],"data":1}`, "😀"},
+		{`{"recipients":["\u0061b"],"data":{"n\u0061me":"\u00e9\\"}}`, "ab"},
+		{`{"recipients":["x\\ud800"],"data":1}`, `x\ud800`},
+	} {
+		if err := rdb.FCall(ctx, "wspubsub_publish", nil, c.msg, "").Err(); err != nil {
+			t.Fatalf("%s: %v", c.msg, err)
+		}
+		var p envelope.Parser
+		env, err := p.ParseRecorded([]byte(nextPublished(t, got)))
+		if err != nil || len(env.Recipients) != 1 || string(env.Recipients[0]) != c.key {
+			t.Fatalf("%s: routed to %q (%v), want %q", c.msg, env.Recipients, err, c.key)
+		}
+		if r, err := b.Since(ctx, c.key, "0"); err != nil || len(r.Entries) != 1 {
+			t.Fatalf("%s: history of %q: %+v %v", c.msg, c.key, r, err)
+		}
+	}
+}
+
+// A key of another type where a history stream or meta record goes
+// (WRONGTYPE) fails the messages for it, each in its place: the batch's
+// other messages are recorded and published all the same.
+func TestRedisHistoryBatchWrongType(t *testing.T) {
+	b, got, rdb := startHistory(t)
+	ctx := context.Background()
+	if err := rdb.Set(ctx, StreamKey("str"), "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.RPush(ctx, metaKey("list"), "not a record").Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := rdb.FCall(ctx, "wspubsub_publish_batch", nil,
+		`{"recipients":["k1"],"data":1}`, "",
+		`{"recipients":["str"],"data":2}`, "",
+		`{"recipients":["k2"],"data":3}`, "once",
+		`{"recipients":["k3","str"],"data":4}`, "",
+		`{"recipients":["list"],"data":5}`, "",
+		`{"recipients":["k1"],"data":6}`, "").Slice()
+	if err != nil || len(res) != 6 {
+		t.Fatalf("batch: %v %v", res, err)
+	}
+	for i, want := range []bool{true, false, true, false, false, true} {
+		_, ok := res[i].([]any)
+		e, _ := res[i].(error)
+		if ok != want || (!want && (e == nil || !strings.Contains(e.Error(), "WRONGTYPE"))) {
+			t.Fatalf("answer %d: %#v, want recorded %v (else WRONGTYPE)", i, res[i], want)
+		}
+	}
+	var p envelope.Parser
+	for _, want := range []string{`{"data":1}`, `{"data":3}`, `{"data":6}`} {
+		env, err := p.ParseRecorded([]byte(nextPublished(t, got)))
+		if err != nil || string(env.Payload) != want {
+			t.Fatalf("published %s (%v), want %s", env.Payload, err, want)
+		}
+	}
+	if r, err := b.Since(ctx, "k1", "0"); err != nil || r.Gap || len(r.Entries) != 2 {
+		t.Fatalf("k1: %+v %v", r, err)
+	}
+	// Through the gateway: that message's error, the queue goes on.
+	if _, err := b.Record(ctx, []byte(`{"recipients":["str"],"data":7}`), ""); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+		t.Fatalf("Record to a key of another type: %v", err)
+	}
+	if r, err := b.Record(ctx, []byte(`{"recipients":["k2"],"data":8}`), "once"); err != nil || !r.Duplicate {
+		t.Fatalf("a repeat after the failures: %+v %v", r, err)
+	}
+}
+
+// A panic while a batch is recorded answers that batch's calls with an
+// error and leaves the queue working; a lead call whose context ends
+// returns without waiting for its batch.
+func TestRecordQueueSurvivesPanicsAndHonoursContext(t *testing.T) {
+	var log syncBuffer
+	r := &Redis{cfg: RedisConfig{Logger: slog.New(slog.NewTextHandler(&log, nil))}}
+	var mu sync.Mutex
+	fate := "panic" // the next batch's: "panic", "block" or "ok"
+	setFate := func(f string) { mu.Lock(); fate = f; mu.Unlock() }
+	blocked, release := make(chan struct{}, 1), make(chan struct{})
+	q := &recordQueue{send: func(_ context.Context, _ *Redis, calls []*recordCall) {
+		mu.Lock()
+		f := fate
+		mu.Unlock()
+		switch f {
+		case "panic":
+			panic("boom")
+		case "block":
+			blocked <- struct{}{}
+			<-release
+		}
+		for _, c := range calls {
+			c.rec = Recorded{IDs: []string{"e.1-0"}}
+		}
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msg := []byte(`{"recipients":["k"],"data":1}`)
+	if _, err := q.record(ctx, r, msg, ""); err == nil || !strings.Contains(err.Error(), "internal error: boom") {
+		t.Fatalf("a panicking batch: %v", err)
+	}
+	if out := log.String(); !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "boom") {
+		t.Fatalf("the panic was not logged: %s", out)
+	}
+	setFate("ok")
+	if rec, err := q.record(ctx, r, msg, ""); err != nil || len(rec.IDs) != 1 {
+		t.Fatalf("after a panic: %+v %v", rec, err)
+	}
+
+	// A batch that does not return: its lead gives up on its context.
+	setFate("block")
+	lctx, lcancel := context.WithCancel(ctx)
+	lead := make(chan error, 1)
+	go func() { _, err := q.record(lctx, r, msg, ""); lead <- err }()
+	select {
+	case <-blocked:
+	case <-ctx.Done():
+		t.Fatal("the batch was never sent")
+	}
+	setFate("ok")
+	// Another call meanwhile waits for the next batch.
+	next := make(chan error, 1)
+	go func() { _, err := q.record(ctx, r, msg, ""); next <- err }()
+	lcancel()
+	select {
+	case err := <-lead:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("lead after its context ended: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the lead waited for its batch past its context")
+	}
+	close(release)
+	select {
+	case err := <-next:
+		if err != nil {
+			t.Fatalf("the call queued behind the stuck batch: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the call queued behind the stuck batch was never answered")
 	}
 }

@@ -39,13 +39,19 @@ const (
 	// encoding/json accepts it, but a WebSocket text frame must be UTF-8:
 	// every conforming client would drop its connection on it.
 	ReasonInvalidUTF8 = "invalid_utf8"
+	// ReasonEscapedName: a top-level member name spelt with a backslash
+	// escape ("recipi\u0065nts"). This parser matches names on their
+	// bytes, the history functions (Lua's cjson) on their decoded text:
+	// refused by both, so that they cannot disagree on the recipients.
+	ReasonEscapedName = "escaped_member_name"
 	// ReasonInternal: the gateway failed on the message (a bug, logged).
 	ReasonInternal = "internal_error"
 )
 
 // Reasons lists every drop reason, so metrics can be pre-declared.
 var Reasons = []string{ReasonTooLarge, ReasonInvalidJSON, ReasonNotObject,
-	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast, ReasonBadIDs, ReasonInvalidUTF8, ReasonInternal}
+	ReasonBadRecipients, ReasonNoRecipients, ReasonNoData, ReasonBadBroadcast, ReasonBadIDs, ReasonInvalidUTF8,
+	ReasonEscapedName, ReasonInternal}
 
 // ReasonUntrustedIDs: a "wspubsub_ids" member on a message anyone may have
 // published (a plain PUBLISH): removed, the message delivered without ids.
@@ -140,6 +146,9 @@ func (p *Parser) parse(msg []byte, recorded bool) (Envelope, error) {
 		memberStart := i
 		keyEnd := skipString(msg, i)
 		key := msg[i+1 : keyEnd-1]
+		if hasEscape(key) {
+			return Envelope{}, &Error{ReasonEscapedName, "a top-level member name holds a backslash escape"}
+		}
 		i = skipSpace(msg, keyEnd)
 		i = skipSpace(msg, i+1) // ':'
 		valStart := i
@@ -248,6 +257,11 @@ func (p *Parser) parseStrings(v []byte, dst *[][]byte, reason, what string) ([][
 		end := skipString(v, i)
 		raw := v[i+1 : end-1]
 		if hasEscape(raw) {
+			if hasSurrogate(raw) {
+				// Go decodes a lone one to U+FFFD, cjson refuses it: the
+				// gateway and the history would name different keys.
+				return nil, &Error{reason, "a lone UTF-16 surrogate escape in " + what}
+			}
 			var s string
 			if err := json.Unmarshal(v[i:end], &s); err != nil {
 				return nil, &Error{reason, "undecodable string in " + what}
@@ -271,6 +285,43 @@ func hasEscape(b []byte) bool {
 		}
 	}
 	return false
+}
+
+// hasSurrogate reports whether the JSON string contents b hold a \uD800 to
+// \uDFFF escape that is not half of a pair (a high one followed by a low
+// one: the same character for Go and cjson).
+func hasSurrogate(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character: a backslash after one is no escape
+		switch surrogate(b, i) {
+		case 'h':
+			if i+6 >= len(b) || b[i+5] != '\\' || surrogate(b, i+6) != 'l' {
+				return true
+			}
+			i += 6 // past the low half's backslash
+		case 'l':
+			return true
+		}
+	}
+	return false
+}
+
+// surrogate classifies the escape whose 'u' is at b[i]: 'h' for a high
+// surrogate, 'l' for a low one, 0 for anything else.
+func surrogate(b []byte, i int) byte {
+	if i+4 >= len(b) || b[i] != 'u' || b[i+1]|0x20 != 'd' {
+		return 0
+	}
+	switch b[i+2] | 0x20 {
+	case '8', '9', 'a', 'b':
+		return 'h'
+	case 'c', 'd', 'e', 'f':
+		return 'l'
+	}
+	return 0
 }
 
 func skipSpace(b []byte, i int) int {

@@ -164,8 +164,10 @@ func (h *Hub) throttled(s *session.Session) error {
 //
 // A bare key with %XX escapes is tried as sent first (the original
 // compared the raw query), then, when that is refused, decoded (what this
-// gateway used to take): one lookup unless the spellings differ, and one
-// unit of budget however many spellings were refused.
+// gateway used to take): one lookup unless the spellings differ. Each
+// refused spelling spends a unit, so the budget bounds the lookups an
+// address gets refused, not its checks: a key accepted decoded has spent
+// one.
 func (h *Hub) check(ctx context.Context, s *session.Session) (id keystore.Identity, throttled bool, err error) {
 	release, err := h.lookupSlot(ctx, s.Addr)
 	if err != nil {
@@ -179,7 +181,7 @@ func (h *Hub) check(ctx context.Context, s *session.Session) (id keystore.Identi
 	if decoded == "" {
 		return h.authenticate(ctx, s, s.Key)
 	}
-	if id, err = h.verify(ctx, s, s.Key); !errors.Is(err, keystore.ErrUnauthorized) {
+	if id, _, err = h.authenticate(ctx, s, s.Key); !errors.Is(err, keystore.ErrUnauthorized) {
 		return id, false, err
 	}
 	if id, throttled, err = h.authenticate(ctx, s, decoded); err == nil {

@@ -39,15 +39,15 @@ func (s *askedStore) take() []string {
 
 // TestKeyTriedAsSentThenDecoded: a bare key with %XX escapes is looked up
 // as sent first (the original compared the raw query), then decoded; the
-// store is asked once when the spellings are equal, and a refusal of the
-// spelling as sent followed by the decoded one's acceptance spends none of
-// the address's failed-key budget.
+// store is asked once when the spellings are equal. Each refused spelling
+// spends a unit of the address's failed-key budget: a key accepted decoded
+// has spent one, a key refused in both spellings two.
 func TestKeyTriedAsSentThenDecoded(t *testing.T) {
 	store := &askedStore{Memory: keystore.NewMemory("pct%41key", "plusAkey", "x y")}
-	// Two failed checks allowed, none refilled during the test.
-	h := newHub(t, store, nil, func(c *Config) { c.AuthFailBurst, c.AuthFailRate = 2, 1e-9 })
-	try := func(key, decoded string) (*session.Session, error) {
-		s := session.New(h.NewID(), session.Peer{Key: key, DecodedKey: decoded, Addr: "192.0.2.1"}, "test", &fakeTransport{}, 100)
+	// Four failed lookups allowed per address, none refilled during the test.
+	h := newHub(t, store, nil, func(c *Config) { c.AuthFailBurst, c.AuthFailRate = 4, 1e-9 })
+	try := func(addr, key, decoded string) (*session.Session, error) {
+		s := session.New(h.NewID(), session.Peer{Key: key, DecodedKey: decoded, Addr: addr}, "test", &fakeTransport{}, 100)
 		return s, h.Admit(context.Background(), s)
 	}
 	expect := func(what string, s *session.Session, err error, key string, asked ...string) {
@@ -62,26 +62,43 @@ func TestKeyTriedAsSentThenDecoded(t *testing.T) {
 			t.Fatalf("%s: store asked %q, want %q", what, got, asked)
 		}
 	}
-
-	s, err := try("pct%41key", "pctAkey")
-	expect("stored with its '%'", s, err, "pct%41key", "pct%41key")
-	// Stored decoded: three times over, more than the failed-check budget.
-	for range 3 {
-		s, err = try("plus%41key", "plusAkey")
-		expect("stored decoded", s, err, "plusAkey", "plus%41key", "plusAkey")
+	throttled := func(what, addr string) {
+		t.Helper()
+		_, err := try(addr, "nokey", "")
+		var rej *ErrRejected
+		if !errors.As(err, &rej) || rej.Code != session.CloseTooMany {
+			t.Fatalf("%s: %v, want 4429", what, err)
+		}
+		if got := store.take(); len(got) != 0 {
+			t.Fatalf("%s: a throttled check asked the store about %q", what, got)
+		}
 	}
-	s, err = try("x%20y", "x y")
-	expect("stored decoded with a space", s, err, "x y", "x%20y", "x y")
+
+	const a = "192.0.2.1"
+	s, err := try(a, "pct%41key", "pctAkey")
+	expect("stored with its '%'", s, err, "pct%41key", "pct%41key") // accepted as sent: nothing spent
+	for range 2 {
+		s, err = try(a, "plus%41key", "plusAkey")
+		expect("stored decoded", s, err, "plusAkey", "plus%41key", "plusAkey") // one spent each
+	}
+	s, err = try(a, "x%20y", "x y")
+	expect("stored decoded with a space", s, err, "x y", "x%20y", "x y") // one spent: one left
+	// The last unit goes on the spelling as sent; the decoded one, asked
+	// within the same check, is still admitted.
+	s, err = try(a, "plus%41key", "plusAkey")
+	expect("stored decoded, last unit", s, err, "plusAkey", "plus%41key", "plusAkey")
 	if got := testutil.ToFloat64(h.m.Rejections.WithLabelValues(metrics.RejectUnauthorized)); got != 0 {
 		t.Fatalf("rejections{unauthorized} = %v after refusals of the spelling as sent only", got)
 	}
 	if got := len(h.Sessions("plusAkey")); got != 3 {
 		t.Fatalf("%d sessions of plusAkey, want 3", got)
 	}
+	throttled("four refused spellings", a)
 
-	// Refused in both spellings: one failed check, not two.
+	// Refused in both spellings: two units.
+	const b = "192.0.2.2"
 	for i := range 2 {
-		_, err = try("no%41key", "noAkey")
+		_, err = try(b, "no%41key", "noAkey")
 		var rej *ErrRejected
 		if !errors.As(err, &rej) || rej.Code != session.CloseUnauthorized {
 			t.Fatalf("unknown in both spellings, attempt %d: %v, want 4401", i+1, err)
@@ -90,15 +107,7 @@ func TestKeyTriedAsSentThenDecoded(t *testing.T) {
 			t.Fatalf("unknown in both spellings: store asked %q", got)
 		}
 	}
-	// The budget of two is spent now: refused without asking the store.
-	_, err = try("nokey", "")
-	var rej *ErrRejected
-	if !errors.As(err, &rej) || rej.Code != session.CloseTooMany {
-		t.Fatalf("after two failed checks: %v, want 4429", err)
-	}
-	if got := store.take(); len(got) != 0 {
-		t.Fatalf("throttled check asked the store about %q", got)
-	}
+	throttled("two checks refused in both spellings", b)
 }
 
 // TestKeyWithoutEscapesIsLookedUpOnce: equal spellings cost one lookup,
