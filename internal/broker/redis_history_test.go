@@ -375,3 +375,69 @@ func TestRecordQueueSurvivesPanicsAndHonoursContext(t *testing.T) {
 		t.Fatal("the call queued behind the stuck batch was never answered")
 	}
 }
+
+// FCALL wspubsub_publish_batch: each message as by wspubsub_publish, in
+// order, its answer (or error) in its place.
+func TestRedisHistoryBatch(t *testing.T) {
+	srv := testenv.Redis(t)
+	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		History: HistoryConfig{Size: 10, TTL: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := runBroker(t, b)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	res, err := rdb.FCall(ctx, "wspubsub_publish_batch", nil,
+		`{"recipients":["k1"],"data":1}`, "",
+		`{"recipients":["k2","k1"],"data":2}`, "once",
+		`{"recipients":["k1"]}`, "",
+		`{"recipients":["k2"],"data":"again"}`, "once",
+		`{"broadcast":true,"data":3}`, "").Slice()
+	if err != nil || len(res) != 5 {
+		t.Fatalf("batch: %v %v", res, err)
+	}
+	ids := func(i, want int) []any {
+		t.Helper()
+		l, ok := res[i].([]any)
+		if !ok || len(l) != want {
+			t.Fatalf("answer %d: %#v", i, res[i])
+		}
+		return l
+	}
+	one, two := ids(0, 2), ids(1, 3)
+	if one[0] != int64(0) || two[0] != int64(0) {
+		t.Fatalf("answers %v %v", one, two)
+	}
+	if e, ok := res[2].(error); !ok || !strings.Contains(e.Error(), `no "data"`) {
+		t.Fatalf("a bad message's answer: %#v", res[2])
+	}
+	if dup := ids(3, 3); dup[0] != int64(1) || dup[1] != two[1] || dup[2] != two[2] {
+		t.Fatalf("a repeat within the batch: %v, first %v", dup, two)
+	}
+	if bc := ids(4, 1); bc[0] != int64(0) {
+		t.Fatalf("broadcast: %v", bc)
+	}
+	var p envelope.Parser
+	for _, want := range []string{`{"data":1}`, `{"data":2}`, `{"data":3}`} {
+		select {
+		case m := <-got:
+			env, err := p.Parse([]byte(m))
+			if err != nil || string(env.Payload) != want {
+				t.Fatalf("published %s, want payload %s", m, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("batch not published")
+		}
+	}
+	if r, err := b.Since(ctx, "k1", one[1].(string)); err != nil || r.Gap || len(r.Entries) != 1 || r.Entries[0].ID != two[2] {
+		t.Fatalf("k1 after the batch: %+v %v", r, err)
+	}
+	for _, bad := range [][]any{{`{"recipients":["k1"],"data":1}`}, {}} {
+		if err := rdb.FCall(ctx, "wspubsub_publish_batch", nil, bad...).Err(); err == nil || !strings.Contains(err.Error(), "usage") {
+			t.Fatalf("batch %v: %v, want the usage", bad, err)
+		}
+	}
+}
