@@ -11,6 +11,8 @@ require (
 	golang.org/x/sys v0.48.0
 )
 
+require github.com/goccy/go-json v0.12.0 // indirect
+
 require (
 	github.com/MicahParks/jwkset v0.11.4 // indirect
 	github.com/MicahParks/keyfunc/v3 v3.9.2

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -234,5 +235,70 @@ func BenchmarkParse(b *testing.B) {
 		if _, err := p.Parse(msg); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// validCases are where JSON validators tend to differ: control characters
+// and escapes in strings, number forms, literals, nesting at and past
+// encoding/json's limit of 10,000, trailing bytes and whitespace.
+func validCases() [][]byte {
+	cases := [][]byte{}
+	for _, s := range []string{
+		``, ` `, `{}`, `[]`, `""`, `0`, `-0`, `01`, `1.`, `.1`, `1e`, `1e+`, `1E-2`, `-`, `+1`, `0x1`,
+		`1.5e308`, `123456789012345678901234567890`, `NaN`, `Infinity`,
+		`true`, `tru`, `truee`, `null`, `nul`, `false `, ` false`, "\ttrue\r\n",
+		`"\u00e9"`, `"\u00G9"`, `"\ud800"`, `"\x"`, `"\/"`, `"\'"`, "\"\x01\"", "\"\x7f\"", "\"\xff\"",
+		`{"a":1,}`, `[1,]`, `{"a" 1}`, `{a:1}`, `{"a":1}{}`, `[1] [2]`, `{"a":[1,{"b":null}]}`,
+		`{"recipients":["k"],"data":{"x":[1e5,-0.5,true,false,null]}}`, "{\"a\":\"\\\"\"}", `["\\"]`, `["\"]`,
+	} {
+		cases = append(cases, []byte(s))
+	}
+	for _, n := range []int{9999, 10000, 10001} {
+		cases = append(cases,
+			append(bytes.Repeat([]byte("["), n), bytes.Repeat([]byte("]"), n)...),
+			append(append(bytes.Repeat([]byte(`{"a":`), n), '1'), bytes.Repeat([]byte("}"), n)...),
+			bytes.Repeat([]byte("["), n))
+	}
+	return cases
+}
+
+func TestValidAgreesWithEncodingJSON(t *testing.T) {
+	for _, c := range validCases() {
+		if got, want := Valid(c), json.Valid(c); got != want {
+			t.Errorf("Valid(%.40q) = %v, encoding/json says %v", c, got, want)
+		}
+	}
+}
+
+// FuzzValidAgreesWithEncodingJSON: Valid replaces encoding/json.Valid on
+// the inbound path, so the two must accept exactly the same messages.
+func FuzzValidAgreesWithEncodingJSON(f *testing.F) {
+	for _, c := range validCases() {
+		if len(c) < 1000 {
+			f.Add(c)
+		}
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if got, want := Valid(in), json.Valid(in); got != want {
+			t.Fatalf("Valid(%q) = %v, encoding/json says %v", in, got, want)
+		}
+	})
+}
+
+// BenchmarkValid: Valid against encoding/json.Valid on a typical message.
+func BenchmarkValid(b *testing.B) {
+	msg := []byte(`{"recipients":["00721b2a-046c-4ecc-a5df-5f808cc6c58f","11721b2a-046c-4ecc-a5df-5f808cc6c58f"],"data":{"entry":{"id":"123","comments":0,"tags":0}}}`)
+	for _, v := range []struct {
+		name  string
+		valid func([]byte) bool
+	}{{"goccy", Valid}, {"encoding_json", json.Valid}} {
+		b.Run(v.name, func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			for b.Loop() {
+				if !v.valid(msg) {
+					b.Fatal("invalid")
+				}
+			}
+		})
 	}
 }

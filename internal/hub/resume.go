@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"unicode/utf8"
 
@@ -44,7 +43,7 @@ func (h *Hub) replayOnce(ctx context.Context, s *session.Session, since string, 
 		// Backends can record with FCALL directly: what the live path would
 		// drop must not reach a client from the history either.
 		m, ok := session.NewRecorded(e.ID, e.Payload)
-		if !ok || !utf8.Valid(e.Payload) || !json.Valid(e.Payload) {
+		if !ok || !utf8.Valid(e.Payload) || !envelope.Valid(e.Payload) {
 			h.m.Drops.WithLabelValues(envelope.ReasonInvalidJSON).Inc()
 			continue
 		}
