@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -165,8 +164,8 @@ func RecordedChannel(inbound string) string { return "wspubsub:r:{" + inbound + 
 func (r *Redis) Run(ctx context.Context, h Handler) error { return r.RunSplit(ctx, h, h) }
 
 // RunSplit implements Broker. On any connection error it marks itself not
-// ready, waits a capped, fully jittered exponential backoff and lets
-// go-redis reconnect and resubscribe; connected clients are not touched
+// ready, waits a capped, fully jittered exponential backoff, then dials
+// and subscribes again (subConn); connected clients are not touched
 // meanwhile.
 func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	if r.route != nil {
@@ -177,19 +176,20 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	}
 	recCh := RecordedChannel(r.cfg.Inbound)
 	channels := []string{r.cfg.Inbound, recCh}
-	ps := r.client.Subscribe(ctx, channels...)
-	defer ps.Close()
-	stop := context.AfterFunc(ctx, func() { ps.Close() })
+	sub := newSubConn(r.client.(*redis.Client).Options(), 15*time.Second, channels...)
+	defer sub.close()
+	stop := context.AfterFunc(ctx, sub.close)
 	defer stop()
 	defer r.setReady(false)
 
 	// The subscription is up once every channel is confirmed: they come
-	// from one SUBSCRIBE (go-redis resubscribes all in one too), so no
-	// message comes between them, and resync runs before any recorded one.
-	confirmed := make(map[string]bool, len(channels))
+	// from one SUBSCRIBE, so no message comes between them, and resync
+	// runs before any recorded one.
+	confirmed := make([]bool, len(channels))
+	nconfirmed := 0
 	attempt := 0
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, 15*time.Second)
+		ev, err := sub.receive(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -197,8 +197,10 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				// Quiet channel: prove the connection is alive.
-				if perr := ps.Ping(ctx); perr == nil {
+				if perr := sub.ping(); perr == nil {
 					continue
+				} else {
+					err = perr
 				}
 			}
 			switch {
@@ -207,8 +209,10 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 			case r.ready.Load() || attempt == 0:
 				r.cfg.Logger.Warn("redis subscription lost; reconnecting", "channel", r.cfg.Inbound, "err", err)
 			}
+			sub.drop()
 			r.setReady(false)
 			clear(confirmed)
+			nconfirmed = 0
 			r.cfg.OnReconnect()
 			if !sleep(ctx, backoff(attempt, r.cfg.MinBackoff, r.cfg.MaxBackoff)) {
 				return nil
@@ -216,40 +220,38 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 			attempt++
 			continue
 		}
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				if confirmed[m.Channel] {
-					clear(confirmed) // subscribed anew without an error seen: a new round
-				}
-				if confirmed[m.Channel] = true; len(confirmed) < len(channels) {
-					continue
-				}
-				switch {
-				case attempt > 0 && !r.reached.Load():
-					r.cfg.Logger.Info("redis reached; subscribed", "addr", r.addr, "channel", r.cfg.Inbound, "attempts", attempt)
-				case attempt > 0:
-					r.cfg.Logger.Info("redis subscription restored", "channel", r.cfg.Inbound, "attempts", attempt)
-				}
-				attempt = 0
-				// Backends calling FCALL need the functions even when no
-				// gateway has recorded anything since Redis restarted.
-				if err := r.loadHistory(ctx); err != nil {
-					r.cfg.Logger.Warn("redis: history functions not loaded", "err", err)
-				}
-				r.setReady(true)
-				r.cfg.OnSubscribed()
+		switch ev.kind {
+		case subConfirmed:
+			if confirmed[ev.channel] {
+				clear(confirmed) // subscribed anew without an error seen: a new round
+				nconfirmed = 0
 			}
-		case *redis.Message:
-			// Zero-copy view: Handler must not keep or modify payload
-			// (the Handler contract), and the string is never mutated.
-			p := unsafe.Slice(unsafe.StringData(m.Payload), len(m.Payload))
-			if m.Channel == recCh {
-				recorded(p)
+			confirmed[ev.channel] = true
+			if nconfirmed++; nconfirmed < len(channels) {
+				continue
+			}
+			switch {
+			case attempt > 0 && !r.reached.Load():
+				r.cfg.Logger.Info("redis reached; subscribed", "addr", r.addr, "channel", r.cfg.Inbound, "attempts", attempt)
+			case attempt > 0:
+				r.cfg.Logger.Info("redis subscription restored", "channel", r.cfg.Inbound, "attempts", attempt)
+			}
+			attempt = 0
+			// Backends calling FCALL need the functions even when no
+			// gateway has recorded anything since Redis restarted.
+			if err := r.loadHistory(ctx); err != nil {
+				r.cfg.Logger.Warn("redis: history functions not loaded", "err", err)
+			}
+			r.setReady(true)
+			r.cfg.OnSubscribed()
+		case subMessage:
+			// A view into the reader's buffer: Handler must not keep or
+			// modify payload (the Handler contract).
+			if ev.channel == 1 {
+				recorded(ev.payload)
 			} else {
-				plain(p)
+				plain(ev.payload)
 			}
-		case *redis.Pong:
 		}
 	}
 }
