@@ -6,13 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/wspubsub/wspubsub/internal/broker"
 	"io"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wspubsub/wspubsub/internal/broker"
 
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -40,6 +41,17 @@ func newPublisher(ctx context.Context, cfg Config) (publisher, error) {
 	c, err := redisUniversal(ctx, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if rc, ok := c.(*redis.Client); ok && !cfg.Durable && cfg.Routing != "keys" {
+		raw, err := newRawPublisher(ctx, rc.Options(), cfg.Channel)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		if raw != nil {
+			c.Close()
+			return raw, nil
+		}
 	}
 	p := &redisPublisher{c: c, channel: cfg.Channel, durable: cfg.Durable, idem: idem}
 	if cfg.Routing == "keys" {
