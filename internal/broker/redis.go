@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,6 +88,10 @@ type Redis struct {
 	// (checkPersistence, redis_history.go) was given or found needless.
 	persistenceChecked atomic.Bool
 	records            recordQueue // concurrent Records, batched (redis_history_batch.go)
+	// sub is RunSplit's subscription connection (unrouted), closed by
+	// Close: it is dialled apart from the client's pools.
+	sub    atomic.Pointer[subConn]
+	closed atomic.Bool
 }
 
 // unreachableEvery is how often "cannot reach Redis" is repeated while
@@ -178,6 +181,10 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	channels := []string{r.cfg.Inbound, recCh}
 	sub := newSubConn(r.client.(*redis.Client).Options(), 15*time.Second, channels...)
 	defer sub.close()
+	r.sub.Store(sub) // Close closes it
+	if r.closed.Load() {
+		return nil
+	}
 	stop := context.AfterFunc(ctx, sub.close)
 	defer stop()
 	defer r.setReady(false)
@@ -190,17 +197,14 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	attempt := 0
 	for {
 		ev, err := sub.receive(ctx)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || sub.isClosed() {
 			return nil
 		}
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if errors.Is(err, errQuiet) {
 				// Quiet channel: prove the connection is alive.
-				if perr := sub.ping(); perr == nil {
+				if err = sub.ping(); err == nil {
 					continue
-				} else {
-					err = perr
 				}
 			}
 			switch {
@@ -356,4 +360,10 @@ func (r *Redis) Watched() int {
 func (r *Redis) Ready() bool { return r.ready.Load() }
 
 // Close implements Broker.
-func (r *Redis) Close() error { return r.client.Close() }
+func (r *Redis) Close() error {
+	r.closed.Store(true)
+	if sub := r.sub.Load(); sub != nil {
+		sub.close()
+	}
+	return r.client.Close()
+}

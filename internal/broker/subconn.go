@@ -65,6 +65,10 @@ const (
 // subReadBuf is the reader's buffer: payloads up to it are not copied.
 const subReadBuf = 64 << 10
 
+// subKeepBig: a buffer for payloads larger than subReadBuf is kept for the
+// next one only up to this size.
+const subKeepBig = 1 << 20
+
 // subMaxBulk bounds a bulk string's announced length (Redis's own
 // proto-max-bulk-len): a longer one means the stream is not RESP.
 const subMaxBulk = 512 << 20
@@ -72,6 +76,11 @@ const subMaxBulk = 512 << 20
 // errNoPong: the connection sent nothing, not even the answer to a PING,
 // for two timeouts.
 var errNoPong = errors.New("redis subscription: no answer to PING")
+
+// errQuiet wraps the timeout of a receive that found nothing at all to
+// read: the connection is kept, and the caller may ping. Any other timeout
+// (dialling, AUTH, half a reply) is an error like the rest.
+var errQuiet = errors.New("redis subscription: quiet")
 
 func newSubConn(opt *redis.Options, timeout time.Duration, channels ...string) *subConn {
 	return &subConn{opt: opt, channels: channels, timeout: timeout}
@@ -85,6 +94,13 @@ func (s *subConn) close() {
 	if s.conn != nil {
 		s.conn.Close()
 	}
+}
+
+// isClosed reports whether close was called.
+func (s *subConn) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // drop closes the current connection; the next receive dials anew.
@@ -211,10 +227,13 @@ func (s *subConn) ping() error {
 	return nil
 }
 
-// receive returns the next reply, connecting first if needed. A timeout
-// (nothing at all for s.timeout) leaves the connection up: the caller may
-// ping. Any other error drops it.
+// receive returns the next reply, connecting first if needed. Nothing at
+// all for s.timeout is errQuiet and leaves the connection up: the caller
+// may ping. Any other error drops it.
 func (s *subConn) receive(ctx context.Context) (subEvent, error) {
+	if cap(s.big) > subKeepBig {
+		s.big = nil // the previous payload was huge: its use is over
+	}
 	if s.conn == nil {
 		if err := s.connect(ctx); err != nil {
 			return subEvent{}, err
@@ -233,7 +252,7 @@ func (s *subConn) receive(ctx context.Context) (subEvent, error) {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && s.r.Buffered() == 0 {
 			s.setAt = time.Time{} // the deadline has passed: move it on the next receive
-			return subEvent{}, err
+			return subEvent{}, fmt.Errorf("%w: %w", errQuiet, err)
 		}
 		s.drop()
 		return subEvent{}, err
@@ -268,7 +287,7 @@ func (s *subConn) event() (subEvent, error) {
 	if err != nil {
 		return subEvent{}, err
 	}
-	var ev subEvent
+	ev := subEvent{channel: -1}
 	switch string(kind) { // compared before the next read moves the buffer
 	case "message":
 		ev.kind = subMessage
@@ -277,33 +296,29 @@ func (s *subConn) event() (subEvent, error) {
 	case "pong":
 		ev.kind = subPong
 	}
-	if n == 1 {
-		return ev, nil
-	}
-	ch, err := s.element()
-	if err != nil {
-		return subEvent{}, err
-	}
-	ev.channel = -1
-	for i, c := range s.channels {
-		if string(ch) == c {
-			ev.channel = i
-			break
-		}
-	}
-	for k := 2; k < n; k++ {
+	for k := 1; k < n; k++ {
 		v, err := s.element()
 		if err != nil {
 			return subEvent{}, err
 		}
-		if k == 2 {
+		switch k {
+		case 1: // the channel, compared before the next read moves the buffer
+			for i, c := range s.channels {
+				if string(v) == c {
+					ev.channel = i
+					break
+				}
+			}
+		case 2:
 			ev.payload = v
 		}
 	}
-	if ev.kind == subMessage && (n != 3 || ev.channel < 0) {
-		ev.kind = subOther
-	}
-	if ev.kind == subConfirmed && ev.channel < 0 {
+	// Only the shapes Redis sends count: a message or a confirmation has
+	// three elements and a channel asked for, a pong two.
+	switch {
+	case ev.kind == subMessage && (n != 3 || ev.channel < 0),
+		ev.kind == subConfirmed && (n != 3 || ev.channel < 0),
+		ev.kind == subPong && n != 2:
 		ev.kind = subOther
 	}
 	return ev, nil
@@ -346,8 +361,8 @@ func (s *subConn) bulk() ([]byte, error) {
 		}
 		s.r.Discard(n + 2)
 	} else {
-		if cap(s.big) < n+2 || cap(s.big) > 4*(n+2) {
-			s.big = make([]byte, n+2) // grown, or shrunk after a huge one
+		if cap(s.big) < n+2 {
+			s.big = make([]byte, n+2)
 		}
 		b = s.big[:n+2]
 		if _, err := io.ReadFull(s.r, b); err != nil {
@@ -357,7 +372,7 @@ func (s *subConn) bulk() ([]byte, error) {
 	if b[n] != '\r' || b[n+1] != '\n' {
 		return nil, errors.New("redis subscription: bulk string not ended by CRLF")
 	}
-	return b[:n], nil
+	return b[:n:n], nil // an append copies: it must not write over the replies still unread
 }
 
 // line reads one CRLF-ended line (without it, never empty).

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -262,5 +263,130 @@ func TestSubConnAuth(t *testing.T) {
 		case err != nil && (strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "wrong-pw")):
 			t.Errorf("the error shows the password: %v", err)
 		}
+	}
+}
+
+// A timeout while connecting (dial, AUTH unanswered, SUBSCRIBE written too
+// slowly) is logged as what it is, not taken for a quiet channel and
+// pinged. Here: a server that accepts and never answers AUTH (a hung
+// Redis, a proxy with no backend).
+func TestRedisConnectTimeoutLogsItsCause(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	var buf syncBuffer
+	b, err := NewRedis(RedisConfig{URL: "redis://:pw@" + ln.Addr().String(), Inbound: "in",
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, func([]byte) {}) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the cannot-reach line", func() bool { return strings.Contains(buf.String(), "cannot reach Redis") })
+	if log := buf.String(); strings.Contains(log, "use of closed network connection") || !strings.Contains(log, "timeout") {
+		t.Fatalf("the log hides the cause (a timeout: here AUTH unanswered):\n%s", log)
+	}
+}
+
+// Broker.Close "releases connections; Run returns soon after": the
+// subscription, dialled apart from the client's pools, ends too.
+func TestRedisCloseEndsTheSubscription(t *testing.T) {
+	srv := testenv.Redis(t)
+	b, err := NewRedis(RedisConfig{URL: srv.URL(), Inbound: "in", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, func([]byte) {}) }()
+	defer func() { cancel(); <-done }()
+	waitReady(t, b)
+	b.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	waitFor(t, "no subscriber left, not ready", func() bool {
+		n, err := rdb.PubSubNumSub(context.Background(), "in").Result()
+		return err == nil && n["in"] == 0 && !b.Ready()
+	})
+	select {
+	case <-done:
+		done <- nil // for the deferred wait
+	case <-time.After(time.Minute):
+		t.Fatal("Run still running a minute after Close")
+	}
+}
+
+// A reply shorter than Redis's is neither a message nor a confirmation (a
+// broken peer must not make RunSplit ready with a channel never
+// subscribed).
+func TestSubConnShortReplyIsNotAnEvent(t *testing.T) {
+	opt, _ := fakeRedis(t,
+		reply(bulk("message")),
+		reply(bulk("subscribe")),
+	)
+	s := newSubConn(opt, time.Minute, "in", "rec")
+	defer s.close()
+	for i := range 2 {
+		ev, err := s.receive(context.Background())
+		if err == nil && (ev.kind == subMessage || ev.kind == subConfirmed) {
+			t.Errorf("reply %d (*1): kind %d on channel %d, want subOther or an error", i, ev.kind, ev.channel)
+		}
+	}
+}
+
+// The buffer of one payload larger than subKeepBig is not kept once the
+// next receive starts.
+func TestSubConnReleasesALargePayloadsBuffer(t *testing.T) {
+	const large = 8 << 20
+	script := [][]byte{reply(bulk("message"), bulk("in"), bulk(strings.Repeat("x", large)))}
+	for range 100 {
+		script = append(script, reply(bulk("message"), bulk("in"), bulk(`{"data":1}`)))
+	}
+	opt, _ := fakeRedis(t, script...)
+	s := newSubConn(opt, time.Minute, "in")
+	defer s.close()
+	for i := range len(script) {
+		if ev, err := s.receive(context.Background()); err != nil || ev.kind != subMessage {
+			t.Fatalf("event %d: %+v %v", i, ev.kind, err)
+		}
+	}
+	if cap(s.big) >= large {
+		t.Fatalf("after 100 small messages the %d-byte buffer of one large one is still held (cap %d)", large, cap(s.big))
+	}
+}
+
+// A payload's capacity ends with it: a handler that appends to it (without
+// keeping it, e.g. append(p, '\n') for a log line) copies, and does not
+// write over the replies still unread in the reader's buffer.
+func TestSubConnPayloadAppendCopies(t *testing.T) {
+	opt, _ := fakeRedis(t, []byte(string(reply(bulk("message"), bulk("in"), bulk(`{"a":1}`)))+
+		string(reply(bulk("message"), bulk("in"), bulk(`{"b":2}`)))))
+	s := newSubConn(opt, 5*time.Second, "in") // bounds the wait on a desynchronised stream
+	defer s.close()
+	ev, err := s.receive(context.Background())
+	if err != nil || ev.kind != subMessage {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	first := ev.payload
+	_ = append(first, "\n-- appended by a handler that keeps nothing --\n"...)
+	ev, err = s.receive(context.Background())
+	if err != nil || ev.kind != subMessage || string(ev.payload) != `{"b":2}` {
+		t.Fatalf("second message after a handler appended to the first (len %d, cap %d): kind %d %q, %v",
+			len(first), cap(first), ev.kind, ev.payload, err)
 	}
 }
