@@ -13,12 +13,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wspubsub/wspubsub/internal/broker"
-
 	"github.com/redis/go-redis/v9"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/wspubsub/wspubsub/internal/broker"
 )
 
 // publisher sends batches of messages to the gateway's inbound channel.

@@ -197,10 +197,13 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 	attempt := 0
 	for {
 		ev, err := sub.receive(ctx)
-		if ctx.Err() != nil || sub.isClosed() {
+		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
+			if sub.isClosed() { // Close
+				return nil
+			}
 			if errors.Is(err, errQuiet) {
 				// Quiet channel: prove the connection is alive.
 				if err = sub.ping(); err == nil {
