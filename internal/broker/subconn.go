@@ -33,7 +33,7 @@ import (
 type subConn struct {
 	opt      *redis.Options
 	channels []string
-	timeout  time.Duration // a receive with nothing to read for this long returns a timeout
+	timeout  time.Duration // a receive with nothing to read for this long returns errQuiet
 
 	mu     sync.Mutex // guards conn against close from another goroutine
 	conn   net.Conn
