@@ -11,7 +11,7 @@ require (
 	golang.org/x/sys v0.48.0
 )
 
-require github.com/goccy/go-json v0.12.0 // indirect
+require github.com/goccy/go-json v0.12.0
 
 require (
 	github.com/MicahParks/jwkset v0.11.4 // indirect
