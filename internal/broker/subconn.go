@@ -140,6 +140,14 @@ func (s *subConn) connect(ctx context.Context) error {
 		s.drop()
 		return err
 	}
+	if name := s.opt.ClientName; name != "" {
+		// ?client_name= in --redis-url names every connection, as
+		// go-redis does its own (CLIENT LIST shows who is subscribed).
+		if err := s.call("CLIENT", "SETNAME", name); err != nil {
+			s.drop()
+			return fmt.Errorf("naming the Redis connection: %w", err)
+		}
+	}
 	args := append([]string{"SUBSCRIBE"}, s.channels...)
 	if err := s.command(args...); err != nil {
 		s.drop()
@@ -160,9 +168,9 @@ func (s *subConn) auth() error {
 	if user == "" {
 		user = "default"
 	}
-	err := s.authWith("AUTH", user, pass)
+	err := s.call("AUTH", user, pass)
 	if err != nil && strings.Contains(err.Error(), "wrong number of arguments") && user == "default" {
-		err = s.authWith("AUTH", pass)
+		err = s.call("AUTH", pass)
 	}
 	if err != nil && (strings.Contains(err.Error(), "without any password configured") ||
 		strings.Contains(err.Error(), "no password is set")) {
@@ -174,8 +182,8 @@ func (s *subConn) auth() error {
 	return nil
 }
 
-// authWith sends one AUTH and reads its answer.
-func (s *subConn) authWith(args ...string) error {
+// call sends one command of the handshake and reads its +OK.
+func (s *subConn) call(args ...string) error {
 	if err := s.command(args...); err != nil {
 		return err
 	}

@@ -390,3 +390,28 @@ func TestSubConnPayloadAppendCopies(t *testing.T) {
 			len(first), cap(first), ev.kind, ev.payload, err)
 	}
 }
+
+// ?client_name= in --redis-url names the subscription connection too.
+func TestSubConnClientName(t *testing.T) {
+	srv := testenv.Redis(t)
+	c, err := NewClient(srv.URL()+"?client_name=gw-7", false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := newSubConn(c.(*redis.Client).Options(), time.Minute, "in")
+	defer s.close()
+	if ev, err := s.receive(context.Background()); err != nil || ev.kind != subConfirmed {
+		t.Fatalf("%+v, %v; want the subscription confirmed", ev, err)
+	}
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(list, "\n") {
+		if strings.Contains(line, " name=gw-7 ") && strings.Contains(line, " sub=1 ") {
+			return
+		}
+	}
+	t.Fatalf("no subscribed connection named gw-7 in CLIENT LIST:\n%s", list)
+}
