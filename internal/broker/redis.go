@@ -216,8 +216,7 @@ func (r *Redis) RunSplit(ctx context.Context, plain, recorded Handler) error {
 			case r.ready.Load() || attempt == 0:
 				r.cfg.Logger.Warn("redis subscription lost; reconnecting", "channel", r.cfg.Inbound, "err", err)
 			}
-			sub.drop()
-			r.setReady(false)
+			r.setReady(false) // (receive and ping have dropped the connection)
 			clear(confirmed)
 			nconfirmed = 0
 			r.cfg.OnReconnect()

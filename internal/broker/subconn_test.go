@@ -204,8 +204,12 @@ func (nopConn) Close() error                    { return nil }
 // errNoPong and the connection is dropped.
 func TestSubConnUnansweredPingDrops(t *testing.T) {
 	opt, cmds := fakeRedis(t, nil, reply(bulk("pong"), bulk("")), nil) // answers the first PING only
+	// A short timeout only where nothing can arrive (the quiet spells); a
+	// long one where the pong is awaited, so a slow machine cannot turn
+	// the answer into a timeout.
 	s := newSubConn(opt, 50*time.Millisecond, "in")
 	defer s.close()
+	timeout := func(d time.Duration) { s.timeout, s.setAt = d, time.Time{} }
 	isTimeout := func(err error) bool {
 		var ne net.Error
 		return errors.As(err, &ne) && ne.Timeout()
@@ -220,9 +224,11 @@ func TestSubConnUnansweredPingDrops(t *testing.T) {
 	if got := <-cmds; strings.Join(got, " ") != "PING" {
 		t.Fatalf("got %q, want PING", got)
 	}
+	timeout(time.Minute)
 	if ev, err := s.receive(context.Background()); err != nil || ev.kind != subPong {
 		t.Fatalf("after PING: %+v, %v; want the pong", ev, err)
 	}
+	timeout(50 * time.Millisecond)
 	if _, err := s.receive(context.Background()); !isTimeout(err) {
 		t.Fatalf("quiet again: %v, want a timeout", err)
 	}
