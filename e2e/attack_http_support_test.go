@@ -37,7 +37,7 @@ const haNormal = "normal-client"
 // (any 127.x address reaches the gateway on 127.0.0.1), or the default
 // source address when ip is "".
 func haDialFrom(ip string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := &net.Dialer{Timeout: 5 * time.Second}
+	d := &net.Dialer{Timeout: patience}
 	if ip != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ip)}
 	}
@@ -54,7 +54,7 @@ func haHTTPClient(t *testing.T, ip string) *http.Client {
 
 // haDialWS opens a WebSocket from ip with extra request headers.
 func haDialWS(s *stack, query, ip string, hdr http.Header) (*client, error) {
-	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: haDialFrom(ip)}
+	d := ws.Dialer{Timeout: patience, NetDial: haDialFrom(ip)}
 	if hdr != nil {
 		d.Header = ws.HandshakeHeaderHTTP(hdr)
 	}
@@ -104,10 +104,10 @@ func haProbe(s *stack, key, ip string) (time.Duration, error) {
 	if err := s.rdb.Publish(context.Background(), s.cfg.Channel, envelope(want, key)).Err(); err != nil {
 		return 0, fmt.Errorf("redis publish: %w", err)
 	}
-	got, err := c.next(2 * time.Second)
+	got, err := c.next(patience)
 	latency := time.Since(start)
 	if err != nil {
-		return latency, fmt.Errorf("normal client: no message within 2s: %w", err)
+		return latency, fmt.Errorf("normal client: no message within %v: %w", patience, err)
 	}
 	if got != `{"data":`+want+`}` {
 		return latency, fmt.Errorf("normal client got %s, want the probe %s", got, want)
@@ -243,7 +243,7 @@ func haReadLine(br *bufio.Reader) (string, error) {
 // parser does (data lines joined with LF); raw is every byte read.
 func haNextEvent(t *testing.T, c *sseClient) (data string, raw []byte) {
 	t.Helper()
-	timer := time.AfterFunc(5*time.Second, func() { c.resp.Body.Close() })
+	timer := time.AfterFunc(patience, func() { c.resp.Body.Close() })
 	defer timer.Stop()
 	var lines []string
 	for {

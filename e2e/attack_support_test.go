@@ -67,8 +67,8 @@ func publishHTTP(base, raw string) error {
 
 var probeSeq atomic.Int64
 
-// probe publishes one message to key and waits up to 2 s for normal to
-// receive it; it returns the latency. It does not call t.Fatal.
+// probe publishes one message to key and waits (up to patience) for normal
+// to receive it; it returns the latency. It does not call t.Fatal.
 func (g *target) probe(normal *client, key string) (time.Duration, error) {
 	if err := g.alive(); err != nil {
 		return 0, err
@@ -87,9 +87,9 @@ func (g *target) probe(normal *client, key string) (time.Duration, error) {
 		return 0, err
 	}
 	for {
-		left := 2*time.Second - time.Since(start)
+		left := patience - time.Since(start)
 		if left <= 0 {
-			return 0, fmt.Errorf("%s not received within 2 s", want)
+			return 0, fmt.Errorf("%s not received within %v", want, patience)
 		}
 		got, err := normal.next(left)
 		if err != nil {
@@ -103,8 +103,8 @@ func (g *target) probe(normal *client, key string) (time.Duration, error) {
 }
 
 // stillServes asserts that the gateway is alive and that normal (a client
-// of key) receives a message published now within 2 s. The issue asks for
-// 100 ms: the latency is logged, and flagged in the log (not failed, to stay
+// of key) receives a message published now. The issue asks for 100 ms: the
+// latency is logged, and flagged in the log (not failed, to stay
 // independent of machine speed) when above.
 func (g *target) stillServes(t *testing.T, normal *client, key, after string) {
 	t.Helper()
@@ -187,7 +187,7 @@ func (c *client) expectCloseOneOf(codes ...int) int {
 func (c *client) closeOneOf(codes ...int) (int, error) {
 	c.t.Helper()
 	for {
-		_, err := c.next(10 * time.Second)
+		_, err := c.next(patience)
 		var ce *closeError
 		if errors.As(err, &ce) {
 			for _, code := range codes {

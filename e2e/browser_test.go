@@ -64,7 +64,7 @@ func browser(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Contex
 // run runs browser actions with a deadline.
 func run(t *testing.T, ctx context.Context, d time.Duration, what string, actions ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	tctx, cancel := context.WithTimeout(ctx, d)
+	tctx, cancel := context.WithTimeout(ctx, max(d, patience))
 	defer cancel()
 	if err := chromedp.Do(tctx, actions...); err != nil {
 		t.Fatalf("%s: %v (page: %s)", what, err, pageText(ctx))
@@ -81,7 +81,7 @@ func pageText(ctx context.Context) string {
 
 func screenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
-	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	tctx, cancel := context.WithTimeout(ctx, patience)
 	defer cancel()
 	png, err := chromedp.Run(tctx, chromedp.FullScreenshot(100))
 	if err != nil {

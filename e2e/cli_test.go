@@ -273,7 +273,7 @@ func tryKey(t *testing.T, url string) (*client, int) {
 	t.Helper()
 	c := mustDial(t, url)
 	_ = wsutil.WriteClientText(c.c, []byte("ping")) // may race the refusal's close
-	got, err := c.next(10 * time.Second)
+	got, err := c.next(patience)
 	var ce *closeError
 	switch {
 	case errors.As(err, &ce):

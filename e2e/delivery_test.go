@@ -151,7 +151,7 @@ func TestWebSocketProtocolEdges(t *testing.T) {
 	if err := ws.WriteFrame(c.c, ws.MaskFrame(ws.NewPingFrame([]byte("hi")))); err != nil {
 		t.Fatal(err)
 	}
-	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = c.c.SetReadDeadline(time.Now().Add(patience))
 	f, err := ws.ReadFrame(c.r)
 	if err != nil || f.Header.OpCode != ws.OpPong || string(f.Payload) != "hi" {
 		t.Fatalf("pong: %+v %v", f.Header, err)

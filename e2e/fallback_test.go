@@ -44,7 +44,7 @@ func (c *sseClient) next() (string, string) {
 	c.t.Helper()
 	typ, data := "message", []string(nil)
 	done := make(chan struct{})
-	timer := time.AfterFunc(5*time.Second, func() { c.resp.Body.Close() })
+	timer := time.AfterFunc(patience, func() { c.resp.Body.Close() })
 	defer timer.Stop()
 	defer close(done)
 	for {

@@ -119,8 +119,8 @@ func TestIdleConnectionsAreReaped(t *testing.T) {
 	dead.pong = false
 	alive := mustDial(t, s.url(demoKey))
 	waitLive(t, s, 2)
-	go func() { _, _ = alive.next(3 * time.Second) }() // answers pings
-	_, err := dead.next(5 * time.Second)
+	go func() { _, _ = alive.next(patience) }() // answers pings
+	_, err := dead.next(patience)
 	if err == nil {
 		t.Fatal("dead peer got a message instead of being closed")
 	}

@@ -15,7 +15,7 @@ func TestPublishCLIRecordsAndDeduplicates(t *testing.T) {
 	s := newStack(t, nil, demoKey)
 	c := mustDial(t, s.url(demoKey+"&since="))
 	waitLive(t, s, 1)
-	if f, err := c.next(5 * time.Second); err != nil || !strings.HasPrefix(f, `{"id":"`) {
+	if f, err := c.next(patience); err != nil || !strings.HasPrefix(f, `{"id":"`) {
 		t.Fatalf("position frame: %q %v", f, err)
 	}
 	bin := binary(t)
@@ -45,7 +45,7 @@ func TestPublishCLIRecordsAndDeduplicates(t *testing.T) {
 		t.Fatalf("--plain: %s", out)
 	}
 	for _, want := range []string{`"data":{"n":1}}`, `"data":{"n":2}}`} {
-		f, err := c.next(5 * time.Second)
+		f, err := c.next(patience)
 		if err != nil || !strings.HasPrefix(f, `{"id":"`) || !strings.HasSuffix(f, want) {
 			t.Fatalf("got %q (%v), want a recorded frame ending %s", f, err, want)
 		}

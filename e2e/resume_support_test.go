@@ -75,7 +75,7 @@ type rsWSConn struct{ c *client }
 
 func (w *rsWSConn) next() rsFrame {
 	w.c.t.Helper()
-	got, err := w.c.next(5 * time.Second)
+	got, err := w.c.next(patience)
 	if err != nil {
 		w.c.t.Fatalf("websocket: waiting for a frame: %v", err)
 	}
