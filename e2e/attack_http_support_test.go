@@ -92,10 +92,10 @@ func haProbe(s *stack, key, ip string) (time.Duration, error) {
 	defer c.close()
 	// Admitted when its session is registered (no other WebSocket client
 	// connects meanwhile in these tests); a refusal arrives as a close.
-	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(connects) <= before; {
+	for deadline := time.Now().Add(patience); testutil.ToFloat64(connects) <= before; {
 		if time.Now().After(deadline) {
 			_, err := c.next(100 * time.Millisecond)
-			return 0, fmt.Errorf("normal client not admitted within 5s: %v", err)
+			return 0, fmt.Errorf("normal client not admitted within %v: %v", patience, err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -200,7 +200,7 @@ func haRejections(s *stack, reason string) float64 {
 // so a server that answers before reading everything (and closes) is seen
 // whatever the socket buffers hold. It returns the response status.
 func haRawExchange(addr string, req []byte, timeout time.Duration) (int, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, patience)
 	if err != nil {
 		return 0, err
 	}

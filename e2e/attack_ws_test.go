@@ -202,8 +202,8 @@ func startInProcess(t *testing.T, opts gateway.Options, args ...string) (*gatewa
 			if err != nil {
 				t.Errorf("gateway Run: %v", err)
 			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway did not stop within 15s")
+		case <-time.After(patience):
+			t.Errorf("gateway did not stop within %v", patience)
 		}
 	})
 	g := &target{base: "http://" + gw.Addr().String(), path: cfg.Path, alive: func() error { return nil }}

@@ -90,7 +90,9 @@ func TestBinaryEmbeddedDefaults(t *testing.T) {
 		t.Errorf("start-up log does not say it runs on the demo key:\n%s", logs.String())
 	}
 	c := mustDial(t, "ws://"+addr+"/websocket?"+demoKey)
-	time.Sleep(100 * time.Millisecond)
+	// Answered only once admitted: then a message to the key reaches it.
+	c.send("ping")
+	c.expect("heartbeat message")
 
 	pub := exec.Command(bin, "publish", "--gateway", "http://"+addr, "--to", demoKey, `{"hello":"world"}`)
 	if out, err := pub.CombinedOutput(); err != nil {

@@ -174,6 +174,7 @@ func TestBrowserDemoPageOnEmbeddedDefaultsAndPhoneScreen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	waitReadyAt(t, addr) // a browser that starts first must not find it closed
 	ctx := browser(t)
 	run(t, ctx, 20*time.Second, "demo page connects with the prefilled demo key",
 		chromedp.Navigate("http://"+addr+"/"),

@@ -45,7 +45,13 @@ func TestBrowserTokenRefresh(t *testing.T) {
 			if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](page)); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, 10*time.Second, "the page's session (and the control's)", func() bool { return len(gw.Hub().Sessions("page")) == 2 })
+			expired := func() bool { return time.Now().Unix() >= exp.Unix() }
+			eventually(t, 10*time.Second, "the page's session and the control's (or the first token's expiry)", func() bool {
+				return len(gw.Hub().Sessions("page")) == 2 || expired()
+			})
+			if len(gw.Hub().Sessions("page")) != 2 && expired() {
+				t.Skip("this machine took longer than the first token's life to connect; nothing to conclude")
+			}
 			if err := g.publish(envelope(`{"n":1}`, "page")); err != nil {
 				t.Fatal(err)
 			}
@@ -66,7 +72,7 @@ func TestBrowserTokenRefresh(t *testing.T) {
 			if err := g.publish(envelope(`{"n":2}`, "page")); err != nil {
 				t.Fatal(err)
 			}
-			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			for deadline := time.Now().Add(patience); ; time.Sleep(20 * time.Millisecond) {
 				n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`window.got.length`))
 				if n >= 2 {
 					break

@@ -250,7 +250,7 @@ func (g *chaosGateway) metricLines(prefixes ...string) []string {
 // chaosHTTP is the HTTP client of publishers and HTTP transports; requests
 // carry their own deadlines.
 var chaosHTTP = &http.Client{Transport: &http.Transport{
-	DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+	DialContext:         (&net.Dialer{Timeout: patience}).DialContext,
 	MaxIdleConns:        256,
 	MaxIdleConnsPerHost: 128,
 	IdleConnTimeout:     30 * time.Second,
@@ -354,8 +354,8 @@ func chaosStopper(t *testing.T, cancel context.CancelFunc, wg *sync.WaitGroup) f
 		go func() { wg.Wait(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("clients did not stop within 15s")
+		case <-time.After(patience):
+			t.Errorf("clients did not stop within %v", patience)
 		}
 	}
 }

@@ -57,7 +57,7 @@ func (c *chaosClient) connectWS(ctx context.Context, addr string) error {
 	c.mu.Lock()
 	c.conn().since = since
 	c.mu.Unlock()
-	d := ws.Dialer{Timeout: 2 * time.Second}
+	d := ws.Dialer{Timeout: patience}
 	conn, br, _, err := d.Dial(ctx, "ws://"+addr+"/websocket?"+c.key+"&since="+since)
 	if err != nil {
 		var se ws.StatusError
@@ -187,7 +187,7 @@ func (c *chaosClient) connectPolling(ctx context.Context, addr string) error {
 
 // poll is one poll naming since; it returns the answer's body.
 func (c *chaosClient) poll(ctx context.Context, addr, since string) (string, error) {
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, patience)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(pctx, http.MethodGet,
 		"http://"+addr+"/websocket?"+c.key+"&sid="+c.sid+"&since="+since, nil)

@@ -57,9 +57,10 @@ func TestDrainHandsClientsOverWithoutLoss(t *testing.T) {
 	a := newChaosGateway(t, "gwA", keys, append(args, "--drain-period", drainFor.String())...)
 	b := newChaosGateway(t, "gwB", keys, args...)
 
-	// Every wait below ends by this deadline: a run that goes wrong fails
-	// within a minute, it does not hang.
-	end := time.Now().Add(60 * time.Second)
+	// Every wait below ends by this deadline: a run that goes wrong fails,
+	// it does not hang; far above a healthy run, so a loaded machine is
+	// never failed for being slow.
+	end := time.Now().Add(10 * time.Minute)
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
 	clients := make([]*chaosClient, nKeys)
@@ -108,8 +109,8 @@ func TestDrainHandsClientsOverWithoutLoss(t *testing.T) {
 			waiting = false
 		case <-time.After(10 * time.Millisecond):
 			sawDraining = sawDraining || a.readyzStatus() == "draining"
-			if time.Since(termAt) > 30*time.Second {
-				t.Fatalf("gwA did not exit within 30s of SIGTERM")
+			if time.Since(termAt) > patience {
+				t.Fatalf("gwA did not exit within %v of SIGTERM", patience)
 			}
 		}
 	}
@@ -308,8 +309,8 @@ func TestBinarySecondSignalSkipsTheDrain(t *testing.T) {
 		select {
 		case code := <-codes:
 			return code
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no close within 30s\n%s", logs.String())
+		case <-time.After(patience):
+			t.Fatalf("no close within %v\n%s", patience, logs.String())
 			return 0
 		}
 	}
@@ -326,8 +327,8 @@ func TestBinarySecondSignalSkipsTheDrain(t *testing.T) {
 		if err != nil {
 			t.Fatalf("exit: %v\n%s", err, logs.String())
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("no exit within 15s of the second signal\n%s", logs.String())
+	case <-time.After(patience):
+		t.Fatalf("no exit within %v of the second signal\n%s", patience, logs.String())
 	}
 	for _, want := range []string{"draining:", "second signal", "drain cut short"} {
 		if !strings.Contains(logs.String(), want) {

@@ -151,8 +151,23 @@ func poll(t *testing.T, url string, hdr http.Header) (int, string, http.Header) 
 	return do(t, "GET", url, "", hdr, "X-Socket-Transport", "xhrPolling")
 }
 
+// pollNext polls until a message comes: an empty answer is only the poll
+// timeout (short in these tests), so a slow machine makes it come later, not
+// go missing.
+func pollNext(t *testing.T, url string) (int, string) {
+	t.Helper()
+	for start := time.Now(); ; {
+		code, body, _ := poll(t, url, nil)
+		if code != 200 || body != "" || time.Since(start) > patience {
+			return code, body
+		}
+	}
+}
+
 func TestLongPollingIsOneLogicalConnection(t *testing.T) {
-	s := newStack(t, []string{"--poll-timeout", "300ms", "--idle-timeout", "1500ms", "--ping-interval", "500ms"}, demoKey)
+	// The idle timeout is well above the gaps between this test's requests,
+	// even on a loaded machine, and short enough to wait out at the end.
+	s := newStack(t, []string{"--poll-timeout", "300ms", "--idle-timeout", "5s", "--ping-interval", "500ms"}, demoKey)
 	ev := watch(t, s, "connected", "disconnected")
 	url := s.httpClientURL(demoKey + "&_=1416911718123")
 
@@ -165,16 +180,15 @@ func TestLongPollingIsOneLogicalConnection(t *testing.T) {
 	}
 	// A held poll answers as soon as a message arrives.
 	go func() { time.Sleep(100 * time.Millisecond); s.publish(envelope(`{"n":0}`, demoKey)) }()
-	if code, body, _ := poll(t, url, nil); code != 200 || body != `{"data":{"n":0}}` {
+	if code, body := pollNext(t, url); code != 200 || body != `{"data":{"n":0}}` {
 		t.Fatalf("held poll: %d %q", code, body)
 	}
 	// Messages arriving between polls wait, in order, none lost.
 	for i := 1; i <= 3; i++ {
 		s.publish(envelope(`{"n":`+string(rune('0'+i))+`}`, demoKey))
 	}
-	time.Sleep(100 * time.Millisecond)
 	for i := 1; i <= 3; i++ {
-		if _, body, _ := poll(t, url+"&_=2", nil); body != `{"data":{"n":`+string(rune('0'+i))+`}}` {
+		if _, body := pollNext(t, url+"&_=2"); body != `{"data":{"n":`+string(rune('0'+i))+`}}` {
 			t.Fatalf("queued message %d: %q", i, body)
 		}
 	}
@@ -252,7 +266,9 @@ func TestCORSForBulletPagesOnAnotherOrigin(t *testing.T) {
 }
 
 func TestClientTextRateLimitAndUpstream(t *testing.T) {
-	s := newStack(t, []string{"--upstream-channel", "up", "--client-rate", "1", "--client-burst", "3"}, demoKey)
+	// One token in 1,000 s: no token refills during the test, however slow
+	// the machine.
+	s := newStack(t, []string{"--upstream-channel", "up", "--client-rate", "0.001", "--client-burst", "3"}, demoKey)
 	ev := watch(t, s, "up")
 	c := mustDial(t, s.url(demoKey))
 	c.send("first")

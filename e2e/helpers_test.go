@@ -56,7 +56,7 @@ func newServices(t *testing.T, rsrv *testenv.Service, keys ...string) *stack {
 	s := &stack{t: t, redis: rsrv, mongo: testenv.Mongo(t)}
 	s.rdb = redis.NewClient(&redis.Options{Addr: s.redis.Addr()})
 	t.Cleanup(func() { s.rdb.Close() })
-	mc, err := mongo.Connect(options.Client().ApplyURI(s.mongo.URL()).SetServerSelectionTimeout(5 * time.Second))
+	mc, err := mongo.Connect(options.Client().ApplyURI(s.mongo.URL()).SetServerSelectionTimeout(patience))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,8 +120,8 @@ func (s *stack) stop() {
 		if err != nil {
 			s.t.Errorf("gateway Run: %v", err)
 		}
-	case <-time.After(15 * time.Second):
-		s.t.Errorf("gateway did not stop within 15s")
+	case <-time.After(patience):
+		s.t.Errorf("gateway did not stop within %v", patience)
 	}
 	s.cancel = nil
 }

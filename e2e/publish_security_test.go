@@ -108,7 +108,7 @@ func TestRebindWebSocketUpgradeRefusedByAllowedHosts(t *testing.T) {
 	_, port, _ := strings.Cut(addr, ":")
 	rebind := "rebind.evil.example:" + port
 
-	d := ws.Dialer{Timeout: 5 * time.Second, Host: rebind,
+	d := ws.Dialer{Timeout: patience, Host: rebind,
 		Header: ws.HandshakeHeaderHTTP(http.Header{"Origin": {"http://" + rebind}})}
 	conn, _, _, err := d.Dial(context.Background(), s.url(demoKey))
 	if err == nil {

@@ -99,7 +99,7 @@ func rsOpenSSE(t *testing.T, u string, hdr http.Header) *rsSSEConn {
 
 func (c *rsSSEConn) next() rsFrame {
 	c.t.Helper()
-	timer := time.AfterFunc(5*time.Second, func() { c.resp.Body.Close() })
+	timer := time.AfterFunc(patience, func() { c.resp.Body.Close() })
 	defer timer.Stop()
 	f, data := rsFrame{event: "message"}, []string(nil)
 	for {
@@ -148,7 +148,7 @@ func (p *rsPollConn) poll(since string) (int, string, http.Header) {
 
 func (p *rsPollConn) next() rsFrame {
 	p.t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); {
 		code, body, h := p.poll(p.since)
 		if code != 200 {
 			p.t.Fatalf("poll: %d %q (close code %s)", code, body, h.Get("X-Wspubsub-Close-Code"))

@@ -99,7 +99,7 @@ func TestResumeLongPollingRetriesALostAnswer(t *testing.T) {
 	answer := func(since, want string) {
 		t.Helper()
 		code, body, _ := p.poll(since)
-		for deadline := time.Now().Add(10 * time.Second); code == 200 && body == "" && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(patience); code == 200 && body == "" && time.Now().Before(deadline); {
 			code, body, _ = p.poll(since) // timed out empty: the message is on its way
 		}
 		if code != 200 || body != want {

@@ -228,8 +228,8 @@ func secondGateway(t *testing.T, s *stack, id string) {
 		cancel()
 		select {
 		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Errorf("gateway %s did not stop within 15s", id)
+		case <-time.After(patience):
+			t.Errorf("gateway %s did not stop within %v", id, patience)
 		}
 	})
 	waitReadyAt(t, gw.Addr().String())

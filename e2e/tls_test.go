@@ -83,7 +83,7 @@ func TestTLSEveryTransport(t *testing.T) {
 	s := newTLSStack(t, []string{"--poll-timeout", "30s"}, demoKey)
 
 	// WebSocket: wss://, on HTTP/1.1.
-	d := ws.Dialer{Timeout: 10 * time.Second, TLSConfig: s.ca.ClientConfig()}
+	d := ws.Dialer{Timeout: patience, TLSConfig: s.ca.ClientConfig()}
 	c, br, _, err := d.Dial(context.Background(), "wss://"+s.gw.Addr().String()+s.cfg.Path+"?"+demoKey)
 	if err != nil {
 		t.Fatalf("wss dial: %v", err)
@@ -178,7 +178,7 @@ func TestBrowserDemoPageOverTLS(t *testing.T) {
 // reaches the client with its code.
 func TestTLSWebSocketBurstAndServerClose(t *testing.T) {
 	s := newTLSStack(t, []string{"--recheck-interval", "200ms"}, demoKey)
-	d := ws.Dialer{Timeout: 10 * time.Second, TLSConfig: s.ca.ClientConfig()}
+	d := ws.Dialer{Timeout: patience, TLSConfig: s.ca.ClientConfig()}
 	c, br, _, err := d.Dial(context.Background(), "wss://localhost:"+portOf(s.gw.Addr().String())+s.cfg.Path+"?"+demoKey)
 	if err != nil {
 		t.Fatalf("wss dial: %v", err)
@@ -254,7 +254,7 @@ func TestBinaryTLS(t *testing.T) {
 		t.Fatalf("plain GET on the TLS port: %d %q", r.StatusCode, body)
 	}
 
-	d := ws.Dialer{Timeout: 10 * time.Second, TLSConfig: ca.ClientConfig()}
+	d := ws.Dialer{Timeout: patience, TLSConfig: ca.ClientConfig()}
 	c, br, _, err := d.Dial(context.Background(), "wss://"+addr+"/websocket?"+demoKey)
 	if err != nil {
 		t.Fatalf("wss dial: %v", err)
@@ -282,12 +282,12 @@ func TestBinaryTLS(t *testing.T) {
 // stream's write deadline with a timer, even while nothing is written; a
 // stream quiet for longer than --write-timeout must live on and deliver.
 func TestTLSEventSourceOutlivesWriteTimeoutOnHTTP2(t *testing.T) {
-	s := newTLSStack(t, []string{"--write-timeout", "200ms"}, demoKey)
+	s := newTLSStack(t, []string{"--write-timeout", "1s"}, demoKey)
 	es := s.get(t, s.httpsURL(s.cfg.Path+"?"+demoKey), "Accept", "text/event-stream")
 	t.Cleanup(func() { es.Body.Close() })
 	sse := &sseClient{t: t, resp: es, br: bufio.NewReader(es.Body)}
 	waitLive(t, s.stack, 1)
-	time.Sleep(time.Second) // quiet for five write timeouts: the bug's condition, not a measurement
+	time.Sleep(5 * time.Second) // quiet for five write timeouts: the bug's condition, not a measurement
 	s.publish(envelope(`{"after":"quiet"}`, demoKey))
 	if typ, data := sse.next(); typ != "message" || data != `{"data":{"after":"quiet"}}` {
 		t.Fatalf("after a quiet second: %s %q", typ, data)
