@@ -37,7 +37,7 @@ func TestJWKSRotationWithASlowProvider(t *testing.T) {
 		p.serve(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	j, err := NewJWKS(JWKSConfig{URL: srv.URL, Timeout: 10 * time.Second, UnknownKIDEvery: time.Hour,
+	j, err := NewJWKS(JWKSConfig{URL: srv.URL, Timeout: patience, UnknownKIDEvery: time.Hour,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +54,7 @@ func TestJWKSLogHidesURLCredentials(t *testing.T) {
 	p.status = http.StatusInternalServerError
 	var logs bytes.Buffer
 	u := strings.Replace(p.srv.URL, "http://", "http://jwksuser:jwkspass@", 1) + "/jwks?access_token=tok3n"
-	j, err := NewJWKS(JWKSConfig{URL: u, Timeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	j, err := NewJWKS(JWKSConfig{URL: u, Timeout: patience, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestHookDoesNotFollowRedirects(t *testing.T) {
 		hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, other.URL+"/collect", code)
 		}))
-		h := NewHook(HookConfig{URL: hook.URL, Timeout: 5 * time.Second})
+		h := NewHook(HookConfig{URL: hook.URL, Timeout: patience})
 		id, err := hookAuth(h, "secret-key")
 		hook.Close()
 		if err == nil || !errors.Is(err, keystore.ErrUnavailable) {
@@ -104,7 +104,7 @@ func TestExpiryInMillisecondsIsRefused(t *testing.T) {
 	b := newBackend(t, func(HookRequest) (int, string) {
 		return 200, `{"key":"u1","expires":` + strconv.FormatInt(ms, 10) + `}`
 	})
-	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: 5 * time.Second})
+	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience})
 	if id, err := hookAuth(h, "k"); !errors.Is(err, keystore.ErrUnavailable) {
 		t.Fatalf("hook expires in ms: %+v %v, want unavailable (the hook is wrong)", id, err)
 	}
@@ -126,7 +126,7 @@ func TestExpiryInMillisecondsIsRefused(t *testing.T) {
 func TestHookCacheEvictsInBatches(t *testing.T) {
 	b := newBackend(t, func(HookRequest) (int, string) { return 200, "" })
 	const size = 800
-	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: 5 * time.Second, CacheTTL: time.Hour, CacheSize: size})
+	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience, CacheTTL: time.Hour, CacheSize: size})
 	for i := range size {
 		if _, err := hookAuth(h, "id-"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
@@ -150,7 +150,7 @@ func TestHookErrorsHideTheURLQuery(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	u := strings.Replace(srv.URL, "http://", "http://hookuser:h00kpass@", 1) + "/auth?token=h00ktoken"
 	srv.Close() // nothing listens there now: connection refused
-	h := NewHook(HookConfig{URL: u, Timeout: 5 * time.Second})
+	h := NewHook(HookConfig{URL: u, Timeout: patience})
 	_, err := hookAuth(h, "k")
 	if !errors.Is(err, keystore.ErrUnavailable) {
 		t.Fatalf("hook down: %v, want unavailable", err)

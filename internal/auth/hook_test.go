@@ -14,6 +14,11 @@ import (
 	"github.com/wspubsub/wspubsub/internal/keystore"
 )
 
+// patience is the timeout of a call that must be answered (an admission,
+// a refusal): only a hang takes that long, so a slow or loaded machine
+// never turns an answer into a timeout.
+const patience = time.Minute
+
 // backend is a fake auth hook: answer decides each call's status and body.
 type backend struct {
 	calls  atomic.Int32
@@ -56,7 +61,7 @@ func TestHookAdmits(t *testing.T) {
 		}
 		return 401, ""
 	})
-	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: 5 * time.Second})
+	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience})
 	id, err := hookAuth(h, "plain")
 	if err != nil || id.Key != "plain" || !id.Expires.IsZero() {
 		t.Fatalf("200 with no body: %+v %v, want the credential as key, no expiry", id, err)
@@ -96,14 +101,20 @@ func TestHookRefusesAndFails(t *testing.T) {
 		return 200, ""
 	})
 	t.Cleanup(func() { close(slow) }) // before the server's Close (cleanups run last first)
-	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: 200 * time.Millisecond, CacheTTL: time.Minute})
+	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience, CacheTTL: time.Minute})
+	// A short timeout only for the key whose answer never comes.
+	short := NewHook(HookConfig{URL: b.srv.URL, Timeout: 200 * time.Millisecond, CacheTTL: time.Minute})
 	for _, key := range []string{"401", "403"} {
 		if _, err := hookAuth(h, key); !errors.Is(err, keystore.ErrUnauthorized) {
 			t.Errorf("%s: %v, want a refusal", key, err)
 		}
 	}
 	for _, key := range []string{"500", "503", "404", "garbage", "slow"} {
-		_, err := hookAuth(h, key)
+		hk := h
+		if key == "slow" {
+			hk = short
+		}
+		_, err := hookAuth(hk, key)
 		if !errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, keystore.ErrUnauthorized) {
 			t.Errorf("%s: %v, want unavailable (try again)", key, err)
 		}
@@ -129,7 +140,7 @@ func TestHookCache(t *testing.T) {
 		}
 		return 200, `{"key":"k-` + r.Key + `"}`
 	})
-	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: 5 * time.Second, CacheTTL: time.Hour, CacheSize: 2})
+	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience, CacheTTL: time.Hour, CacheSize: 2})
 	for range 3 {
 		if id, err := hookAuth(h, "a"); err != nil || id.Key != "k-a" {
 			t.Fatalf("a: %+v %v", id, err)
@@ -163,7 +174,7 @@ func TestHookCache(t *testing.T) {
 	}
 
 	// CacheTTL 0: every admission asks.
-	h0 := NewHook(HookConfig{URL: b.srv.URL, Timeout: 5 * time.Second})
+	h0 := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience})
 	allow.Store(true)
 	n := b.calls.Load()
 	_, _ = hookAuth(h0, "c")
@@ -177,7 +188,7 @@ func TestHookCacheStopsAtExpiry(t *testing.T) {
 	b := newBackend(t, func(HookRequest) (int, string) {
 		return 200, `{"expires":"` + time.Now().Add(-time.Second).Format(time.RFC3339) + `"}`
 	})
-	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: 5 * time.Second, CacheTTL: time.Hour})
+	h := NewHook(HookConfig{URL: b.srv.URL, Timeout: patience, CacheTTL: time.Hour})
 	_, _ = hookAuth(h, "a")
 	_, _ = hookAuth(h, "a")
 	if n := b.calls.Load(); n != 2 {

@@ -82,7 +82,7 @@ func (p *idp) serve(w http.ResponseWriter, _ *http.Request) {
 
 func newJWKS(t *testing.T, p *idp) *JWKS {
 	t.Helper()
-	j, err := NewJWKS(JWKSConfig{URL: p.srv.URL, Timeout: 5 * time.Second, UnknownKIDEvery: time.Hour,
+	j, err := NewJWKS(JWKSConfig{URL: p.srv.URL, Timeout: patience, UnknownKIDEvery: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("NewJWKS: %v", err)

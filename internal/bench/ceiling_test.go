@@ -99,7 +99,7 @@ func TestCalibratedRunReportsRatioAndFramesPerWrite(t *testing.T) {
 	var out bytes.Buffer
 	res, err := Run(context.Background(), Config{
 		Target: target, Scenario: "personal", Conns: 50, Messages: 2000, RedisURL: redisURL,
-		Drain: 2 * time.Second, Calibrate: true, CeilingConns: 40, CeilingPhase: 200 * time.Millisecond,
+		Drain: patience, Calibrate: true, CeilingConns: 40, CeilingPhase: 200 * time.Millisecond,
 	}, &out)
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func TestDurablePublisherBatches(t *testing.T) {
 					if !strings.Contains(m.Payload, fmt.Sprintf(`"data":%d}`, i)) {
 						t.Fatalf("message %d published as %s", i, m.Payload)
 					}
-				case <-time.After(5 * time.Second):
+				case <-time.After(patience):
 					t.Fatalf("message %d not published", i)
 				}
 			}

@@ -227,7 +227,7 @@ func gatewaysOn(t *testing.T, n, keys int, args ...string) []string {
 		go func() { _ = gw.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 		target := "http://" + gw.Addr().String()
-		for deadline := time.Now().Add(10 * time.Second); !gwReady(target); time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(patience); !gwReady(target); time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatal("gateway not ready")
 			}
@@ -277,7 +277,7 @@ func TestMultiTargetRoutedOnOneRedis(t *testing.T) {
 		{Scenario: "broadcast", Messages: 30},
 		{Scenario: "broadcast", Messages: 20, BroadcastList: true},
 	} {
-		sc.Target, sc.Conns, sc.RedisURL, sc.Routing, sc.Channel, sc.Drain = strings.Join(targets, ","), 60, r.URL(), "keys", "bench_ch", 2*time.Second
+		sc.Target, sc.Conns, sc.RedisURL, sc.Routing, sc.Channel, sc.Drain = strings.Join(targets, ","), 60, r.URL(), "keys", "bench_ch", patience
 		sc.RedisPIDs = []int{os.Getpid()} // any process: /proc is what is read
 		res, err := Run(context.Background(), sc, io.Discard)
 		if err != nil {
@@ -317,7 +317,7 @@ func TestMultiTargetOnARedisCluster(t *testing.T) {
 		{Scenario: "broadcast", Messages: 10, BroadcastList: true, Durable: true, Resume: true},
 		{Scenario: "personal", Messages: 500, Routing: "all"}, // plain PUBLISH, forwarded by the node holding the lease
 	} {
-		sc.Target, sc.Conns, sc.RedisURL, sc.RedisCluster, sc.Channel, sc.Drain = strings.Join(targets, ","), 40, c.Seeds(), true, "bench_ch", 2*time.Second
+		sc.Target, sc.Conns, sc.RedisURL, sc.RedisCluster, sc.Channel, sc.Drain = strings.Join(targets, ","), 40, c.Seeds(), true, "bench_ch", patience
 		res, err := Run(context.Background(), sc, io.Discard)
 		if err != nil {
 			t.Fatal(err)
@@ -398,7 +398,7 @@ func TestReconnectsAfterTryAgain(t *testing.T) {
 	if f := w.Connect(); f != 0 {
 		t.Fatalf("%d failures", f)
 	}
-	for deadline := time.Now().Add(10 * time.Second); w.Received() == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(patience); w.Received() == 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	st := w.Stop()

@@ -169,7 +169,7 @@ func TestRedisClusterSlotMove(t *testing.T) {
 	c.MoveSlot(KeyChannel(keys[0]), c.MasterOf(StreamKey(keys[1])))
 	// Published until it arrives: until the node has subscribed again on
 	// the new master, a message reaches no one (as pub/sub does).
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		deliver("after")
 		select {

@@ -38,7 +38,7 @@ func historyExpiryConformance(t *testing.T, b historyBroker, got <-chan string, 
 		}
 		select {
 		case <-got:
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("recorded message not published")
 		}
 		return r.IDs[0]

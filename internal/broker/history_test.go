@@ -74,7 +74,7 @@ func historyConformance(t *testing.T, b historyBroker, got <-chan string) {
 			if want := fmt.Sprintf(`{"data":{"n":%d.50},"x":"y"}`, n); string(env.Payload) != want {
 				t.Fatalf("payload %s, want %s", env.Payload, want)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("recorded message not published")
 		}
 	}
@@ -160,7 +160,7 @@ func runBroker(t *testing.T, b Broker) <-chan string {
 
 func waitReady(t *testing.T, b Broker) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for !b.Ready() {
 		if time.Now().After(deadline) {
 			t.Fatal("never ready")

@@ -37,8 +37,8 @@ func next(t *testing.T, got <-chan string) string {
 	select {
 	case m := <-got:
 		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("no message within 10s")
+	case <-time.After(patience):
+		t.Fatalf("no message within %v", patience)
 		return ""
 	}
 }
@@ -108,7 +108,7 @@ func TestRedisRecordedChannelApart(t *testing.T) {
 	recordedApart(t, b, got, publish)
 
 	srv.Stop()
-	for deadline := time.Now().Add(10 * time.Second); b.Ready(); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); b.Ready(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("still ready with Redis stopped")
 		}

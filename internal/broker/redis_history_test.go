@@ -143,7 +143,7 @@ func TestRedisRecordBatches(t *testing.T) {
 				t.Fatalf("published twice: %s", m)
 			}
 			seen[m] = true
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatalf("%d of %d published", len(seen), n)
 		}
 	}
@@ -184,7 +184,7 @@ func nextPublished(t *testing.T, got <-chan string) string {
 	select {
 	case m := <-got:
 		return m
-	case <-time.After(10 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("nothing published")
 		return ""
 	}
@@ -428,7 +428,7 @@ func TestRedisHistoryBatch(t *testing.T) {
 			if err != nil || string(env.Payload) != want {
 				t.Fatalf("published %s, want payload %s", m, want)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("batch not published")
 		}
 	}

@@ -57,7 +57,7 @@ func fakeRedisThen(t *testing.T, hold bool, script ...[]byte) (*redis.Options, <
 			io.Copy(io.Discard, r)
 		}
 	}()
-	return redis.NewClient(&redis.Options{Addr: ln.Addr().String(), DialTimeout: 5 * time.Second}).Options(), cmds
+	return redis.NewClient(&redis.Options{Addr: ln.Addr().String(), DialTimeout: patience}).Options(), cmds
 }
 
 // readCommand reads one RESP array of bulk strings (nil at EOF).
@@ -382,7 +382,7 @@ func TestSubConnReleasesALargePayloadsBuffer(t *testing.T) {
 func TestSubConnPayloadAppendCopies(t *testing.T) {
 	opt, _ := fakeRedis(t, []byte(string(reply(bulk("message"), bulk("in"), bulk(`{"a":1}`)))+
 		string(reply(bulk("message"), bulk("in"), bulk(`{"b":2}`)))))
-	s := newSubConn(opt, 5*time.Second, "in") // bounds the wait on a desynchronised stream
+	s := newSubConn(opt, patience, "in") // bounds the wait on a desynchronised stream
 	defer s.close()
 	ev, err := s.receive(context.Background())
 	if err != nil || ev.kind != subMessage {

@@ -21,7 +21,7 @@ func TestJWKSStartLineHidesURLCredentials(t *testing.T) {
 	}))
 	defer srv.Close()
 	var logs bytes.Buffer
-	cfg := config.Serve{KeyCheckTimeout: 5 * time.Second}
+	cfg := config.Serve{KeyCheckTimeout: time.Minute} // the JWKS fetch at start must not time out
 	cfg.JWKSURL = strings.Replace(srv.URL, "http://", "http://idpuser:idpp4ss@", 1) + "/jwks?access_token=t0ken"
 	ks, err := newTokenStore(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {

@@ -130,7 +130,7 @@ func (r *drainRig) waitLive(n int) {
 // dialWS opens a WebSocket for key.
 func (r *drainRig) dialWS(key string) net.Conn {
 	r.t.Helper()
-	conn, br, _, err := ws.Dialer{Timeout: 5 * time.Second}.Dial(context.Background(), "ws://"+r.addr+"/websocket?"+key)
+	conn, br, _, err := ws.Dialer{Timeout: time.Minute}.Dial(context.Background(), "ws://"+r.addr+"/websocket?"+key)
 	if err != nil {
 		r.t.Fatalf("dial %s: %v", key, err)
 	}

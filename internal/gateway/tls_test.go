@@ -77,7 +77,7 @@ func runTLS(t *testing.T, certFile, keyFile string) *Gateway {
 			if err != nil {
 				t.Errorf("Run: %v", err)
 			}
-		case <-time.After(15 * time.Second):
+		case <-time.After(time.Minute):
 			t.Errorf("gateway did not stop")
 		}
 	})
@@ -103,7 +103,7 @@ func TestTLSPlainRequestsGet400(t *testing.T) {
 		t.Fatalf("plain GET: %d %q, want 400 %q", resp.StatusCode, body, notTLSBody)
 	}
 
-	_, _, _, err = ws.Dialer{Timeout: 10 * time.Second}.Dial(context.Background(), "ws://"+addr+"/websocket?"+config.DemoKey)
+	_, _, _, err = ws.Dialer{Timeout: time.Minute}.Dial(context.Background(), "ws://"+addr+"/websocket?"+config.DemoKey)
 	var status ws.StatusError
 	if !errors.As(err, &status) || int(status) != http.StatusBadRequest {
 		t.Fatalf("plain WebSocket dial: %v, want status 400", err)
@@ -255,7 +255,7 @@ func TestTLSWebSocketDelivery(t *testing.T) {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ca.ClientConfig(), ForceAttemptHTTP2: true}}
 	defer hc.CloseIdleConnections()
 
-	d := ws.Dialer{Timeout: 10 * time.Second, TLSConfig: ca.ClientConfig()}
+	d := ws.Dialer{Timeout: time.Minute, TLSConfig: ca.ClientConfig()}
 	c, br, _, err := d.Dial(context.Background(), "wss://"+addr+"/websocket?"+config.DemoKey)
 	if err != nil {
 		t.Fatalf("wss dial: %v", err)
@@ -267,7 +267,7 @@ func TestTLSWebSocketDelivery(t *testing.T) {
 	}
 	next := func() string {
 		t.Helper()
-		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 		for {
 			f, err := ws.ReadFrame(r)
 			if err != nil {
@@ -333,7 +333,7 @@ func TestTLSHandshakePanicDropsOneSocket(t *testing.T) {
 
 	bad := ca.ClientConfig()
 	bad.ServerName = "bomb.example"
-	d := &net.Dialer{Timeout: 10 * time.Second}
+	d := &net.Dialer{Timeout: time.Minute}
 	if c, err := tls.DialWithDialer(d, "tcp", ln.Addr().String(), bad); err == nil {
 		c.Close()
 		t.Fatal("handshake that panicked on the server completed")
@@ -360,7 +360,7 @@ func TestTLSHandshakePanicDropsOneSocket(t *testing.T) {
 	if _, err := sc.Write([]byte("ok")); err != nil {
 		t.Fatal(err)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a bound, not an expectation
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute)) // a bound, not an expectation
 	buf := make([]byte, 2)
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ok" {
 		t.Fatalf("read %q: %v", buf, err)

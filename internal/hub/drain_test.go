@@ -201,7 +201,7 @@ func TestDrainCutShortLeavesTheRestToShutdown(t *testing.T) {
 			f.h.Leave(s, metrics.DiscClient)
 		}
 	}()
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), time.Minute) // over once all have left
 	defer scancel()
 	f.h.Shutdown(sctx)
 	codes := map[int]int{}

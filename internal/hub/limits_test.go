@@ -185,7 +185,13 @@ func (s *slowStore) Contains(ctx context.Context, key string) (bool, error) {
 
 func TestConcurrentWrongKeysCannotOutrunTheThrottle(t *testing.T) {
 	store := &slowStore{countingStore{KeyStore: keystore.NewMemory("good")}}
-	h := newHub(t, store, nil, func(c *Config) { c.AuthFailRate = 0.001; c.AuthFailBurst = 20 })
+	// A minute per key check: the 200 good keys below queue for the 20
+	// lookup slots, and however slow the machine none may time out.
+	h := newHub(t, store, nil, func(c *Config) {
+		c.AuthFailRate = 0.001
+		c.AuthFailBurst = 20
+		c.KeyCheckTimeout = time.Minute
+	})
 	var wg sync.WaitGroup
 	for range 500 {
 		wg.Go(func() { _, _ = try(h, "wrong", "198.51.100.9") })

@@ -70,7 +70,7 @@ func newResumeFixture(t *testing.T, size int) *resumeFixture {
 			func(p []byte) { f.in <- published{append([]byte(nil), p...), false} },
 			func(p []byte) { f.in <- published{append([]byte(nil), p...), true} })
 	}()
-	for deadline := time.Now().Add(5 * time.Second); !b.Ready(); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); !b.Ready(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("in-process broker not running")
 		}
@@ -117,7 +117,7 @@ func (f *resumeFixture) published() published {
 	select {
 	case p := <-f.in:
 		return p
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Minute): // only a loss takes that long
 		f.t.Fatal("nothing published on the inbound channels")
 		return published{}
 	}
@@ -223,7 +223,7 @@ func waitDone(t *testing.T, done <-chan struct{}) {
 	t.Helper()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Minute):
 		t.Fatal("Resync did not finish")
 	}
 }

@@ -115,7 +115,7 @@ func TestMongoEditor(t *testing.T) {
 	srv := testenv.Mongo(t)
 	ctx := context.Background()
 	for _, field := range []string{"_id", "token"} {
-		m, err := NewMongo(MongoConfig{URI: srv.URL(), Database: "edit", Collection: field, Field: field, Timeout: 5 * time.Second})
+		m, err := NewMongo(MongoConfig{URI: srv.URL(), Database: "edit", Collection: field, Field: field, Timeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}

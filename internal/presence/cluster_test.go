@@ -22,7 +22,8 @@ func TestRedisClusterPresence(t *testing.T) {
 	for _, m := range c.Masters {
 		addrs = append(addrs, m.Addr())
 	}
-	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, // long timeouts, as redisClient's
+		DialTimeout: time.Minute, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	t.Cleanup(func() { rdb.Close() })
 	clk := newClock()
 	a, b := node(t, rdb, "a", clk), node(t, rdb, "b", clk)

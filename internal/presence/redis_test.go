@@ -15,7 +15,10 @@ import (
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
 
-const hb = 5 * time.Second
+// hb is the nodes' heartbeat: their clock is the test's, but Redis's TTL
+// on a node record (two heartbeats) is real time, so it is long enough
+// that no step, however slow the machine, outlives a live node's record.
+const hb = time.Hour
 
 // node is one presence instance driven by hand: the test calls beat and
 // flush instead of Run, so that nothing depends on timers.
@@ -27,7 +30,10 @@ func node(t *testing.T, rdb redis.UniversalClient, id string, clk *clock) *Redis
 
 func redisClient(t *testing.T, srv *testenv.Service) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	// Long timeouts: a command to a live Redis must not fail for being slow
+	// (one to a stopped Redis fails at once, refused).
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1,
+		DialTimeout: time.Minute, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
 }

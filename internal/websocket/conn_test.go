@@ -56,14 +56,14 @@ func testConnAdmitDeliverHeartbeatPongAndClose(t *testing.T, connect func(h *har
 	p.expectText("heartbeat message")
 
 	p.write(frame(ws.OpPing, true, []byte("hi")))
-	hd, b, err := p.read(5 * time.Second)
+	hd, b, err := p.read(patience)
 	if err != nil || hd.OpCode != ws.OpPong || string(b) != "hi" {
 		t.Fatalf("pong: %+v %q %v", hd, b, err)
 	}
 
 	// A fragmented message with a ping between its fragments.
 	p.write(frame(ws.OpText, false, []byte("pi")), frame(ws.OpPing, true, []byte("mid")), frame(ws.OpContinuation, true, []byte("ng")))
-	hd, b, err = p.read(5 * time.Second)
+	hd, b, err = p.read(patience)
 	if err != nil || hd.OpCode != ws.OpPong || string(b) != "mid" {
 		t.Fatalf("pong inside a fragmented message: %+v %q %v", hd, b, err)
 	}
@@ -102,12 +102,12 @@ func TestConnPongOnlyForLatestPing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("the server did not read the pings")
 	}
 	var pongs []string
 	for {
-		hd, b, err := p.read(5 * time.Second)
+		hd, b, err := p.read(patience)
 		if err != nil {
 			t.Fatalf("after pongs %q: %v", pongs, err)
 		}
@@ -327,7 +327,7 @@ func TestConnClosesTheSocketRightAfterTheCloseHandshake(t *testing.T) {
 	// open, and waits for the server to close the connection.
 	expectEOF := func(p *peer, what string) {
 		t.Helper()
-		_ = p.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_ = p.c.SetReadDeadline(time.Now().Add(patience))
 		if n, err := io.Copy(io.Discard, p.c); err != nil {
 			t.Fatalf("%s: the server kept the socket open after the close handshake (%d more bytes): %v", what, n, err)
 		}
@@ -335,7 +335,7 @@ func TestConnClosesTheSocketRightAfterTheCloseHandshake(t *testing.T) {
 	answer := func(p *peer, code int) {
 		t.Helper()
 		for {
-			hd, b, err := p.read(10 * time.Second)
+			hd, b, err := p.read(patience)
 			if err != nil {
 				t.Fatalf("waiting for close %d: %v", code, err)
 			}
@@ -360,7 +360,7 @@ func TestConnClosesTheSocketRightAfterTheCloseHandshake(t *testing.T) {
 	h.waitLive(1)
 	p.write(frame(ws.OpClose, true, ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye")))
 	for {
-		hd, _, err := p.read(10 * time.Second)
+		hd, _, err := p.read(patience)
 		if err != nil {
 			t.Fatalf("waiting for the close reply: %v", err)
 		}

@@ -35,7 +35,7 @@ func TestSniffedSocketsEndWithTheListener(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // both accepted and sniffing
 	_ = ln.Close()
 	for name, c := range map[string]net.Conn{"silent": silent, "partial": partial} {
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_ = c.SetReadDeadline(time.Now().Add(patience))
 		if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 			t.Errorf("%s socket still open after the listener closed: %v", name, err)
 		}
