@@ -146,7 +146,7 @@ func parseServe(f *flagSet, args []string, getenv func(string) string) (Serve, *
 	f.dur(&c.PingInterval, "ping-interval", 25*time.Second, "send keep-alive pings this often (less than --idle-timeout)")
 	f.dur(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a connection whose socket write blocks this long")
 	f.dur(&c.CoalesceGap, "coalesce-gap", time.Millisecond, "a WebSocket connection written less than this long ago waits until it has passed, so a busy connection gets many frames per write; a message to a quiet one goes out at once (0: never wait)")
-	f.integer(&c.Writers, "writers", 0, "WebSocket writer goroutines (0: half the CPUs, at least one; fewer writers fall behind in a burst and coalesce more)")
+	f.integer(&c.Writers, "writers", 0, "WebSocket writer goroutines (0: half the CPUs, at least one, with helpers on the other CPUs that share small batches; fewer writers fall behind in a burst and coalesce more; a number sets exactly that many, without helpers)")
 	f.dur(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "bound on graceful shutdown, after the drain (the process exits within --drain-period + --shutdown-timeout)")
 	f.dur(&c.DrainPeriod, "drain-period", 5*time.Second, "on SIGTERM/SIGINT, refuse new connections, fail /readyz and close the clients with 1012 (reconnect elsewhere) spread over this long, then shut down; a second signal skips the rest (0: close everyone at once with 1001)")
 	f.integer(&c.HistorySize, "history-size", 100, "messages kept per key so that clients connecting with ?since= resume without loss (0: no history, no ids)")

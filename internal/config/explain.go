@@ -78,7 +78,7 @@ func computedDefault(name string, c Serve) string {
 	case name == "max-connections" && c.MaxConnections == 0:
 		return fmt.Sprintf(": the open-file limit minus 256, %d here", OpenFileLimit()-256)
 	case name == "writers" && c.Writers == 0:
-		return fmt.Sprintf(": half the CPUs, at least one, %d here", max(1, runtime.GOMAXPROCS(0)/2))
+		return fmt.Sprintf(": half the CPUs, at least one, %d here (and %d helpers for small batches)", max(1, runtime.GOMAXPROCS(0)/2), max(0, runtime.GOMAXPROCS(0)-max(1, runtime.GOMAXPROCS(0)/2)))
 	case name == "auth-timeout" && c.AuthTimeout == 0:
 		return fmt.Sprintf(": --key-check-timeout, %v", c.KeyCheckTimeout)
 	case name == "allowed-hosts" && len(c.AllowedHosts) == 0 && c.Demo():

@@ -102,3 +102,83 @@ func TestWriterPausesOnlyWhileTheBacklogGrows(t *testing.T) {
 		t.Fatal("paused with a short backlog")
 	}
 }
+
+// Below a burst a writer takes half a batch and wakes a helper for the
+// rest; past burstBacklog nothing is split and a helper takes nothing, so
+// a burst is still written by the writer that coalesces. Only the default
+// number of writers has helpers: --writers N means exactly N.
+func TestSmallBatchesAreSplitWithAHelper(t *testing.T) {
+	p := newWriterPool(1, 0, func() {})
+	p.helpers = 1 // as the default gives on 2 CPUs, whatever this machine has
+	add := func(n int) {
+		p.mu.Lock()
+		for range n {
+			p.dirty = append(p.dirty, &conn{})
+		}
+		p.mu.Unlock()
+	}
+	helped := func() bool {
+		select {
+		case <-p.help:
+			return true
+		default:
+			return false
+		}
+	}
+
+	add(20) // a millisecond of 20,000 messages/s to random connections
+	batch, _, _ := p.take(nil, 32)
+	if woken := helped(); len(batch) != 10 || !woken {
+		t.Fatalf("a batch of 20: the writer took %d (want 10), helper woken %v", len(batch), woken)
+	}
+	if got := p.takeHelp(nil, 32); len(got) != 5 {
+		t.Fatalf("the helper took %d of the 10 left, want half: 5", len(got))
+	}
+	batch, _, _ = p.take(batch, 32)
+	if len(batch) != 3 || len(p.dirty) != 2 {
+		t.Fatalf("the writer took %d, %d left; want 3 and 2", len(batch), len(p.dirty))
+	}
+	for len(p.dirty) > 0 {
+		p.take(batch, 32)
+	}
+	_ = helped()
+	add(1) // a lone message: written at once by the writer, nobody woken
+	if batch, _, _ = p.take(batch, 32); len(batch) != 1 || helped() {
+		t.Fatalf("a lone message: took %d, helper woken", len(batch))
+	}
+
+	add(burstBacklog + 1) // a burst: the writer takes a whole batch, the helper nothing
+	if batch, _, _ = p.take(batch, 32); len(batch) != 32 || helped() {
+		t.Fatalf("a burst: the writer took %d (want 32), helper woken", len(batch))
+	}
+	add(32)
+	if got := p.takeHelp(nil, 32); len(got) != 0 {
+		t.Fatalf("a helper took %d from a burst's backlog", len(got))
+	}
+
+	if q := newWriterPool(2, 0, func() {}); q.helpers != 0 {
+		t.Fatalf("--writers 2 has %d helpers, want none", q.helpers)
+	}
+}
+
+// With helpers every connection of a stream of small batches is written,
+// each message once, in order per connection.
+func TestHelpersLoseNothing(t *testing.T) {
+	h := newHarness(t, keystore.NewMemory("a", "b", "c", "d"), hub.Config{}, Config{})
+	h.srv.pool.helpers = max(h.srv.pool.helpers, 1)
+	keys := []string{"a", "b", "c", "d"}
+	clients := make([]*peer, len(keys))
+	for i, k := range keys {
+		clients[i] = h.connect(k, fmt.Sprintf("192.0.2.%d", i+1))
+	}
+	h.waitLive(len(keys))
+	const n = 200
+	for i := range n {
+		h.hub.Dispatch(fmt.Appendf(nil, `{"recipients":["a","b","c","d"],"data":%d}`, i))
+	}
+	for _, c := range clients {
+		for i := range n {
+			c.expectText(fmt.Sprintf(`{"data":%d}`, i))
+		}
+	}
+}
