@@ -29,9 +29,10 @@ func (c *conn) Closed(code int, reason string) {
 }
 
 // flush writes everything queued in one writev, then the close frame if
-// one is pending. What is queued meanwhile waits for the next flush (the
-// session wakes the pool again), so a hot connection gathers it instead
-// of costing another write at once. A write that stalls hands the
+// one is pending, after whatever was queued before the close (even while
+// that first write went out). What is queued meanwhile waits for the next
+// flush (the session wakes the pool again), so a hot connection gathers it
+// instead of costing another write at once. A write that stalls hands the
 // connection to its slow lane. flush reports whether it wrote.
 func (c *conn) flush(w *writer) (wrote bool) {
 	c.wmu.Lock()
@@ -40,6 +41,33 @@ func (c *conn) flush(w *writer) (wrote bool) {
 	if c.writeErr.Load() || c.slow {
 		return false // the slow lane owns the socket until it catches up
 	}
+	wrote, ok := c.writeQueued(w)
+	if !ok {
+		return true
+	}
+	if f := c.closeFrame.Swap(nil); f != nil {
+		// What was queued while the write above went out was queued
+		// before the close (the session takes nothing once closed, and it
+		// is closed before the frame is stored): it goes first, never
+		// after the close frame.
+		if _, ok := c.writeQueued(w); !ok {
+			c.closeFrame.Store(f) // sent once the slow lane hands the socket back
+			return true
+		}
+		wrote = true
+		w.bufs = append(w.bufs[:0], *f)
+		c.write(w)
+		// The reader now waits only briefly for the client's close reply.
+		_ = c.setReadDeadline(time.Now().Add(c.srv.cfg.CloseWait))
+		c.closeWritten()
+	}
+	return wrote
+}
+
+// writeQueued writes the pending pong and every queued message in one
+// write; wrote says there was something, ok that the socket took it all
+// (else the slow lane has the rest, or the connection failed).
+func (c *conn) writeQueued(w *writer) (wrote, ok bool) {
 	w.msgs = c.sess.Drain(w.msgs)
 	w.bufs = w.bufs[:0]
 	if p := c.pong.Swap(nil); p != nil {
@@ -49,21 +77,10 @@ func (c *conn) flush(w *writer) (wrote bool) {
 		w.bufs = append(w.bufs, m.EncodedInRoom(session.EncWebSocket, textFrameInRoom))
 	}
 	clear(w.msgs)
-	if len(w.bufs) > 0 {
-		wrote = true
-		if !c.write(w) {
-			return true
-		}
+	if len(w.bufs) == 0 {
+		return false, true
 	}
-	if f := c.closeFrame.Swap(nil); f != nil {
-		wrote = true
-		w.bufs = append(w.bufs[:0], *f)
-		c.write(w)
-		// The reader now waits only briefly for the client's close reply.
-		_ = c.setReadDeadline(time.Now().Add(c.srv.cfg.CloseWait))
-		c.closeWritten()
-	}
-	return wrote
+	return true, c.write(w)
 }
 
 // write sends bufs without blocking a writer on one slow socket: a
