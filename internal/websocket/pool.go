@@ -34,9 +34,10 @@ const (
 // in three ways:
 //
 //   - Under a burst the writers fall behind on purpose: there are only
-//     GOMAXPROCS/2 of them (at least one), so the reading side keeps the
-//     other cores, and a connection waiting in the queue gathers every
-//     message that reaches it meanwhile into its one write.
+//     GOMAXPROCS/2 of them (at least one; the helpers below stay out of a
+//     burst), so the reading side keeps the other cores, and a connection
+//     waiting in the queue gathers every message that reaches it meanwhile
+//     into its one write.
 //   - When the backlog grows while the writers work (messages arrive faster
 //     than one write per connection carries them), a writer pauses for
 //     burstPause before its next batch: the reading side (and, on a shared
