@@ -5,10 +5,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wspubsub/wspubsub/internal/broker"
 )
 
 // rawPublisher sends plain PUBLISHes as raw RESP on one connection: a
@@ -42,15 +43,10 @@ func newRawPublisher(ctx context.Context, opt *redis.Options, channel string) (*
 func (p *rawPublisher) publish(ctx context.Context, msgs [][]byte) error {
 	b := p.buf[:0]
 	for _, m := range msgs {
-		b = append(b, "*3\r\n$7\r\nPUBLISH\r\n$"...)
-		b = strconv.AppendInt(b, int64(len(p.channel)), 10)
-		b = append(b, "\r\n"...)
-		b = append(b, p.channel...)
-		b = append(b, "\r\n$"...)
-		b = strconv.AppendInt(b, int64(len(m)), 10)
-		b = append(b, "\r\n"...)
-		b = append(b, m...)
-		b = append(b, "\r\n"...)
+		b = broker.AppendArray(b, 3)
+		b = broker.AppendBulk(b, "PUBLISH")
+		b = broker.AppendBulk(b, p.channel)
+		b = broker.AppendBulk(b, m)
 	}
 	p.buf = b
 	deadline, ok := ctx.Deadline()

@@ -200,20 +200,31 @@ func (s *subConn) call(args ...string) error {
 
 // command writes one command as a RESP array of bulk strings.
 func (s *subConn) command(args ...string) error {
-	b := append(s.scratch[:0], '*')
-	b = strconv.AppendInt(b, int64(len(args)), 10)
-	b = append(b, "\r\n"...)
+	b := AppendArray(s.scratch[:0], len(args))
 	for _, a := range args {
-		b = append(b, '$')
-		b = strconv.AppendInt(b, int64(len(a)), 10)
-		b = append(b, "\r\n"...)
-		b = append(b, a...)
-		b = append(b, "\r\n"...)
+		b = AppendBulk(b, a)
 	}
 	s.scratch = b
 	s.conn.SetWriteDeadline(time.Now().Add(max(s.opt.WriteTimeout, time.Second)))
 	_, err := s.conn.Write(b)
 	return err
+}
+
+// AppendArray appends the header of a RESP array of n elements to b: a
+// Redis command is one of bulk strings (AppendBulk).
+func AppendArray(b []byte, n int) []byte {
+	b = append(b, '*')
+	b = strconv.AppendInt(b, int64(n), 10)
+	return append(b, "\r\n"...)
+}
+
+// AppendBulk appends s as a RESP bulk string to b.
+func AppendBulk[T string | []byte](b []byte, s T) []byte {
+	b = append(b, '$')
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, "\r\n"...)
+	b = append(b, s...)
+	return append(b, "\r\n"...)
 }
 
 // ping asks Redis for a sign of life after a quiet timeout; a second quiet
