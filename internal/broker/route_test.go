@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -320,6 +323,130 @@ func TestRedisRoutingProbeRebuildsASilentSubscription(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("nothing delivered after the subscription was made again")
+		}
+	}
+}
+
+// flakyProxy forwards TCP connections to a Redis; drop cuts every open
+// one, and the next refusals connections after it are refused or passed by
+// a seeded coin (accepted and closed at once), so a rebuild meets Redis
+// coming back at every point of its sequence.
+type flakyProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	left   int // connections still to decide by coin
+	rng    *rand.Rand
+}
+
+func newFlakyProxy(t *testing.T, target string) *flakyProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &flakyProxy{ln: ln, target: target, rng: rand.New(rand.NewPCG(1, 2))}
+	t.Cleanup(func() { ln.Close(); p.drop(0) })
+	go p.serve()
+	return p
+}
+
+func (p *flakyProxy) URL() string { return "redis://" + p.ln.Addr().String() }
+
+func (p *flakyProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		refuse := false
+		if p.left > 0 {
+			p.left--
+			refuse = p.rng.IntN(2) == 0
+		}
+		if refuse {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
+	}
+}
+
+// drop cuts every open connection; the next refusals are decided by coin.
+func (p *flakyProxy) drop(refusals int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+	p.left = refusals
+}
+
+// A rebuild whose first connection dies and whose next one works, within
+// one attempt, still settles: the node becomes ready and the hub is told
+// to resync (it once did neither, until the next loss: a routed gateway
+// stayed unready after a Redis restart a few milliseconds long).
+func TestRedisRoutingRebuildSettlesWhicheverConnectionCarriesIt(t *testing.T) {
+	srv := testenv.Redis(t)
+	px := newFlakyProxy(t, srv.Addr())
+	// One channel, in order: a working subscription lost ("lost"), a
+	// rebuild settled ("subscribed").
+	events := make(chan string, 1000)
+	b, err := NewRedis(RedisConfig{URL: px.URL(), Inbound: "in", Routed: true, NodeID: "a", MaxBackoff: 20 * time.Millisecond,
+		Logger:       testenv.Logger(t),
+		OnReconnect:  func() { events <- "lost" },
+		OnSubscribed: func() { events <- "subscribed" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	n := routedNode{b: b, got: runBroker(t, b)}
+	n.watch(t, "k1")
+	next := func(round int, want string) {
+		t.Helper()
+		for {
+			select {
+			case ev := <-events:
+				if ev == want {
+					return
+				}
+			case <-time.After(patience):
+				t.Fatalf("round %d: no %q within %v", round, want, patience)
+			}
+		}
+	}
+	next(-1, "subscribed")
+	for round := range 30 {
+		px.drop(8)
+		next(round, "lost")
+		next(round, "subscribed")
+		waitReady(t, b)
+		// Delivered, whatever the publisher's connections met.
+		want := fmt.Sprintf(`"round %d"`, round)
+		deadline := time.Now().Add(patience)
+		for arrived := false; !arrived; {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: nothing arrived", round)
+			}
+			p := envelope.ForKey(fmt.Appendf(nil, `{"data":"round %d"}`, round), []byte("k1"))
+			_ = b.Deliver(context.Background(), []Routed{{Key: "k1", Payload: p}})
+			select {
+			case m := <-n.got:
+				arrived = strings.Contains(m, want)
+			case <-time.After(100 * time.Millisecond): // published into a cut connection: again
+			}
 		}
 	}
 }

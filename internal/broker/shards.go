@@ -38,6 +38,7 @@ type shardSub struct {
 	// hold: a rebuild's subscriptions are being confirmed on it; messages
 	// wait until release is closed (the hub has been told to resync).
 	hold    atomic.Bool
+	settles atomic.Int32 // settle pings sent and not yet answered: the hold ends with the last
 	release chan struct{}
 	up      atomic.Bool // a subscription was confirmed on it: its loss counts as one
 	dead    bool        // dropped (the manager's)
@@ -103,7 +104,7 @@ func (r *Redis) runRouted(ctx context.Context, h Handler) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.route.kick:
-			s.apply(sctx, r.route.take())
+			s.apply(sctx, r.route.take(), nil)
 		case ev := <-s.events:
 			s.event(sctx, ev)
 		case <-s.retry.C:
@@ -167,8 +168,11 @@ func (s *shards) probeChannel(ctx context.Context, addr string) string {
 }
 
 // apply sends queued (un)subscriptions: grouped by connection and, in a
-// cluster, by slot, at most subscribeBatch channels a command.
-func (s *shards) apply(ctx context.Context, ops []subOp) {
+// cluster, by slot, at most subscribeBatch channels a command. With
+// rebuilt (a resubscription), every connection a subscription goes to is
+// put on hold before its command and recorded there, whenever it was made:
+// one made here because the one before died meanwhile must be settled too.
+func (s *shards) apply(ctx context.Context, ops []subOp, rebuilt map[*shardSub]bool) {
 	type group struct {
 		sh   *shardSub
 		slot uint16
@@ -191,6 +195,10 @@ func (s *shards) apply(ctx context.Context, ops []subOp) {
 				continue
 			}
 			sh = s.shard(ctx, addr)
+			if rebuilt != nil && !rebuilt[sh] {
+				rebuilt[sh] = true
+				sh.hold.Store(true)
+			}
 		} else if sh = s.owner[op.channel]; sh == nil {
 			delete(s.rebuild, op.channel)
 			continue
@@ -310,26 +318,16 @@ func (s *shards) resubscribe(ctx context.Context) {
 		delete(s.rebuild, ch)
 	}
 	s.r.cfg.Logger.Debug("redis: subscribing again", "channels", len(ops), "attempt", s.attempt)
-	// Mark the connections that will carry them (made now if needed).
 	touched := map[*shardSub]bool{}
-	for _, op := range ops {
-		addr, err := s.ownerOf(ctx, op.channel)
-		if err != nil {
-			s.rebuild[op.channel] = true
-			continue
-		}
-		sh := s.shard(ctx, addr)
-		if !touched[sh] {
-			touched[sh] = true
-			sh.hold.Store(true)
-		}
-	}
-	s.apply(ctx, ops)
+	s.apply(ctx, ops, touched)
 	for sh := range touched {
 		if sh.dead {
 			continue
 		}
-		// Confirmations come in command order: the ping's answer follows them.
+		// Confirmations come in command order: the ping's answer follows
+		// them (and, on a connection a previous attempt still holds, the
+		// last ping's follows that attempt's too).
+		sh.settles.Add(1)
 		if err := sh.ps.Ping(ctx, settlePing); err != nil {
 			s.lose(sh, fmt.Errorf("pinging a subscription: %w", err))
 		}
@@ -457,7 +455,7 @@ func (s *shards) receive(ctx context.Context, sh *shardSub) {
 				}
 			}
 		case *redis.Pong:
-			if m.Payload == settlePing && sh.hold.Load() {
+			if m.Payload == settlePing && sh.hold.Load() && sh.settles.Add(-1) <= 0 {
 				release := sh.release
 				if !report(shardEvent{sh: sh, settled: true}) {
 					return
