@@ -29,9 +29,11 @@ type stampedReader struct {
 	oob []byte
 	at  time.Time // stamp of the last segment the last Read returned; zero if none came
 	fn  func(fd uintptr) bool
-	buf []byte
-	n   int
-	err error
+	// tryFn is recv for tryRead: it never waits for the poller.
+	tryFn func(fd uintptr) bool
+	buf   []byte
+	n     int
+	err   error
 }
 
 // newStampedReader turns on receive time stamps for nc; nil when nc is not
@@ -53,6 +55,12 @@ func newStampedReader(nc net.Conn) *stampedReader {
 	}
 	s := &stampedReader{rc: rc, oob: make([]byte, unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{}))))}
 	s.fn = s.recv
+	s.tryFn = func(fd uintptr) bool {
+		if !s.recv(fd) {
+			s.err = unix.EAGAIN
+		}
+		return true
+	}
 	return s
 }
 
@@ -107,4 +115,15 @@ func stampOf(oob []byte) time.Time {
 		oob = oob[next:]
 	}
 	return time.Time{}
+}
+
+// tryRead reads what the socket holds now without waiting for more:
+// unix.EAGAIN when it holds nothing, 0 bytes and no error at its end.
+func (s *stampedReader) tryRead(p []byte) (int, error) {
+	s.buf, s.n, s.err = p, 0, nil
+	if err := s.rc.Read(s.tryFn); err != nil {
+		return 0, err
+	}
+	s.buf = nil
+	return s.n, s.err
 }

@@ -119,10 +119,9 @@ func (w *Worker) openRaw(c *wconn) error {
 	}
 	done := make(chan struct{})
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.nc, c.done = nc, done
-	c.mu.Unlock()
-	w.wg.Add(1)
-	go w.readWS(c, nc, nc, nil, done)
+	w.read(c, nc, nil, done)
 	return nil
 }
 

@@ -87,6 +87,7 @@ type Worker struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	http   *http.Client
+	polls  *pollReaders // WebSocket readers without a goroutine each (nil: a goroutine each)
 }
 
 type wconn struct {
@@ -96,6 +97,7 @@ type wconn struct {
 	body   io.Closer
 	cancel context.CancelFunc // stops its reader (polling)
 	done   chan struct{}      // closed when its reader returns
+	polled *polled            // its reader, when an epoll set reads it
 	last   atomic.Int64       // highest sequence number seen
 	// lastID is the id of the last frame that carried one (resume). Only
 	// its reader writes it; open reads it once that reader has returned.
@@ -120,6 +122,9 @@ func NewWorker(cfg WorkerConfig) *Worker {
 		DialContext: w.dialer().DialContext, MaxIdleConnsPerHost: cfg.Count + 16, MaxConnsPerHost: 0,
 		DisableCompression: true,
 	}}
+	if cfg.Transport == "websocket" {
+		w.polls = newPollReaders(w)
+	}
 	return w
 }
 
@@ -253,24 +258,14 @@ func (w *Worker) open(c *wconn) error {
 		if err != nil {
 			return err
 		}
-		var r io.Reader = nc
-		s := newStampedReader(nc)
-		if s != nil {
-			r = s
-		}
-		if br != nil {
-			r = io.MultiReader(br, r)
-		}
 		c.mu.Lock()
+		defer c.mu.Unlock()
 		c.nc = nc
 		if w.cfg.SlowFrom > 0 && c.idx >= w.cfg.SlowFrom {
-			c.mu.Unlock()
 			return nil // never read
 		}
 		c.done = done
-		c.mu.Unlock()
-		w.wg.Add(1)
-		go w.readWS(c, nc, r, s, done)
+		w.read(c, nc, br, done)
 		return nil
 	case "eventsource":
 		req, _ := http.NewRequestWithContext(w.ctx, "GET", toHTTP(url), nil)
@@ -360,21 +355,24 @@ func (w *Worker) startChurn() {
 // reader closes on return (nil when it has none).
 func (w *Worker) closeConn(c *wconn) chan struct{} {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	done := c.done
-	c.done = nil
+	done, pc := c.done, c.polled
+	c.done, c.polled = nil, nil
 	if c.cancel != nil {
 		c.cancel()
 		c.cancel = nil
 	}
 	if c.nc != nil {
 		_ = ws.WriteFrame(c.nc, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))))
-		_ = c.nc.Close()
+		_ = c.nc.Close() // (an epoll set forgets a closed descriptor by itself)
 		c.nc = nil
 	}
 	if c.body != nil {
 		_ = c.body.Close()
 		c.body = nil
+	}
+	c.mu.Unlock()
+	if pc != nil {
+		pc.closing() // not under c.mu: the set's reader takes it
 	}
 	return done
 }
@@ -389,6 +387,9 @@ func (w *Worker) Stop() WorkerStats {
 		w.closeConn(c)
 	}
 	w.wg.Wait()
+	if w.polls != nil {
+		w.polls.stop()
+	}
 	return WorkerStats{
 		Connected: w.cfg.Count - w.connectFailures, ConnectFailures: w.connectFailures,
 		ConnectSeconds: w.connectTime.Seconds(),

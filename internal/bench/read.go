@@ -27,6 +27,28 @@ func (w *Worker) byServer(c *wconn, nc net.Conn, body io.Closer) bool {
 	return (nc != nil && c.nc == nc) || (body != nil && c.body == body)
 }
 
+// read starts reading WebSocket connection c (under c.mu): from an epoll
+// set when it can (a TCP connection with nothing buffered by the
+// handshake, br), else with a goroutine of its own.
+func (w *Worker) read(c *wconn, nc net.Conn, br *bufio.Reader, done chan struct{}) {
+	c.polled = nil
+	s := newStampedReader(nc)
+	if s != nil && w.polls != nil && (br == nil || br.Buffered() == 0) {
+		if c.polled = w.polls.add(c, nc, s, done); c.polled != nil {
+			return
+		}
+	}
+	var r io.Reader = nc
+	if s != nil {
+		r = s
+	}
+	if br != nil {
+		r = io.MultiReader(br, r)
+	}
+	w.wg.Add(1)
+	go w.readWS(c, nc, r, s, done)
+}
+
 // readWS parses server frames straight out of large reads; with s (r
 // reads through it) each frame also gets the kernel's arrival stamp.
 func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, s *stampedReader, done chan struct{}) {
@@ -37,64 +59,78 @@ func (w *Worker) readWS(c *wconn, nc net.Conn, r io.Reader, s *stampedReader, do
 	for {
 		m, err := r.Read(buf[n:])
 		if err != nil {
-			if w.byServer(c, nc, nil) {
-				w.serverClosed.Add(1)
-			}
+			w.readFailed(c, nc)
 			return
 		}
 		n += m
-		now := time.Now()
 		var arrived time.Time
 		if s != nil {
 			arrived, s.at = s.at, time.Time{}
 		}
-		off := 0
-		for n-off >= 2 {
-			op := buf[off] & 0x0f
-			plen := int(buf[off+1] & 0x7f)
-			hdr := 2
-			switch plen {
-			case 126:
-				if n-off < 4 {
-					goto more
-				}
-				plen, hdr = int(binary.BigEndian.Uint16(buf[off+2:])), 4
-			case 127:
-				if n-off < 10 {
-					goto more
-				}
-				plen, hdr = int(binary.BigEndian.Uint64(buf[off+2:])), 10
-			}
-			if hdr+plen > len(buf) {
-				nb := make([]byte, hdr+plen+len(buf))
-				copy(nb, buf[off:n])
-				buf, n, off = nb, n-off, 0
-				goto more
-			}
-			if n-off < hdr+plen {
-				goto more
-			}
-			payload := buf[off+hdr : off+hdr+plen]
-			switch op {
-			case 1, 2:
-				w.onMessage(c, payload, now, arrived)
-			case 8:
-				if w.byServer(c, nc, nil) {
-					w.serverClosed.Add(1)
-					if len(payload) >= 2 && binary.BigEndian.Uint16(payload) == closeTryAgain {
-						w.wg.Add(1)
-						go w.retry(c, nc, done)
-					}
-				}
-				return
-			case 9:
-				_ = ws.WriteFrame(nc, ws.MaskFrame(ws.NewPongFrame(append([]byte(nil), payload...))))
-			}
-			off += hdr + plen
+		used, need, end := w.frames(c, nc, buf[:n], time.Now(), arrived, done)
+		if end {
+			return
 		}
-	more:
-		n = copy(buf, buf[off:n])
+		n = copy(buf, buf[used:n])
+		if need > len(buf) {
+			buf = append(buf[:n], make([]byte, need+len(buf)-n)...)
+		}
 	}
+}
+
+// readFailed counts a read that failed because the server ended the
+// connection.
+func (w *Worker) readFailed(c *wconn, nc net.Conn) {
+	if w.byServer(c, nc, nil) {
+		w.serverClosed.Add(1)
+	}
+}
+
+// frames handles the whole frames at the start of buf, read at now
+// (arrived: the kernel's stamp, if any): it returns how many bytes they
+// took, the size a frame cut short needs (0 if none is), and whether the
+// connection ended (a close frame: a retry is started when the server
+// asked for one, after done is closed).
+func (w *Worker) frames(c *wconn, nc net.Conn, buf []byte, now, arrived time.Time, done chan struct{}) (used, need int, end bool) {
+	off, n := 0, len(buf)
+	for n-off >= 2 {
+		op := buf[off] & 0x0f
+		plen := int(buf[off+1] & 0x7f)
+		hdr := 2
+		switch plen {
+		case 126:
+			if n-off < 4 {
+				return off, 0, false
+			}
+			plen, hdr = int(binary.BigEndian.Uint16(buf[off+2:])), 4
+		case 127:
+			if n-off < 10 {
+				return off, 0, false
+			}
+			plen, hdr = int(binary.BigEndian.Uint64(buf[off+2:])), 10
+		}
+		if n-off < hdr+plen {
+			return off, hdr + plen, false
+		}
+		payload := buf[off+hdr : off+hdr+plen]
+		switch op {
+		case 1, 2:
+			w.onMessage(c, payload, now, arrived)
+		case 8:
+			if w.byServer(c, nc, nil) {
+				w.serverClosed.Add(1)
+				if len(payload) >= 2 && binary.BigEndian.Uint16(payload) == closeTryAgain {
+					w.wg.Add(1)
+					go w.retry(c, nc, done)
+				}
+			}
+			return off + hdr + plen, 0, true
+		case 9:
+			_ = ws.WriteFrame(nc, ws.MaskFrame(ws.NewPongFrame(append([]byte(nil), payload...))))
+		}
+		off += hdr + plen
+	}
+	return off, 0, false
 }
 
 func (w *Worker) readSSE(c *wconn, body io.ReadCloser, done chan struct{}) {
