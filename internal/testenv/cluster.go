@@ -27,7 +27,7 @@ func RedisCluster(t testing.TB, masters, replicas int) *Cluster {
 		missing(t, "redis-cli")
 	}
 	node := func() *Service {
-		return RedisWith(t, "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		return redisOn(t, freeClusterPort, "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0")
 	}
 	c := &Cluster{t: t}

@@ -10,13 +10,16 @@ package testenv
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,8 +33,14 @@ type Service struct {
 	name string
 	Port int
 	argv func() []string
-	cmd  *exec.Cmd
-	mu   sync.Mutex
+	// port picks the port of a first start again when the server could
+	// not bind the one it was given (taken meanwhile, e.g. by a client's
+	// ephemeral port); nil: the port is fixed.
+	port    func(testing.TB) int
+	started bool // once started, the port is the service's: a restart reuses it
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited
+	mu      sync.Mutex
 }
 
 // Addr returns host:port.
@@ -45,12 +54,14 @@ func (s *Service) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGKILL)
-	_ = s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
 // Start (re)starts the server on its port and waits until it accepts
-// connections.
+// connections. A server that exits before accepting (its port was taken
+// between the choice and its bind) is started again: on a new port the
+// first time, on its own port (once freed) after that.
 func (s *Service) Start() {
 	s.t.Helper()
 	s.mu.Lock()
@@ -58,6 +69,29 @@ func (s *Service) Start() {
 	if s.cmd != nil {
 		return
 	}
+	deadline := time.Now().Add(60 * time.Second)
+	for attempt := 1; ; attempt++ {
+		err := s.launch(deadline)
+		if err == nil {
+			s.started = true
+			return
+		}
+		if !errors.Is(err, errExited) || time.Now().After(deadline) {
+			s.t.Fatalf("%s not accepting on %s (attempt %d): %v", s.name, s.Addr(), attempt, err)
+		}
+		if !s.started && s.port != nil {
+			s.Port = s.port(s.t)
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+var errExited = errors.New("exited before accepting connections")
+
+// launch starts the process once and waits until it accepts connections,
+// exits, or the deadline passes.
+func (s *Service) launch(deadline time.Time) error {
 	argv := s.argv()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = &prefixWriter{t: s.t, prefix: s.name}
@@ -66,16 +100,24 @@ func (s *Service) Start() {
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("starting %s: %v", s.name, err)
 	}
-	s.cmd = cmd
-	deadline := time.Now().Add(60 * time.Second)
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
 	for {
 		c, err := net.DialTimeout("tcp", s.Addr(), time.Second)
 		if err == nil {
 			c.Close()
-			return
+			s.cmd, s.exited = cmd, exited
+			return nil
+		}
+		select {
+		case <-exited:
+			return errExited
+		default:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("%s not accepting on %s after 60s: %v", s.name, s.Addr(), err)
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			<-exited
+			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -102,15 +144,58 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago, below
+// the kernel's ephemeral range: a server restarted on it cannot find it
+// taken by some client's outgoing connection meanwhile.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+	lo := ephemeralFloor()
+	return freeIn(t, lo-12768, lo, 0)
+}
+
+// freeClusterPort is FreePort for a Redis Cluster node, which also listens
+// on its port + 10000 (the cluster bus): both below the ephemeral range,
+// both free a moment ago.
+func freeClusterPort(t testing.TB) int {
+	t.Helper()
+	lo := ephemeralFloor()
+	return freeIn(t, lo-12768, lo-10000, 10000)
+}
+
+// freeIn picks a random port in [from, to) that is free, and whose port +
+// bus is too (bus > 0).
+func freeIn(t testing.TB, from, to, bus int) int {
+	t.Helper()
+	free := func(p int) bool {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return false
+		}
+		l.Close()
+		return true
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 10000 {
+		p := from + rand.IntN(to-from)
+		if free(p) && (bus == 0 || free(p+bus)) {
+			return p
+		}
+	}
+	t.Fatalf("no free port in [%d, %d)", from, to)
+	return 0
+}
+
+// ephemeralFloor is the first port of the kernel's ephemeral range
+// (32768 if it cannot be read, Linux's default).
+func ephemeralFloor() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo >= 12768+10000+1024 {
+				return lo
+			}
+		}
+	}
+	return 32768
 }
 
 func missing(t testing.TB, what string) {
@@ -139,12 +224,18 @@ func DurableRedis(t testing.TB) *Service {
 // RedisWith starts a fresh redis-server with extra arguments.
 func RedisWith(t testing.TB, extra ...string) *Service {
 	t.Helper()
+	return redisOn(t, FreePort, extra...)
+}
+
+// redisOn is RedisWith on a port that pick chooses.
+func redisOn(t testing.TB, pick func(testing.TB) int, extra ...string) *Service {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		missing(t, "redis-server")
 	}
 	dir := t.TempDir()
-	s := &Service{t: t, name: "redis", Port: FreePort(t)}
+	s := &Service{t: t, name: "redis", Port: pick(t), port: pick}
 	s.argv = func() []string {
 		return append([]string{bin, "--port", fmt.Sprint(s.Port), "--bind", "127.0.0.1", "--save", "",
 			"--dir", dir, "--loglevel", "warning"}, extra...)
@@ -197,7 +288,7 @@ func Mongo(t testing.TB) *Service {
 	t.Helper()
 	bin := mongowireBinary(t)
 	dir := t.TempDir()
-	s := &Service{t: t, name: "mongowire", Port: FreePort(t)}
+	s := &Service{t: t, name: "mongowire", Port: FreePort(t), port: FreePort}
 	s.argv = func() []string { return []string{bin, "-listen", s.Addr(), "-dir", dir} }
 	s.Start()
 	t.Cleanup(s.Stop)
