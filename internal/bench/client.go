@@ -87,7 +87,10 @@ type Worker struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	http   *http.Client
-	polls  *pollReaders // WebSocket readers without a goroutine each (nil: a goroutine each)
+	// polls: WebSocket readers without a goroutine each, started with the
+	// first connection (nil: a goroutine each).
+	polls    *pollReaders
+	pollOnce sync.Once
 }
 
 type wconn struct {
@@ -122,9 +125,6 @@ func NewWorker(cfg WorkerConfig) *Worker {
 		DialContext: w.dialer().DialContext, MaxIdleConnsPerHost: cfg.Count + 16, MaxConnsPerHost: 0,
 		DisableCompression: true,
 	}}
-	if cfg.Transport == "websocket" {
-		w.polls = newPollReaders(w)
-	}
 	return w
 }
 
@@ -387,6 +387,7 @@ func (w *Worker) Stop() WorkerStats {
 		w.closeConn(c)
 	}
 	w.wg.Wait()
+	w.pollOnce.Do(func() {}) // none is started from now on
 	if w.polls != nil {
 		w.polls.stop()
 	}

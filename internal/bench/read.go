@@ -32,6 +32,7 @@ func (w *Worker) byServer(c *wconn, nc net.Conn, body io.Closer) bool {
 // handshake, br), else with a goroutine of its own.
 func (w *Worker) read(c *wconn, nc net.Conn, br *bufio.Reader, done chan struct{}) {
 	c.polled = nil
+	w.pollOnce.Do(func() { w.polls = newPollReaders(w) })
 	s := newStampedReader(nc)
 	if s != nil && w.polls != nil && (br == nil || br.Buffered() == 0) {
 		if c.polled = w.polls.add(c, nc, s, done); c.polled != nil {
