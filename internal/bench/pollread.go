@@ -177,9 +177,8 @@ func (p *pollSet) run() {
 			}
 		}
 		p.mu.Unlock()
-		now := time.Now()
 		for i, pc := range ready {
-			p.serve(pc, now)
+			p.serve(pc)
 			ready[i] = nil
 		}
 		ready = ready[:0]
@@ -188,7 +187,7 @@ func (p *pollSet) run() {
 
 // serve reads pc once (the set is level-triggered: what a read leaves is
 // reported again) and handles the whole frames read.
-func (p *pollSet) serve(pc *polled, now time.Time) {
+func (p *pollSet) serve(pc *polled) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	p.mu.Lock()
@@ -207,6 +206,7 @@ func (p *pollSet) serve(pc *polled, now time.Time) {
 		p.finish(pc)
 		return
 	}
+	now := time.Now() // per read: a socket served late in a batch was read late
 	arrived := pc.s.at
 	pc.s.at = time.Time{}
 	data := p.buf[:k+m]

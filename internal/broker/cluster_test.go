@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/wspubsub/wspubsub/internal/envelope"
 	"github.com/wspubsub/wspubsub/internal/testenv"
 )
@@ -183,4 +185,53 @@ func TestRedisClusterSlotMove(t *testing.T) {
 			t.Fatal("the key's messages never came back after its slot moved")
 		}
 	}
+}
+
+// A subscription connection that carries no watched key's channel any more
+// (its key was unwatched: only its probe is left) is lost: the node is
+// ready again once it has noticed, with nothing to subscribe anew (it once
+// stayed unready until some other loss).
+func TestRedisClusterLosingAProbeOnlyConnectionKeepsTheNodeReady(t *testing.T) {
+	c := testenv.RedisCluster(t, 3, 0)
+	bcMaster := c.MasterOf(BroadcastChannel("in"))
+	key := ""
+	for i := 0; key == "" && i < 1000; i++ {
+		if k := fmt.Sprintf("user-%d", i); c.MasterOf(KeyChannel(k)) != bcMaster {
+			key = k
+		}
+	}
+	lost := make(chan struct{}, 100)
+	b, err := NewRedis(RedisConfig{URL: c.Seeds(), Cluster: true, Routed: true, Inbound: "in", NodeID: "a",
+		MaxBackoff: 200 * time.Millisecond, OnReconnect: func() { lost <- struct{}{} }, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	n := routedNode{b: b, got: runBroker(t, b)}
+	n.watch(t, key)
+	b.Unwatch(key)
+	m := c.MasterOf(KeyChannel(key))
+	rc := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	defer rc.Close()
+	ctx := context.Background()
+	deadline := time.Now().Add(patience)
+	for { // the unwatch lingers, then the channel is unsubscribed
+		counts, err := rc.PubSubShardNumSub(ctx, KeyChannel(key)).Result()
+		if err == nil && counts[KeyChannel(key)] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still subscribed: %v %v", key, counts, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := rc.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(patience):
+		t.Fatal("the loss was not noticed")
+	}
+	waitReady(t, b)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -36,12 +37,15 @@ type shardSub struct {
 	// probesOut: probes published since one last came back.
 	probesOut atomic.Int32
 	// hold: a rebuild's subscriptions are being confirmed on it; messages
-	// wait until release is closed (the hub has been told to resync).
-	hold    atomic.Bool
-	settles atomic.Int32 // settle pings sent and not yet answered: the hold ends with the last
-	release chan struct{}
-	up      atomic.Bool // a subscription was confirmed on it: its loss counts as one
-	dead    bool        // dropped (the manager's)
+	// wait until the manager answers the settle report of its latest
+	// settle ping (the hub has been told to resync).
+	hold atomic.Bool
+	// want is the number of the latest settle ping sent on it: only that
+	// ping's answer ends the hold (an earlier attempt's answer may come
+	// before the later attempt's subscriptions are confirmed).
+	want atomic.Uint64
+	up   atomic.Bool // a subscription was confirmed on it: its loss counts as one
+	dead bool        // dropped (the manager's)
 }
 
 // shardEvent reports, from a connection's receive goroutine, that it ended
@@ -51,7 +55,11 @@ type shardSub struct {
 type shardEvent struct {
 	sh      *shardSub
 	err     error
-	settled bool
+	settled uint64 // the settle ping answered (0: not a settle report)
+	// release gets the manager's answer to a settle report: true, the
+	// held messages go; false, they stay held (a later settle ping is out)
+	// or are dropped with the connection.
+	release chan bool
 	dropped string
 }
 
@@ -148,7 +156,7 @@ func (s *shards) shard(ctx context.Context, addr string) *shardSub {
 	} else {
 		ps = s.r.client.(*redis.Client).SSubscribe(ctx)
 	}
-	sh := &shardSub{addr: addr, ps: ps, release: make(chan struct{})}
+	sh := &shardSub{addr: addr, ps: ps}
 	sh.probe = s.probeChannel(ctx, addr)
 	s.byAddr[addr] = sh
 	go s.receive(ctx, sh)
@@ -305,6 +313,9 @@ func (s *shards) later() {
 func (s *shards) resubscribe(ctx context.Context) {
 	s.scheduled = false
 	if len(s.rebuild) == 0 {
+		// The connection lost carried no channel of a watched key (its
+		// probe only): nothing to hold, the node is ready again.
+		s.settledAll(ctx)
 		return
 	}
 	s.attempt++
@@ -325,15 +336,17 @@ func (s *shards) resubscribe(ctx context.Context) {
 			continue
 		}
 		// Confirmations come in command order: the ping's answer follows
-		// them (and, on a connection a previous attempt still holds, the
-		// last ping's follows that attempt's too).
-		sh.settles.Add(1)
-		if err := sh.ps.Ping(ctx, settlePing); err != nil {
+		// them (and, on a connection a previous attempt still holds, that
+		// attempt's too).
+		n := sh.want.Add(1)
+		if err := sh.ps.Ping(ctx, settlePing+":"+strconv.FormatUint(n, 10)); err != nil {
 			s.lose(sh, fmt.Errorf("pinging a subscription: %w", err))
 		}
 	}
 	if len(s.rebuild) > 0 {
 		s.later()
+	} else if len(touched) == 0 {
+		s.settledAll(ctx) // every channel was an unwatched key's: nothing to hold
 	}
 }
 
@@ -359,7 +372,11 @@ func (s *shards) event(ctx context.Context, ev shardEvent) {
 		}
 		return
 	}
-	if !ev.settled || ev.sh.dead {
+	if ev.settled == 0 {
+		return
+	}
+	if ev.sh.dead || ev.settled != ev.sh.want.Load() {
+		ev.release <- false // dropped, or a later attempt's ping is out: its answer settles
 		return
 	}
 	// The hub holds its resuming sessions before the held messages go.
@@ -367,9 +384,13 @@ func (s *shards) event(ctx context.Context, ev shardEvent) {
 	s.r.cfg.OnSubscribed()
 	s.r.dispatchMu.Unlock()
 	ev.sh.hold.Store(false)
-	old := ev.sh.release
-	ev.sh.release = make(chan struct{}) // before the close: the reader sees it after waking
-	close(old)
+	ev.release <- true
+	s.settledAll(ctx)
+}
+
+// settledAll makes the node ready once nothing is left to subscribe again
+// and no connection holds messages.
+func (s *shards) settledAll(ctx context.Context) {
 	if len(s.rebuild) == 0 && !s.holding() {
 		switch {
 		case s.attempt > 1 && !s.r.reached.Load():
@@ -455,20 +476,24 @@ func (s *shards) receive(ctx context.Context, sh *shardSub) {
 				}
 			}
 		case *redis.Pong:
-			if m.Payload == settlePing && sh.hold.Load() && sh.settles.Add(-1) <= 0 {
-				release := sh.release
-				if !report(shardEvent{sh: sh, settled: true}) {
-					return
+			n, ok := settleNumber(m.Payload)
+			if !ok || !sh.hold.Load() || n != sh.want.Load() {
+				break // not a settle ping, or an earlier attempt's: a later one's answer follows
+			}
+			release := make(chan bool, 1)
+			if !report(shardEvent{sh: sh, settled: n, release: release}) {
+				return
+			}
+			select {
+			case ok := <-release:
+				if ok {
+					for _, p := range held {
+						s.dispatch(p)
+					}
+					held = nil
 				}
-				select {
-				case <-release:
-				case <-ctx.Done():
-					return
-				}
-				for _, p := range held {
-					s.dispatch(p)
-				}
-				held = nil
+			case <-ctx.Done():
+				return
 			}
 		case *redis.Message:
 			switch {
@@ -483,6 +508,16 @@ func (s *shards) receive(ctx context.Context, sh *shardSub) {
 			}
 		}
 	}
+}
+
+// settleNumber reads the number of a settle ping's answer.
+func settleNumber(payload string) (uint64, bool) {
+	v, ok := strings.CutPrefix(payload, settlePing+":")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	return n, err == nil && n > 0
 }
 
 // dispatch hands one message to the handler: one at a time, whichever
