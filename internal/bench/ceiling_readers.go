@@ -112,7 +112,7 @@ func startCeilingReaders(cfg Config, addr string, n, inProc int) ([]worker, erro
 
 // openRaw connects c to the calibration's listener (no handshake) and reads
 // it as a WebSocket connection.
-func (w *Worker) openRaw(c *wconn) error {
+func (w *Worker) openRaw(c *wconn, old net.Conn) error {
 	nc, err := w.dialer().DialContext(w.ctx, "tcp", w.cfg.Raw)
 	if err != nil {
 		return err
@@ -120,6 +120,10 @@ func (w *Worker) openRaw(c *wconn) error {
 	done := make(chan struct{})
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if old != nil && c.nc != old { // reopened meanwhile (see openOver)
+		_ = nc.Close()
+		return nil
+	}
 	c.nc, c.done = nc, done
 	w.read(c, nc, nil, done)
 	return nil

@@ -230,9 +230,14 @@ func (w *Worker) Reconnect() int {
 	return f
 }
 
-func (w *Worker) open(c *wconn) error {
+func (w *Worker) open(c *wconn) error { return w.openOver(c, nil) }
+
+// openOver is open, unless old is not nil and, once the new connection is
+// dialled, c's is no longer old: someone else (churn, a reconnect) opened
+// it meanwhile, and the new one is closed instead of orphaning theirs.
+func (w *Worker) openOver(c *wconn, old net.Conn) error {
 	if w.cfg.Raw != "" {
-		return w.openRaw(c)
+		return w.openRaw(c, old)
 	}
 	url := w.urlOf(c.idx) + "?" + w.key(c.idx)
 	if w.cfg.Resume {
@@ -260,6 +265,10 @@ func (w *Worker) open(c *wconn) error {
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if old != nil && c.nc != old {
+			_ = nc.Close()
+			return nil
+		}
 		c.nc = nc
 		if w.cfg.SlowFrom > 0 && c.idx >= w.cfg.SlowFrom {
 			return nil // never read

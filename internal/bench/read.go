@@ -322,7 +322,7 @@ func (w *Worker) retry(c *wconn, nc net.Conn, done chan struct{}) {
 			return
 		}
 		w.retried.Add(1)
-		if w.open(c) == nil {
+		if w.openOver(c, nc) == nil { // not if churn reopened it since the check above
 			return
 		}
 	}
