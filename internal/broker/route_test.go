@@ -253,6 +253,10 @@ func TestRedisRoutingResubscribesAfterRestart(t *testing.T) {
 	case <-time.After(patience):
 		t.Fatal("OnSubscribed not called after the restart")
 	}
+	// Ready once every channel is subscribed again: OnSubscribed comes
+	// for each connection settled, and an attempt that lost its first
+	// connection subscribes the rest in the next one.
+	waitReady(t, b)
 	p := envelope.ForKey([]byte(`{"data":"after"}`), []byte("k1"))
 	if err := b.Deliver(context.Background(), []Routed{{Key: "k1", Payload: p}}); err != nil {
 		t.Fatal(err)

@@ -418,12 +418,12 @@ func (s *shards) holding() bool {
 // probe sends every connection a probe, unless the last two sent have
 // not come back: then the subscription is taken for dead (a probe has
 // between one and two intervals to come back, so a connection busy with a
-// burst is not dropped for being slow).
+// burst is not dropped for being slow). Held connections too (a probe's
+// answer is read before the hold applies): one that went half-open during
+// its rebuild would otherwise hold its messages, and keep the node
+// unready, until the kernel gave up on it.
 func (s *shards) probe(ctx context.Context) {
 	for _, sh := range s.byAddr {
-		if sh.hold.Load() {
-			continue
-		}
 		if sh.probesOut.Load() >= 2 {
 			s.r.cfg.OnProbeLost()
 			s.lose(sh, errors.New("subscription probes did not come back"))
