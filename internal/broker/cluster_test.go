@@ -235,3 +235,58 @@ func TestRedisClusterLosingAProbeOnlyConnectionKeepsTheNodeReady(t *testing.T) {
 	}
 	waitReady(t, b)
 }
+
+// The slot of a connection's probe channel moves to another master: the
+// connection is made again with a probe its master serves, at once, rather
+// than passing for dead when its probes stop coming back.
+func TestRedisClusterProbeChannelSlotMove(t *testing.T) {
+	c := testenv.RedisCluster(t, 3, 0)
+	keys := keysOnDistinctMasters(t, c, 2)
+	events := make(chan string, 100)
+	b, err := NewRedis(RedisConfig{URL: c.Seeds(), Cluster: true, Routed: true, Inbound: "in", NodeID: "a",
+		// Probes far apart: no probe is lost during the test, so only the
+		// moved slot can make the connection again (a slow machine cannot
+		// turn it into a lost probe).
+		ProbeInterval: 10 * patience, MaxBackoff: 200 * time.Millisecond, Logger: testenv.Logger(t),
+		OnReconnect: func() { events <- "lost" }, OnProbeLost: func() { events <- "probe lost" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	n := routedNode{b: b, got: runBroker(t, b)}
+	n.watch(t, keys[0])
+	// The probe channel of the connection to keys[0]'s master (as
+	// probeChannel picks it).
+	m := c.MasterOf(KeyChannel(keys[0]))
+	probe := ""
+	for i := 0; probe == ""; i++ {
+		if ch := "wspubsub:probe:" + b.instance + ":{" + fmt.Sprint(i) + "}"; c.MasterOf(ch) == m {
+			probe = ch
+		}
+	}
+	c.MoveSlot(probe, c.MasterOf(KeyChannel(keys[1])))
+	select {
+	case ev := <-events:
+		if ev != "lost" {
+			t.Fatalf("first %q, want the connection made again at once", ev)
+		}
+	case <-time.After(patience):
+		t.Fatal("the connection whose probe channel moved was not made again")
+	}
+	waitReady(t, b)
+	deadline := time.Now().Add(patience)
+	for { // the key's messages still arrive
+		p := envelope.ForKey([]byte(`{"data":"after"}`), []byte(keys[0]))
+		_ = b.Deliver(context.Background(), []Routed{{Key: keys[0], Payload: p}})
+		select {
+		case got := <-n.got:
+			if strings.Contains(got, `"after"`) {
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the key's messages never came back")
+		}
+	}
+}

@@ -358,6 +358,18 @@ func (s *shards) event(ctx context.Context, ev shardEvent) {
 		}
 		return
 	}
+	if ev.dropped != "" && ev.dropped == ev.sh.probe {
+		// Its probe channel's slot moved to another master: without a
+		// probe it would pass for dead two intervals later. It is made
+		// again now, with a probe channel its master serves.
+		if s.byAddr[ev.sh.addr] == ev.sh {
+			if s.r.cluster != nil {
+				s.r.cluster.ReloadState(ctx)
+			}
+			s.lose(ev.sh, errors.New("its probe channel's slot moved to another master"))
+		}
+		return
+	}
 	if ev.dropped != "" {
 		// Not asked for (an unsubscription asked for has left owner
 		// already): subscribed again where the slot is now.
