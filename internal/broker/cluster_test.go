@@ -171,20 +171,7 @@ func TestRedisClusterSlotMove(t *testing.T) {
 	c.MoveSlot(KeyChannel(keys[0]), c.MasterOf(StreamKey(keys[1])))
 	// Published until it arrives: until the node has subscribed again on
 	// the new master, a message reaches no one (as pub/sub does).
-	deadline := time.Now().Add(patience)
-	for {
-		deliver("after")
-		select {
-		case m := <-n.got:
-			if strings.Contains(m, `"after"`) {
-				return
-			}
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the key's messages never came back after its slot moved")
-		}
-	}
+	n.untilArrives(t, `"after"`, func() { deliver("after") })
 }
 
 // A subscription connection that carries no watched key's channel any more
@@ -274,19 +261,8 @@ func TestRedisClusterProbeChannelSlotMove(t *testing.T) {
 		t.Fatal("the connection whose probe channel moved was not made again")
 	}
 	waitReady(t, b)
-	deadline := time.Now().Add(patience)
-	for { // the key's messages still arrive
-		p := envelope.ForKey([]byte(`{"data":"after"}`), []byte(keys[0]))
+	p := envelope.ForKey([]byte(`{"data":"after"}`), []byte(keys[0]))
+	n.untilArrives(t, `"after"`, func() { // the key's messages still arrive
 		_ = b.Deliver(context.Background(), []Routed{{Key: keys[0], Payload: p}})
-		select {
-		case got := <-n.got:
-			if strings.Contains(got, `"after"`) {
-				return
-			}
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the key's messages never came back")
-		}
-	}
+	})
 }

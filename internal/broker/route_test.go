@@ -68,6 +68,26 @@ func expect(t *testing.T, got <-chan string, want string) string {
 	return ""
 }
 
+// untilArrives calls publish until a message holding want reaches n,
+// within patience: pub/sub loses what is published while a subscription
+// is being made again, which a slow machine may stretch.
+func (n routedNode) untilArrives(t *testing.T, want string, publish func()) {
+	t.Helper()
+	for deadline := time.Now().Add(patience); ; {
+		publish()
+		select {
+		case m := <-n.got:
+			if strings.Contains(m, want) {
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing holding %s arrived within %v", want, patience)
+		}
+	}
+}
+
 // nothing checks that no message is waiting, after a marker published on
 // a channel the node does watch has arrived: Redis delivers in order on
 // one connection, so anything sent before the marker would be ahead of it.
@@ -314,21 +334,11 @@ func TestRedisRoutingProbeRebuildsASilentSubscription(t *testing.T) {
 	// may drop and rebuild the subscription again meanwhile (pub/sub loses
 	// what is published then), which must not fail the test.
 	p := envelope.ForKey([]byte(`{"data":"again"}`), []byte("k1"))
-	for deadline := time.Now().Add(patience); ; {
+	n.untilArrives(t, `"again"`, func() {
 		if err := b.Deliver(context.Background(), []Routed{{Key: "k1", Payload: p}}); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case m := <-n.got:
-			if strings.Contains(m, `"again"`) {
-				return
-			}
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nothing delivered after the subscription was made again")
-		}
-	}
+	})
 }
 
 // flakyProxy forwards TCP connections to a Redis; drop cuts every open
@@ -438,19 +448,9 @@ func TestRedisRoutingRebuildSettlesWhicheverConnectionCarriesIt(t *testing.T) {
 		next(round, "subscribed")
 		waitReady(t, b)
 		// Delivered, whatever the publisher's connections met.
-		want := fmt.Sprintf(`"round %d"`, round)
-		deadline := time.Now().Add(patience)
-		for arrived := false; !arrived; {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: nothing arrived", round)
-			}
-			p := envelope.ForKey(fmt.Appendf(nil, `{"data":"round %d"}`, round), []byte("k1"))
+		p := envelope.ForKey(fmt.Appendf(nil, `{"data":"round %d"}`, round), []byte("k1"))
+		n.untilArrives(t, fmt.Sprintf(`"round %d"`, round), func() {
 			_ = b.Deliver(context.Background(), []Routed{{Key: "k1", Payload: p}})
-			select {
-			case m := <-n.got:
-				arrived = strings.Contains(m, want)
-			case <-time.After(100 * time.Millisecond): // published into a cut connection: again
-			}
-		}
+		})
 	}
 }
